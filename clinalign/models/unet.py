@@ -1,0 +1,113 @@
+"""The denoiser: diffusers' UNet2DModel built from the seed's (improved-diffusion's) flags.
+
+Mapping of improved-diffusion's architecture flags onto UNet2DModel:
+- ``channel_mult`` per image size as improved-diffusion chooses it ((1,2,3,4) at 64 px, (1,2,2,2)
+  at 32 px); ``num_res_blocks`` per level down and ``num_res_blocks + 1`` up, as in both codes.
+- ``attention_resolutions`` (pixels) picks the levels that get self-attention blocks; the middle
+  block always has attention.
+- ``num_heads`` becomes a fixed head width (channels at the first attention level / num_heads),
+  because UNet2DModel takes one head width for all levels; at levels with more channels this
+  gives more heads than improved-diffusion would.
+- The class embedding is added to the time embedding (``num_class_embeds``), as in improved-diffusion.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+_DEFAULT_MULT = {256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2), 28: (1, 2, 2)}
+
+
+def channel_mult_for(image_size: int, channel_mult: str = "") -> tuple[int, ...]:
+    if channel_mult:
+        return tuple(int(c) for c in channel_mult.split(","))
+    if image_size in _DEFAULT_MULT:
+        return _DEFAULT_MULT[image_size]
+    # Any other size: halve while the side stays even and at least 4 px, widening like the 32 px model.
+    levels, side = 1, image_size
+    while side % 2 == 0 and side >= 8 and levels < 4:
+        side //= 2
+        levels += 1
+    return (1,) + (2,) * (levels - 1)
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: 32 as in improved-diffusion, fewer for the narrow models used in tests."""
+    return math.gcd(32, channels)
+
+
+class Denoiser(nn.Module):
+    """``model(x, t, y=None) -> eps`` (or eps and the variance interpolation when learning sigma)."""
+
+    def __init__(self, unet: nn.Module, num_classes: int):
+        super().__init__()
+        self.unet = unet
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_classes and y is None:
+            raise ValueError("this model is class-conditional: pass y (class indices)")
+        return self.unet(x, t, class_labels=y if self.num_classes else None).sample
+
+
+def build_denoiser(model_cfg: dict[str, Any], in_channels: int, num_classes: int) -> Denoiser:
+    from diffusers import UNet2DModel  # heavy import, only when a model is built
+
+    size = int(model_cfg["image_size"])
+    mult = channel_mult_for(size, model_cfg.get("channel_mult", ""))
+    ch = int(model_cfg["num_channels"])
+    if size % (2 ** (len(mult) - 1)):
+        raise ConfigError(f"image_size {size} is not divisible by 2^{len(mult) - 1} for channel_mult {mult}; "
+                          "pick another --image_size or --channel_mult")
+    attn_px = {int(r) for r in str(model_cfg["attention_resolutions"]).split(",") if r.strip()}
+    widths = tuple(ch * m for m in mult)
+    resolutions = [size // 2**i for i in range(len(mult))]
+    down = tuple("AttnDownBlock2D" if r in attn_px else "DownBlock2D" for r in resolutions)
+    up = tuple("AttnUpBlock2D" if r in attn_px else "UpBlock2D" for r in reversed(resolutions))
+    attn_widths = [w for w, r in zip(widths, resolutions) if r in attn_px] or [widths[-1]]
+    head_dim = max(1, attn_widths[0] // int(model_cfg["num_heads"]))
+    out_channels = in_channels * (2 if model_cfg["learn_sigma"] else 1)
+    unet = UNet2DModel(
+        sample_size=size,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        block_out_channels=widths,
+        layers_per_block=int(model_cfg["num_res_blocks"]),
+        down_block_types=down,
+        up_block_types=up,
+        attention_head_dim=head_dim,
+        norm_num_groups=_groups(ch),
+        dropout=float(model_cfg["dropout"]),
+        resnet_time_scale_shift="scale_shift" if model_cfg["use_scale_shift_norm"] else "default",
+        num_class_embeds=num_classes if (model_cfg["class_cond"] and num_classes) else None,
+        flip_sin_to_cos=False,  # improved-diffusion's embedding order: [cos, sin]
+        freq_shift=0,
+    )
+    if model_cfg.get("use_checkpoint"):
+        unet.enable_gradient_checkpointing()
+    return Denoiser(unet, num_classes if model_cfg["class_cond"] else 0)
+
+
+def grow_class_embedding(model: Denoiser, parents: list[int]) -> None:
+    """Append class-embedding rows, each initialised from its parent's row (new clinical concepts)."""
+    emb = model.unet.class_embedding
+    if emb is None:
+        raise ConfigError("the model is not class-conditional; concepts need --class_cond True")
+    new = nn.Embedding(emb.num_embeddings + len(parents), emb.embedding_dim).to(emb.weight.device, emb.weight.dtype)
+    with torch.no_grad():
+        new.weight[: emb.num_embeddings] = emb.weight
+        for i, parent in enumerate(parents):
+            new.weight[emb.num_embeddings + i] = emb.weight[parent]
+    model.unet.class_embedding = new
+    model.unet.register_to_config(num_class_embeds=new.num_embeddings)
+    model.num_classes = new.num_embeddings
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,219 @@
+"""Draw samples from a checkpoint into an image folder in the seed's naming.
+
+Output: ``LABEL_000123.png`` files (so they feed straight into feedback, scoring and finetuning),
+``manifest.csv`` (ID, class, seed, batch, checkpoint, sampler, steps[, reward]) and ``samples.npz``
+(improved-diffusion's ``arr_0`` images NHWC uint8, ``arr_1`` class indices). Each batch's noise
+depends only on (seed, batch index), so an interrupted run continues where it stopped and the
+same command gives the same images.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, find_checkpoint
+from .data.naming import MANIFEST_NAME, list_images
+from .distributed import resolve_device
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("ancestral", "ddim", "dpm++")
+MANIFEST_FIELDS = ["ID", "class", "seed", "batch", "checkpoint", "sampler", "steps", "reward"]
+
+# Given a batch (N,C,H,W in [-1,1]) and its class indices, return (accepted mask, scores or None).
+AcceptFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class SampleResult:
+    out: Path
+    written: int
+    drawn: int
+    per_class: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.written / self.drawn if self.drawn else 1.0
+
+
+def class_quotas(names: list[str], num_samples: int) -> dict[str, int]:
+    k = len(names)
+    return {name: num_samples // k + (i < num_samples % k) for i, name in enumerate(names)}
+
+
+def _batch_labels(remaining: dict[str, int], batch_size: int) -> list[str]:
+    """Round-robin over classes that still need samples, so every batch mixes classes."""
+    labels, left = [], dict(remaining)
+    while len(labels) < batch_size and any(left.values()):
+        for name in list(left):
+            if left[name] > 0 and len(labels) < batch_size:
+                labels.append(name)
+                left[name] -= 1
+    return labels
+
+
+def batch_generator(seed: int, batch_index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + batch_index * 7919 + 17)
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_rows_atomic(path: Path, rows: list[dict[str, str]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=path.parent)
+    with os.fdopen(fd, "w", newline="") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def generate(model, diffusion, labels: torch.Tensor, shape: tuple[int, ...], *, sampler: str, steps: int | None,
+             generator: torch.Generator, class_cond: bool, eta: float = 0.0, clip_denoised: bool = True,
+             use_fp16: bool = False) -> torch.Tensor:
+    """One batch of images in [-1, 1] (N, C, H, W) on the CPU."""
+    from .diffusion import sample_images
+
+    device = next(model.parameters()).device
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_fp16 else nullcontext()
+    with torch.inference_mode(), amp:
+        x = sample_images(model, diffusion, shape, sampler=sampler, steps=steps,
+                          model_kwargs={"y": labels.to(device)} if class_cond else None,
+                          eta=eta, clip_denoised=clip_denoised, generator=generator)
+    return x.float().clamp(-1, 1).cpu()
+
+
+def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_samples: int,
+                  classes: list[str] | None = None, sampler: str = "ancestral", steps: int | None = None,
+                  batch_size: int = 16, seed: int = 0, ema: bool = True, clip_denoised: bool = True,
+                  eta: float = 0.0, device: str = "auto", use_fp16: bool = False, progress: bool = False,
+                  accept: AcceptFn | None = None, max_draw_factor: int = 50) -> SampleResult:
+    from .data.transforms import save_png, to_uint8
+
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    ck = checkpoint if isinstance(checkpoint, Checkpoint) else find_checkpoint(checkpoint)
+    class_map = ck.class_map
+    class_cond = bool(ck.model_config["class_cond"])
+    names = list(classes) if classes else list(class_map.names)
+    for name in names:
+        class_map.index(name)  # unknown class -> DataError naming the known ones
+    quotas = class_quotas(names, num_samples)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / MANIFEST_NAME
+    settings = {"checkpoint": str(ck.path), "sampler": sampler, "steps": str(steps or ""), "seed": str(seed)}
+    rows = _resume_rows(out, manifest, settings)
+    done = {n: 0 for n in names}
+    for row in rows:
+        done[row["class"]] = done.get(row["class"], 0) + 1
+    next_batch = max((int(r["batch"]) for r in rows), default=-1) + 1
+    remaining = {n: max(0, quotas[n] - done.get(n, 0)) for n in names}
+    if rows:
+        log.info("%s: resuming, %d of %d samples already there", out, len(rows), num_samples)
+
+    dev = resolve_device(device)
+    model = ck.build_model(ema=ema, device=dev).eval()
+    diffusion = ck.build_diffusion(timestep_respacing="")
+    size = int(ck.model_config["image_size"])
+    shape_tail = (ck.channels, size, size)
+    drawn, written = 0, 0
+    budget = max_draw_factor * max(1, sum(remaining.values()))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=num_samples, initial=len(rows), unit="img", dynamic_ncols=True)
+    counter = len(rows)
+    while any(remaining.values()):
+        if drawn >= budget:
+            log.warning("stopped after drawing %d images: the acceptance rate is too low to fill every quota", drawn)
+            break
+        batch_names = _batch_labels(remaining, batch_size)
+        if accept is not None:  # draw a full batch even near the end: rejects are expected
+            batch_names = (batch_names * batch_size)[:batch_size]
+        labels = torch.tensor([class_map.index(n) for n in batch_names])
+        images = generate(model, diffusion, labels, (len(batch_names), *shape_tail), sampler=sampler, steps=steps,
+                          generator=batch_generator(seed, next_batch), class_cond=class_cond, eta=eta,
+                          clip_denoised=clip_denoised, use_fp16=use_fp16)
+        drawn += len(batch_names)
+        keep = torch.ones(len(batch_names), dtype=torch.bool)
+        scores = None
+        if accept is not None:
+            keep, scores = accept(images, labels)
+        pixels = to_uint8(images)
+        for j, name in enumerate(batch_names):
+            if not keep[j] or remaining[name] == 0:
+                continue
+            file_id = f"{name}_{counter:06d}.png"
+            save_png(pixels[j], out / file_id)
+            rows.append({"ID": file_id, "class": name, "batch": str(next_batch),
+                         "reward": f"{float(scores[j]):.6f}" if scores is not None else "", **settings})
+            remaining[name] -= 1
+            counter += 1
+            written += 1
+            if bar is not None:
+                bar.update(1)
+        _write_rows_atomic(manifest, rows)
+        next_batch += 1
+    if bar is not None:
+        bar.close()
+    write_npz(out, rows, class_map)
+    per_class = {n: sum(1 for r in rows if r["class"] == n) for n in names}
+    return SampleResult(out=out, written=written, drawn=drawn, per_class=per_class)
+
+
+def _resume_rows(out: Path, manifest: Path, settings: dict[str, str]) -> list[dict[str, str]]:
+    if manifest.exists():
+        rows = _read_rows(manifest)
+        if rows:
+            theirs = {k: rows[0].get(k, "") for k in settings}
+            if theirs != settings:
+                raise ConfigError(
+                    f"{out}: already holds samples from another setting ({theirs}); "
+                    "pass a new --out, or delete that folder to start over")
+        return [r for r in rows if (out / r["ID"]).exists()]
+    try:
+        existing = list_images(out)
+    except Exception:
+        existing = []
+    if existing:
+        raise ConfigError(f"{out}: already holds {len(existing)} images that this command did not write; "
+                          "pass an empty --out so nothing is overwritten")
+    return []
+
+
+def write_npz(out: Path, rows: list[dict[str, str]], class_map) -> Path:
+    from PIL import Image
+
+    arrays = []
+    for row in rows:
+        with Image.open(out / row["ID"]) as im:
+            a = np.asarray(im)
+        arrays.append(a if a.ndim == 3 else a[..., None])
+    images = np.stack(arrays) if arrays else np.zeros((0, 0, 0, 0), np.uint8)
+    labels = np.array([class_map.index(r["class"]) for r in rows], dtype=np.int64)
+    path = out / "samples.npz"
+    fd, tmp = tempfile.mkstemp(prefix=".samples.", suffix=".npz", dir=out)
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, arr_0=images, arr_1=labels)
+    os.replace(tmp, path)
+    return path
