@@ -186,6 +186,8 @@ def train(spec: TrainSpec) -> Path:
         ckpt.prune_checkpoints(run_dir, int(cfg.get("keep_checkpoints", 0)))
         return path
 
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = run_dir / "metrics.jsonl"
     meter = _Meter()
     bar = None

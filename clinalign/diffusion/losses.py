@@ -20,7 +20,9 @@ __all__ = [
 
 
 def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean over all non-batch dimensions: [N, ...] -> [N]."""
+    """Mean over all non-batch dimensions: [N, ...] -> [N] (a [N] tensor is returned as is)."""
+    if tensor.ndim <= 1:
+        return tensor
     return tensor.mean(dim=tuple(range(1, tensor.ndim)))
 
 

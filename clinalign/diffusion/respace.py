@@ -30,11 +30,11 @@ def space_timesteps(num_timesteps: int, section_counts: str | Iterable[int]) -> 
     if isinstance(section_counts, str):
         if section_counts.startswith("ddim"):
             desired = int(section_counts[len("ddim"):])
-            for stride in range(1, num_timesteps):
+            # Strides up to T inclusive, so that "ddim1" gives {0} (improved-diffusion stops at
+            # T − 1 and cannot make one step); every other result is the same.
+            for stride in range(1, num_timesteps + 1):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return set(range(0, num_timesteps, stride))
-            if desired == num_timesteps:  # only reachable for T = 1
-                return set(range(num_timesteps))
             raise ValueError(f"cannot create exactly {desired} steps out of {num_timesteps} with an integer stride")
         section_counts = [int(x) for x in section_counts.split(",")]
     section_counts = list(section_counts)

@@ -28,6 +28,11 @@ def linear_beta_schedule(num_diffusion_timesteps: int) -> np.ndarray:
     does: β_t ∈ [scale·1e-4, scale·0.02] with scale = 1000 / T.
     """
     scale = 1000.0 / num_diffusion_timesteps
+    if scale * 0.02 >= 1.0:
+        raise ValueError(
+            f"the linear schedule needs more than 20 steps (got {num_diffusion_timesteps}: its last "
+            "beta would be >= 1); use more steps or the cosine schedule"
+        )
     return np.linspace(scale * 1e-4, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
 
 

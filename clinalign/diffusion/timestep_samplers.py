@@ -82,13 +82,13 @@ class LossAwareSampler(ScheduleSampler):
         the same order and keep identical weights.
         """
         local_ts = local_ts.detach().reshape(-1).long()
-        local_losses = local_losses.detach().reshape(-1).float()
+        local_losses = local_losses.detach().reshape(-1)
         if local_ts.numel() != local_losses.numel():
             raise ValueError(f"{local_ts.numel()} timesteps but {local_losses.numel()} losses")
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            ts, losses = _all_gather_padded(local_ts, local_losses)
+            ts, losses = _all_gather_padded(local_ts, local_losses.to(local_ts.device, torch.float64))
         else:
-            ts, losses = local_ts.tolist(), local_losses.tolist()
+            ts, losses = local_ts.tolist(), local_losses.cpu().double().tolist()
         self.update_with_all_losses(ts, losses)
 
     @abstractmethod
@@ -106,8 +106,8 @@ def _all_gather_padded(local_ts: torch.Tensor, local_losses: torch.Tensor) -> tu
     max_bs = max(sizes_int)
     ts_pad = torch.zeros(max_bs, dtype=torch.long, device=device)
     ts_pad[: local_ts.numel()] = local_ts
-    loss_pad = torch.zeros(max_bs, dtype=torch.float32, device=device)
-    loss_pad[: local_losses.numel()] = local_losses.to(device)
+    loss_pad = torch.zeros(max_bs, dtype=torch.float64, device=device)
+    loss_pad[: local_losses.numel()] = local_losses
     ts_all = [torch.zeros_like(ts_pad) for _ in range(world)]
     losses_all = [torch.zeros_like(loss_pad) for _ in range(world)]
     dist.all_gather(ts_all, ts_pad)

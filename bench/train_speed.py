@@ -1,0 +1,130 @@
+"""Training and sampling throughput of the real training loop, printed as JSON.
+
+    python bench/train_speed.py                    # config A fp32 and bf16 side by side, config B fp32
+    python bench/train_speed.py --configs A --precisions fp32,bf16 --steps 23
+
+Config A: --image_size 32 --num_channels 64 --num_res_blocks 2 --diffusion_steps 1000
+          --noise_schedule cosine --learn_sigma True --class_cond True --batch_size 16
+Config B: the seed's defaults (--image_size 64 --num_channels 128 --num_res_blocks 3
+          --diffusion_steps 4000 --noise_schedule linear), batch 4.
+images/s is the median over the steps after the warm-up, each step timed inside the loop
+(metrics.jsonl with --log_interval 1), the way BASELINES.md measured improved-diffusion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clinalign.data.classmap import ClassMap  # noqa: E402
+from clinalign.flags import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, defaults  # noqa: E402
+from clinalign.models.unet import build_denoiser, count_parameters  # noqa: E402
+from clinalign.train import TrainSpec, train  # noqa: E402
+
+CONFIGS = {
+    "A": dict(model=dict(image_size=32, num_channels=64, num_res_blocks=2, learn_sigma=True, class_cond=True),
+              diffusion=dict(diffusion_steps=1000, noise_schedule="cosine"), batch_size=16, classes=4),
+    "B": dict(model=dict(image_size=64, num_channels=128, num_res_blocks=3),
+              diffusion=dict(diffusion_steps=4000, noise_schedule="linear"), batch_size=4, classes=1),
+}
+
+
+def random_stream(batch: int, size: int, classes: int):
+    g = torch.Generator().manual_seed(0)
+    while True:
+        yield (torch.rand(batch, 3, size, size, generator=g) * 2 - 1,
+               torch.randint(0, classes, (batch,), generator=g), torch.ones(batch))
+
+
+def bench_train(name: str, precision: str, steps: int, warmup: int, device: str) -> dict:
+    conf = CONFIGS[name]
+    model_cfg = {**defaults(MODEL_FLAGS), **conf["model"]}
+    diffusion_cfg = {**defaults(DIFFUSION_FLAGS), **conf["diffusion"]}
+    train_cfg = {**defaults(TRAIN_FLAGS), "batch_size": conf["batch_size"], "lr": 1e-4, "max_steps": steps,
+                 "log_interval": 1, "save_interval": 10**9, "use_fp16": precision == "bf16", "device": device}
+    class_map = ClassMap.from_labels([f"c{i}" for i in range(conf["classes"])])
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = TrainSpec(run_dir=Path(tmp), model_cfg=model_cfg, diffusion_cfg=diffusion_cfg, train_cfg=train_cfg,
+                         channels=3, class_map=class_map,
+                         streams=lambda d, s: [random_stream(conf["batch_size"], model_cfg["image_size"], conf["classes"])])
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        train(spec)
+        records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["images_per_s"] for r in records[warmup:]]
+    params = count_parameters(build_denoiser(model_cfg, 3, conf["classes"]))
+    out = {"bench": "train", "config": name, "precision": precision, "batch_size": conf["batch_size"],
+           "params": params, "images_per_s": round(statistics.median(rates), 2),
+           "images_per_s_all": [round(r, 2) for r in rates], "steps_timed": len(rates)}
+    out.update(peak_memory())
+    return out
+
+
+def bench_sample(name: str, precision: str, steps: int, device: str, batch: int = 16) -> dict:
+    from clinalign.diffusion import create_diffusion, sample_images
+
+    conf = CONFIGS[name]
+    model_cfg = {**defaults(MODEL_FLAGS), **conf["model"]}
+    model = build_denoiser(model_cfg, 3, conf["classes"]).to(device).eval()
+    diffusion = create_diffusion(steps=conf["diffusion"]["diffusion_steps"], learn_sigma=model_cfg["learn_sigma"],
+                                 noise_schedule=conf["diffusion"]["noise_schedule"], rescale_timesteps=True)
+    y = torch.arange(batch) % conf["classes"]
+    results = {}
+    for sampler in ("ddim", "dpm++"):
+        amp = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        with torch.inference_mode(), amp:
+            t0 = time.perf_counter()
+            sample_images(model, diffusion, (batch, 3, model_cfg["image_size"], model_cfg["image_size"]),
+                          sampler=sampler, steps=steps, model_kwargs={"y": y.to(device)} if model_cfg["class_cond"] else None,
+                          generator=torch.Generator().manual_seed(0))
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - t0
+        results[sampler] = round(batch / elapsed, 3)
+    return {"bench": "sample", "config": name, "precision": precision, "steps": steps, "batch_size": batch,
+            "images_per_s": results}
+
+
+def peak_memory() -> dict:
+    out = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="A,B")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--steps", type=int, default=23, help="training steps per measurement (first --warmup not timed)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--sample_steps", type=int, default=50)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip_sampling", action="store_true")
+    args = parser.parse_args()
+    env = {"bench": "env", "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
+           "cpu": platform.processor() or platform.machine(),
+           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    print(json.dumps(env), flush=True)
+    for name in args.configs.split(","):
+        for precision in args.precisions.split(","):
+            steps = args.steps if name == "A" or args.device != "cpu" else max(args.warmup + 3, args.steps // 3)
+            print(json.dumps(bench_train(name, precision, steps, args.warmup, args.device)), flush=True)
+    if not args.skip_sampling:
+        for precision in args.precisions.split(","):
+            print(json.dumps(bench_sample("A", precision, args.sample_steps, args.device)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
