@@ -82,7 +82,9 @@ def write_run_config(run_dir: Path, model_cfg, diffusion_cfg, train_cfg, channel
         "clinalign_version": __version__, "model": model_cfg, "diffusion": diffusion_cfg, "train": train_cfg,
         "channels": channels, "class_map": class_map.to_dict(), **(extra or {}),
     })
-    class_map.save(run_dir / "classes.json")
+    from .data.classmap import CLASS_MAP_FILE
+
+    class_map.save(run_dir / CLASS_MAP_FILE)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

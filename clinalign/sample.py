@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, find_checkpoint
+from .data.classmap import ClassMap
 from .data.naming import MANIFEST_NAME, list_images
 from .distributed import resolve_device
 from .errors import ConfigError
@@ -30,6 +31,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("ancestral", "ddim", "dpm++")
+UNCONDITIONAL = "sample"  # file-name prefix of an unconditional model's samples
 MANIFEST_FIELDS = ["ID", "class", "seed", "batch", "checkpoint", "sampler", "steps", "reward"]
 
 # Given a batch (N,C,H,W in [-1,1]) and its class indices, return (accepted mask, scores or None).
@@ -113,6 +115,10 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_s
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else find_checkpoint(checkpoint)
     class_map = ck.class_map
     class_cond = bool(ck.model_config["class_cond"])
+    if not class_cond:
+        if classes:
+            raise ConfigError(f"{ck.path}: the model is unconditional (class_cond False); drop --classes")
+        class_map = ClassMap([UNCONDITIONAL])
     names = list(classes) if classes else list(class_map.names)
     for name in names:
         class_map.index(name)  # unknown class -> DataError naming the known ones

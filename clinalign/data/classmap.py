@@ -10,14 +10,13 @@ so the indices a checkpoint was trained with never move.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .transforms import atomic_writer
 
 #: File name under which a run stores its class map.
 CLASS_MAP_FILE = "class_map.json"
@@ -129,7 +128,8 @@ class ClassMap:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        with atomic_writer(path, "w") as f:
+            f.write(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     @classmethod
@@ -148,15 +148,3 @@ class ClassMap:
         except DataError as exc:
             raise DataError(f"{path}: {exc}") from None
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder, then rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

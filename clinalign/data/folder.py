@@ -127,7 +127,7 @@ class ImageArrayDataset(Dataset):
 class ImageFolderDataset(ImageArrayDataset):
     """An image folder in the seed's convention (see :mod:`clinalign.data.naming`).
 
-    Attributes: ``paths``, ``labels`` (class indices), ``class_map`` (None when not class
+    Attributes: ``paths``, ``labels`` (class indices), ``class_map`` (empty when not class
     conditional), ``channels`` (1 if every image is grayscale and ``rgb`` is False, else 3),
     ``image_size``, ``n_skipped`` and ``skipped`` (files left out with ``skip_bad_images``; the
     reason for each is in ``skip_reasons``).
@@ -152,9 +152,11 @@ class ImageFolderDataset(ImageArrayDataset):
         if class_cond:
             class_map, labels = _label_files(paths, self.root, class_map)
         else:
-            class_map, labels = None, [0] * len(paths)
+            # Unconditional: every label is 0 and the map is empty, so len(class_map) is the
+            # number of classes a model must embed (none) without a None check downstream.
+            class_map, labels = ClassMap([]), [0] * len(paths)
 
-        arrays, bad = _decode_all(paths, image_size, 3 if rgb else None, skip_bad_images)
+        arrays, bad = _decode_all(paths, image_size, 3 if rgb else None, skip_bad_images, keep_pixels=cache)
         self.skipped = [paths[i] for i in bad]
         self.skip_reasons = {paths[i]: reason for i, reason in bad.items()}
         self.n_skipped = len(self.skipped)
@@ -167,12 +169,13 @@ class ImageFolderDataset(ImageArrayDataset):
         self.paths = [paths[i] for i in keep]
         channels = 1 if all(arrays[i].shape[2] == 1 for i in keep) else 3
         images = _stack([arrays[i] for i in keep], channels) if cache else None
+        del arrays
         super().__init__(images, [labels[i] for i in keep], class_map, hflip)
         self.image_size, self.channels = image_size, channels
         logger.info(
             "%s: %d images, %s, %d channel(s), %dx%d, in %.1fs",
             self.root, len(self.paths),
-            f"{len(class_map)} classes" if class_map is not None else "unconditional",
+            f"{len(class_map)} classes" if class_cond else "unconditional",
             channels, image_size, image_size, time.perf_counter() - start,
         )
 
@@ -207,15 +210,20 @@ def _label_files(
 
 
 def _decode_all(
-    paths: list[Path], image_size: int, channels: int | None, skip_bad: bool
+    paths: list[Path], image_size: int, channels: int | None, skip_bad: bool, keep_pixels: bool = True
 ) -> tuple[list[np.ndarray | None], dict[int, str]]:
-    """Decode in path order; the first bad file raises unless ``skip_bad``."""
+    """Decode in path order; the first bad file raises unless ``skip_bad``.
+
+    Without ``keep_pixels`` each result is shrunk to a 1x1 stand-in that still carries the
+    channel count, so validating a folder too large to cache does not hold it all in memory.
+    """
 
     def decode(path: Path) -> np.ndarray | DataError:
         try:
-            return load_image(path, image_size, channels)
+            arr = load_image(path, image_size, channels)
         except DataError as exc:
             return exc
+        return arr if keep_pixels else arr[:1, :1].copy()  # a view would keep the full array alive
 
     arrays: list[np.ndarray | None] = []
     bad: dict[int, str] = {}
@@ -268,7 +276,7 @@ def infinite_batches(
     rank: int = 0,
     world_size: int = 1,
     start_step: int = 0,
-    return_indices: bool = False,
+    with_indices: bool = False,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """Yield ``(x, y)`` (or ``(x, y, indices)``) batches forever, reshuffled every epoch.
 
@@ -303,7 +311,7 @@ def infinite_batches(
             sl = slice(step * batch_size, (step + 1) * batch_size)
             idx = order[sl]
             x, y = _fetch(dataset, idx, None if flips is None else flips[sl])
-            yield (x, y, torch.from_numpy(np.asarray(idx, dtype=np.int64))) if return_indices else (x, y)
+            yield (x, y, torch.from_numpy(np.asarray(idx, dtype=np.int64))) if with_indices else (x, y)
         to_skip = 0
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -99,6 +102,24 @@ def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return t.movedim(-3, -1).contiguous().numpy()
 
 
+@contextmanager
+def atomic_writer(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temp file beside ``path``; on success rename it onto ``path``, on error delete it.
+
+    Readers (and a crash) see either the old file or the whole new one, never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write uint8 HW / HWC (C = 1, 3 or 4) as PNG atomically (temp file + rename)."""
     path = Path(path)
@@ -109,13 +130,6 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
         arr = arr[:, :, 0]
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
         raise ValueError(f"save_png expects HW or HWC with 1, 3 or 4 channels, got shape {arr.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(arr).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:
+        Image.fromarray(arr).save(f, format="PNG")
     return path

@@ -1,0 +1,137 @@
+"""``clinalign data``: make and check image folders (toy cells, MedMNIST, inspect)."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import ConfigError
+from . import medmnist, toy
+from .folder import ImageFolderDataset
+
+DEFAULT_DOWNLOAD_DIR = Path("~/.medmnist")  # the medmnist package's own cache: its files are reused
+
+
+def str2bool(value: str) -> bool:
+    """The seed's boolean flags: ``--flag True`` / ``--flag false`` / ``--flag 1``."""
+    lowered = value.lower()
+    if lowered in ("true", "t", "yes", "y", "1"):
+        return True
+    if lowered in ("false", "f", "no", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "data", help="make or check an image folder",
+        description="Make an image folder (toy cells offline, or MedMNIST) or check one.",
+    )
+    sub = parser.add_subparsers(dest="data_command", metavar="<command>")
+
+    def usage(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=usage)
+
+    p = sub.add_parser("toy", help="generate toy blood-cell images (offline)",
+                       description="Generate procedural blood-cell images named CLASS_SUBTYPE_000000.png.")
+    p.add_argument("--classes", type=int, default=4, help=f"how many of {', '.join(toy.CLASS_NAMES)} (in that order)")
+    p.add_argument("--per_class", type=int, default=100)
+    p.add_argument("--size", type=int, default=32, help="image side in pixels")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=("prefix", "imagenet"), default="prefix",
+                   help="prefix: OUT/CLASS_*.png; imagenet: OUT/CLASS/CLASS_*.png")
+    p.set_defaults(func=run_toy)
+
+    p = sub.add_parser("medmnist", help="export a MedMNIST split as PNGs",
+                       description="Write one split of a MedMNIST .npz as OUT/CLASS_000123.png.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--npz", type=Path, help="a MedMNIST .npz file on disk")
+    source.add_argument("--download", metavar="FLAG", help="download the official file, e.g. bloodmnist")
+    p.add_argument("--size", type=int, default=28, choices=medmnist.SIZES, help="resolution to download")
+    p.add_argument("--download_dir", type=Path, default=DEFAULT_DOWNLOAD_DIR, help="where downloads are kept")
+    p.add_argument("--split", choices=medmnist.SPLITS, default="train")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--layout", choices=("prefix", "imagenet"), default="prefix")
+    p.add_argument("--flag", default=None, help="which MedMNIST set the --npz is (default: bloodmnist)")
+    p.set_defaults(func=run_medmnist)
+
+    p = sub.add_parser("inspect", help="count images per class and find unreadable files",
+                       description="Decode every image of a folder as training would, and report.")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--image_size", type=int, default=64)
+    p.add_argument("--class_cond", type=str2bool, default=True)
+    p.set_defaults(func=run_inspect)
+
+
+class _Bar:
+    """Adapts a tqdm bar to the library's ``progress(done, total)`` callbacks."""
+
+    def __init__(self, total: int | None, desc: str, unit: str = "img", **kwargs) -> None:
+        self.bar = tqdm(total=total, desc=desc, unit=unit, **kwargs)
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if total is not None and self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def run_toy(args: argparse.Namespace) -> int:
+    with _Bar(None, "toy cells") as bar:
+        paths = toy.generate(args.out, args.classes, args.per_class, args.size, args.seed, args.layout, progress=bar)
+    names = sorted(toy.CLASS_NAMES[: args.classes])
+    print(f"wrote {len(paths)} images ({args.per_class} per class: {', '.join(names)}), "
+          f"{args.size}x{args.size}, seed {args.seed}, to {args.out}")
+    return 0
+
+
+def run_medmnist(args: argparse.Namespace) -> int:
+    if args.download:
+        if args.flag and args.flag.lower() != args.download.lower():
+            raise ConfigError(f"--download {args.download} and --flag {args.flag} disagree; drop --flag")
+        flag = args.download
+        with _Bar(None, f"downloading {flag}", unit="B", unit_scale=True) as bar:
+            npz = medmnist.download(flag, args.download_dir.expanduser(), args.size, progress=bar)
+        print(f"downloaded {npz} (md5 verified)")
+    else:
+        flag, npz = args.flag or "bloodmnist", args.npz
+    with _Bar(None, f"exporting {args.split}") as bar:
+        count = medmnist.export_npz(npz, args.split, args.out, args.layout, flag, progress=bar)
+    print(f"wrote {count} {flag} {args.split} images to {args.out}")
+    _print_counts(Counter(medmnist.class_counts(npz, args.split, flag)), order=medmnist.class_names(flag))
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    dataset = ImageFolderDataset(args.folder, args.image_size, class_cond=args.class_cond,
+                                 skip_bad_images=True, cache=False)
+    print(f"{args.folder}: {len(dataset)} images, {dataset.channels} channel(s), "
+          f"{'RGB' if dataset.channels == 3 else 'grayscale'}, read at {args.image_size}x{args.image_size}")
+    if args.class_cond:
+        _print_counts(Counter(dataset.class_map.names[y] for y in dataset.labels), order=dataset.class_map.names)
+    if dataset.skipped:
+        print(f"{dataset.n_skipped} file(s) cannot be decoded (training needs --skip_bad_images True or fixing them):")
+        for path in dataset.skipped:
+            print(f"  {dataset.skip_reasons[path]}")
+        return 1
+    print("no unreadable files")
+    return 0
+
+
+def _print_counts(counts: Counter, order: list[str] | None = None) -> None:
+    names = order or sorted(counts)
+    width = max(len(name) for name in names)
+    for index, name in enumerate(names):
+        print(f"  {index:>3}  {name:<{width}}  {counts.get(name, 0):>7}")
