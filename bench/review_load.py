@@ -46,7 +46,9 @@ class Shared:
     deadline: float
     lock: threading.Lock = field(default_factory=threading.Lock)
     reserved: int = 0
-    acked: list[tuple[str, str, str, str]] = field(default_factory=list)  # (reviewer, request_id, item, verdict)
+    acked: list[tuple[str, str, str, str]] = field(
+        default_factory=list
+    )  # (reviewer, request_id, item, verdict)
     latencies: list[float] = field(default_factory=list)  # first-try successes, seconds
     retried: int = 0
     replayed: int = 0
@@ -73,7 +75,9 @@ def make_samples(folder: Path, n: int) -> None:
         PILImage.new("RGB", (8, 8), colour).save(folder / f"{classes[i % len(classes)]}_{i:06d}.png")
 
 
-def _call(client: httpx.Client, shared: Shared, method: str, path: str, body: dict | None = None) -> tuple[dict, float, int]:
+def _call(
+    client: httpx.Client, shared: Shared, method: str, path: str, body: dict | None = None
+) -> tuple[dict, float, int]:
     """Send until the server answers 200; connection errors and 5xx mean "retry the same body"."""
     tries = 0
     wait = 0.05
@@ -96,7 +100,9 @@ def _call(client: httpx.Client, shared: Shared, method: str, path: str, body: di
 
 
 def reviewer_loop(name: str, token: str, base_url: str, shared: Shared) -> None:
-    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0) as client:
+    with httpx.Client(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0
+    ) as client:
         try:
             data, _, _ = _call(client, shared, "GET", "/api/next")
             item = data["item"]
@@ -104,8 +110,12 @@ def reviewer_loop(name: str, token: str, base_url: str, shared: Shared) -> None:
             while item is not None and shared.reserve():
                 verdict = VERDICT_CYCLE[i % len(VERDICT_CYCLE)]
                 i += 1
-                body = {"request_id": str(uuid.uuid4()), "item": item["uid"], "verdict": verdict,
-                        "reasons": ["cell size"] if verdict == "implausible" else []}
+                body = {
+                    "request_id": str(uuid.uuid4()),
+                    "item": item["uid"],
+                    "verdict": verdict,
+                    "reasons": ["cell size"] if verdict == "implausible" else [],
+                }
                 try:
                     data, latency, tries = _call(client, shared, "POST", "/api/verdicts", body)
                 except BaseException:
@@ -125,19 +135,21 @@ def reviewer_loop(name: str, token: str, base_url: str, shared: Shared) -> None:
             shared.errors[f"client gave up: {type(exc).__name__}"] += 1
 
 
-def killer(server: ServerProcess, shared: Shared, at: int, kills: list[dict[str, Any]]) -> None:
-    while not shared.stop.is_set() and time.monotonic() < shared.deadline:
+def killer(server: ServerProcess, shared: Shared, at: list[int], kills: list[dict[str, Any]]) -> None:
+    """SIGKILL the server each time the acknowledged count passes the next mark, then restart it."""
+    pending = sorted(at)
+    while pending and not shared.stop.is_set() and time.monotonic() < shared.deadline:
         with shared.lock:
             n = len(shared.acked)
-        if n >= at:
+        if n >= pending[0]:
+            pending.pop(0)
             t0 = time.monotonic()
             server.kill()
             log.info("SIGKILLed the server after %d acknowledged verdicts", n)
             time.sleep(0.3)
             server.start()
             kills.append({"after_acked": n, "downtime_s": round(time.monotonic() - t0, 3)})
-            return
-        time.sleep(0.01)
+        time.sleep(0.005)
 
 
 def verify(store: Store, shared: Shared) -> dict[str, int]:
@@ -149,8 +161,10 @@ def verify(store: Store, shared: Shared) -> dict[str, int]:
         ).all()
     stored = {r.request_id: r for r in rows}
     lost = sum(
-        1 for who, rid, item, verdict in shared.acked
-        if rid not in stored or (stored[rid].name, stored[rid].uid, stored[rid].verdict) != (who, item, verdict)
+        1
+        for who, rid, item, verdict in shared.acked
+        if rid not in stored
+        or (stored[rid].name, stored[rid].uid, stored[rid].verdict) != (who, item, verdict)
     )
     sent = {rid for _, rid, _, _ in shared.acked}
     pairs = Counter((r.name, r.uid) for r in rows if r.undone_at is None)
@@ -171,8 +185,16 @@ def percentile(xs: list[float], q: float) -> float | None:
     return xs[k]
 
 
-def run(reviewers: int = 20, verdicts: int = 5000, per_image: int = 2, kill: bool = False,
-        db_url: str | None = None, workdir: str | Path | None = None, timeout: float = 600.0) -> dict[str, Any]:
+def run(
+    reviewers: int = 20,
+    verdicts: int = 5000,
+    per_image: int = 2,
+    kill: bool = False,
+    n_kills: int = 1,
+    db_url: str | None = None,
+    workdir: str | Path | None = None,
+    timeout: float = 600.0,
+) -> dict[str, Any]:
     started = time.monotonic()
     tmp = tempfile.TemporaryDirectory(prefix="review-load-") if workdir is None else None
     root = Path(tmp.name if tmp else workdir)  # type: ignore[arg-type]
@@ -187,11 +209,16 @@ def run(reviewers: int = 20, verdicts: int = 5000, per_image: int = 2, kill: boo
         shared = Shared(target=verdicts, deadline=time.monotonic() + timeout)
         server = ServerProcess(db_url, log_path=root / "server.log").start()
         kills: list[dict[str, Any]] = []
+        marks = [int(verdicts * (i + 1) / (n_kills + 1)) for i in range(n_kills)]
         try:
-            threads = [threading.Thread(target=reviewer_loop, args=(n, t, server.base_url, shared), daemon=True)
-                       for n, t in tokens.items()]
+            threads = [
+                threading.Thread(target=reviewer_loop, args=(n, t, server.base_url, shared), daemon=True)
+                for n, t in tokens.items()
+            ]
             if kill:
-                threads.append(threading.Thread(target=killer, args=(server, shared, int(verdicts * 0.4), kills), daemon=True))
+                threads.append(
+                    threading.Thread(target=killer, args=(server, shared, marks, kills), daemon=True)
+                )
             t0 = time.perf_counter()
             for t in threads:
                 t.start()
@@ -222,8 +249,13 @@ def run(reviewers: int = 20, verdicts: int = 5000, per_image: int = 2, kill: boo
             "kills": kills,
             "total_s": round(time.monotonic() - started, 2),
         }
-        result["ok"] = (checks["lost"] == 0 and checks["duplicated"] == 0 and checks["unexpected"] == 0
-                        and len(shared.acked) == verdicts and (not kill or bool(kills)))
+        result["ok"] = (
+            checks["lost"] == 0
+            and checks["duplicated"] == 0
+            and checks["unexpected"] == 0
+            and len(shared.acked) == verdicts
+            and (not kill or len(kills) == n_kills)
+        )
         return result
     finally:
         if tmp:
@@ -239,14 +271,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reviewers", type=int, default=20)
     p.add_argument("--verdicts", type=int, default=5000, help="total verdicts across all reviewers")
     p.add_argument("--per_image", type=int, default=2)
-    p.add_argument("--kill", action="store_true", help="SIGKILL the server at 40%% of the load and restart it")
+    p.add_argument(
+        "--kill", action="store_true", help="SIGKILL the server mid-load (see --kills) and restart it"
+    )
+    p.add_argument("--kills", type=int, default=1, help="with --kill: how many times (evenly spread)")
     p.add_argument("--db", help="database URL (default: a SQLite file in a temp folder)")
     p.add_argument("--workdir", help="keep images, database and server.log here")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    result = run(args.reviewers, args.verdicts, args.per_image, args.kill, args.db, args.workdir, args.timeout)
+    result = run(
+        args.reviewers,
+        args.verdicts,
+        args.per_image,
+        args.kill,
+        args.kills,
+        args.db,
+        args.workdir,
+        args.timeout,
+    )
     print(json.dumps(result, indent=2))
     return 0 if result["ok"] else 1
 

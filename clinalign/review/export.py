@@ -1,0 +1,216 @@
+"""Export judgements as the seed's feedback folders (``CLASS/align``, ``CLASS/notalign``) + votes.csv.
+
+File names are the original sample file names, so the reward CSV IDs match. The folder appears
+all at once: it is written under a temporary name beside ``out`` and renamed into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from ..errors import ClinalignError, DataError
+from .db import IMPLAUSIBLE, PLAUSIBLE, REVIEWER, SAMPLE, Blob, Image, Store, User, Verdict
+from .ingest import get_batch
+from .problems import NotFound
+
+log = logging.getLogger(__name__)
+
+ALIGN, NOTALIGN = "align", "notalign"
+VOTE_COLUMNS = ["ID", "class", "reviewer", "verdict", "reasons", "comment", "concept", "time"]
+
+
+@dataclass(frozen=True)
+class Ballot:
+    reviewer: str
+    verdict: str
+    concept: str | None = None
+
+
+@dataclass
+class Decision:
+    folder: str | None  # ALIGN, NOTALIGN, or None when the rule cannot decide
+    concept: str | None = None
+    why_excluded: str | None = None
+
+
+def parse_rule(rule: str) -> tuple[str, str | None]:
+    if rule in ("majority", "unanimous"):
+        return rule, None
+    if rule.startswith("reviewer:") and rule[len("reviewer:") :]:
+        return "reviewer", rule[len("reviewer:") :]
+    raise ClinalignError(f"--rule {rule!r}: use majority, unanimous or reviewer:NAME")
+
+
+def _concept_of(agreeing: list[Ballot]) -> str | None:
+    """A concept is assigned only when a strict majority of the deciding votes name it."""
+    if not agreeing:
+        return None
+    concept, n = Counter(b.concept for b in agreeing).most_common(1)[0]
+    return concept if concept and n * 2 > len(agreeing) else None
+
+
+def decide(rule: str, ballots: list[Ballot]) -> Decision:
+    kind, who = parse_rule(rule)
+    if not ballots:
+        return Decision(None, why_excluded="no votes")
+    if kind == "reviewer":
+        mine = [b for b in ballots if b.reviewer == who]
+        if not mine:
+            return Decision(None, why_excluded=f"not judged by {who}")
+        ballots = mine
+    plausible = [b for b in ballots if b.verdict == PLAUSIBLE]
+    implausible = [b for b in ballots if b.verdict == IMPLAUSIBLE]
+    if not plausible and not implausible:
+        return Decision(None, why_excluded="unsure")
+    if kind == "unanimous" and len({b.verdict for b in ballots}) > 1:
+        # An "unsure" breaks unanimity too: unanimous means every judge said the same thing.
+        return Decision(None, why_excluded="not unanimous")
+    if len(plausible) == len(implausible):
+        return Decision(None, why_excluded="tie")
+    agreeing = plausible if len(plausible) > len(implausible) else implausible
+    folder = ALIGN if agreeing is plausible else NOTALIGN
+    return Decision(folder, concept=_concept_of(agreeing))
+
+
+@dataclass
+class ExportSummary:
+    out: str
+    rule: str
+    images: int = 0
+    exported: int = 0
+    folders: dict[str, int] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)
+    votes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _fresh_tmp(out: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+def _swap_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    if out.exists() and (overwrite or (out.is_dir() and not any(out.iterdir()))):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "x")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def export_feedback(
+    store: Store,
+    out: str | Path,
+    *,
+    rule: str = "majority",
+    batch: str | None = None,
+    overwrite: bool = False,
+) -> ExportSummary:
+    out = Path(out).expanduser().resolve()
+    kind, who = parse_rule(rule)
+    if out.exists() and not overwrite and not (out.is_dir() and not any(out.iterdir())):
+        raise ClinalignError(
+            f"{out}: already exists and is not empty; pass --overwrite or choose another --out"
+        )
+    if not out.parent.is_dir():
+        raise ClinalignError(f"{out.parent}: folder does not exist; create it first")
+
+    with store.read() as s:
+        batch_ids = [get_batch(s, batch).id] if batch else None
+        if (
+            kind == "reviewer"
+            and s.scalar(select(User.id).where(User.name == who, User.role == REVIEWER)) is None
+        ):
+            raise NotFound(f"--rule {rule}: no reviewer named {who!r}")
+        q = select(Image).where(Image.kind == SAMPLE).order_by(Image.batch_id, Image.filename)
+        if batch_ids:
+            q = q.where(Image.batch_id.in_(batch_ids))
+        images = list(s.scalars(q))
+        seen: dict[str, int] = {}
+        for im in images:
+            if im.filename in seen and seen[im.filename] != im.batch_id:
+                raise DataError(
+                    f"{im.filename}: appears in more than one batch; export one batch at a time with --batch NAME"
+                )
+            seen[im.filename] = im.batch_id
+        vq = (
+            select(Verdict, User.name)
+            .join(User, User.id == Verdict.reviewer_id)
+            .join(Image, Image.id == Verdict.image_id)
+            .where(Verdict.undone_at.is_(None), Image.kind == SAMPLE)
+            .order_by(Verdict.created_at, Verdict.id)
+        )
+        if batch_ids:
+            vq = vq.where(Image.batch_id.in_(batch_ids))
+        votes: dict[int, list[tuple[Verdict, str]]] = defaultdict(list)
+        for v, name in s.execute(vq):
+            votes[v.image_id].append((v, name))
+
+        summary = ExportSummary(out=str(out), rule=rule, images=len(images))
+        folders: Counter = Counter()
+        excluded: Counter = Counter()
+        tmp = _fresh_tmp(out)
+        try:
+            for im in images:
+                ballots = [Ballot(name, v.verdict, v.concept) for v, name in votes.get(im.id, [])]
+                d = decide(rule, ballots)
+                if d.folder is None:
+                    excluded[d.why_excluded or "undecided"] += 1
+                    continue
+                label = d.concept or im.declared_class
+                target = tmp / label / d.folder
+                target.mkdir(parents=True, exist_ok=True)
+                data = s.scalar(select(Blob.data).where(Blob.sha256 == im.blob_sha))
+                with open(target / im.filename, "xb") as f:
+                    f.write(data or b"")
+                folders[f"{label}/{d.folder}"] += 1
+            rows = 0
+            with open(tmp / "votes.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(VOTE_COLUMNS)
+                for im in images:
+                    for v, name in votes.get(im.id, []):
+                        w.writerow(
+                            [
+                                im.filename,
+                                im.declared_class,
+                                name,
+                                v.verdict,
+                                ";".join(json.loads(v.reasons or "[]")),
+                                v.comment or "",
+                                v.concept or "",
+                                v.created_at.isoformat(),
+                            ]
+                        )
+                        rows += 1
+                f.flush()
+                os.fsync(f.fileno())
+            _swap_into_place(tmp, out, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    summary.exported = sum(folders.values())
+    summary.folders = dict(sorted(folders.items()))
+    summary.excluded = dict(sorted(excluded.items()))
+    summary.votes = rows
+    log.info(
+        "exported %d of %d images to %s (%d excluded)",
+        summary.exported,
+        summary.images,
+        out,
+        sum(excluded.values()),
+    )
+    return summary
