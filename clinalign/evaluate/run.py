@@ -1,0 +1,392 @@
+"""The evaluation stage: fidelity, plausibility, utility and memorisation of synthetic images.
+
+In memory (the demo, notebooks)::
+
+    models = EvaluationModels.fit(real, test=None, config=OracleConfig(epochs=10))
+    result = evaluate_samples(models, real, samples, baseline=before)   # EvaluationResult
+    write_outputs(result, "out/")                                        # metrics.json, report.html
+
+From folders (the CLI): :func:`evaluate`.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.classmap import ClassMap
+from ..data.folder import images_to_tensor
+from ..data.transforms import atomic_writer
+from ..errors import DataError
+from . import bootstrap as bs
+from .data import ImageSet, RealData, as_image_set, class_counts, derived_seed
+from .features import load_feature_checkpoint, load_inception
+from .fid import FrechetReference, fid, fid_to_stats
+from .memorisation import CopyReference, Memorisation, memorisation
+from .oracle import EvaluationModels, OracleConfig
+from .plausibility import Judgement, RealReference, judge, summarise
+from .prdc import ManifoldResult, prdc
+from .utility import UtilityConfig, real_only, tstr
+
+log = logging.getLogger(__name__)
+
+RewardFn = Callable[[ImageSet], np.ndarray]
+
+DEFINITIONS = {
+    "plausible": "the evaluation oracle gives the declared class probability >= tau AND the sample's domain "
+                 "features lie inside the k-NN ball (k = 5) of at least one real training image; "
+                 "'oracle_rate' and 'manifold_rate' are the two conditions alone",
+    "oracle": "an independent classifier (VGG, its own seed) trained on real half B only; the simulated "
+              "expert is a ResNet trained on half A (halves by a hash of the file name)",
+    "fid": "Fréchet distance computed on domain features (the oracle's penultimate layer, or a given "
+           "classifier), not Inception-v3; comparable only between sets evaluated with the same models",
+    "prdc": "precision / recall / density / coverage of Naeem et al. 2020 with k = 5 on the same features",
+    "near_copy": "sample closer to its nearest real training image than the 1st percentile of real test -> "
+                 "real train nearest-neighbour distances",
+    "utility": "TSTR: classifiers trained on real only / synthetic only / real + synthetic, tested on real "
+               "held-out images",
+    "ci": "95 % percentile bootstrap over samples (real data fixed); FID intervals are shifted by the bootstrap "
+          "bias estimate, because resampling with replacement inflates FID",
+}
+
+
+@dataclass
+class MetricConfig:
+    """How sample sets are scored (none of it changes the cached models)."""
+
+    tau: float = 0.5
+    k: int = 5
+    max_reference: int = 10000  # real vectors spanning the k-NN manifold (stratified subsample)
+    bootstrap: int = 200
+    level: float = 0.95
+    copy_percentile: float = 1.0
+    seed: int = 0
+    utility: UtilityConfig | None = field(default_factory=UtilityConfig)  # None: skip TSTR
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.tau <= 1.0:
+            raise DataError(f"--tau must be in [0, 1], got {self.tau}")
+        if self.k < 1:
+            raise DataError(f"--k must be positive, got {self.k}")
+
+
+@dataclass
+class SetResult:
+    """One sample set: its images, per-sample outcomes and its metrics (what the report draws)."""
+
+    name: str
+    samples: ImageSet  # at the evaluation models' size
+    features: np.ndarray
+    judgement: Judgement
+    manifold: ManifoldResult
+    memorisation: Memorisation
+    reward: np.ndarray | None
+    metrics: dict[str, Any]
+    # Bootstrap replicates by metric path, e.g. ("plausibility", "per_class", "neutrophil", "rate").
+    replicates: dict[tuple[str, ...], np.ndarray] = field(repr=False, default_factory=dict)
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict[str, Any]
+    sets: dict[str, SetResult]
+    reference: RealReference
+    copies: CopyReference
+    models: EvaluationModels
+
+    @property
+    def samples(self) -> SetResult:
+        return self.sets["samples"]
+
+    @property
+    def baseline(self) -> SetResult | None:
+        return self.sets.get("baseline")
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(np.mean(x)) if len(x) else float("nan")
+
+
+def _score_set(name: str, samples: ImageSet, models: EvaluationModels, ref: RealReference, copies: CopyReference,
+               config: MetricConfig, reward: RewardFn | None, utility_baseline: dict | None,
+               progress: bool) -> SetResult:
+    start = time.perf_counter()
+    unknown = sorted(set(samples.classes) - set(models.class_map.names))
+    if unknown:
+        raise DataError(f"{samples.name or name}: declares class(es) {', '.join(unknown)} that the real data does "
+                        f"not have (real classes: {', '.join(models.class_map.names)}); rename those files")
+    s = samples.at(models.image_size, models.channels)
+    feats = models.embed(s.images)
+    man = prdc(ref.reference_features, feats, config.k, ref.radii)
+    j = judge(models, models.oracle_proba(s.images), s.classes, man.in_manifold, config.tau)
+    mem = memorisation(feats, s.images, ref, copies)
+    rewards = None if reward is None else np.asarray(reward(samples), dtype=np.float64).reshape(-1)
+    if rewards is not None and len(rewards) != len(s):
+        raise ValueError(f"reward model returned {len(rewards)} scores for {len(s)} images")
+
+    classes = np.asarray(s.classes, dtype=object)
+    m: dict[str, Any] = {"n": len(s), "class_counts": class_counts(s.classes)}
+    m["fid"] = fid_to_stats(feats, *ref.stats)
+    m["fid_per_class"] = {c: (fid_to_stats(feats[classes == c], *ref.class_stats[c]) if c in ref.class_stats
+                              else float("nan")) for c in sorted(set(s.classes))}
+    if models.inception is not None:
+        m["fid_inception"] = fid_to_stats(models.inception(s.images), *ref.inception_stats)
+    m["prdc"] = man.summary()
+    m["plausibility"] = summarise(j)
+    if rewards is not None:
+        m["reward"] = {"mean": _mean(rewards),
+                       "per_class": {c: _mean(rewards[classes == c]) for c in sorted(set(s.classes))}}
+    m["memorisation"] = mem.summary(copies)
+    if config.utility is not None:
+        m["utility"] = tstr(s, ref.train, ref.test, models.class_map, config.utility, utility_baseline, progress)
+
+    # Bootstrap: per-sample quantities whose mean is the metric, plus FID recomputed per draw.
+    seed = derived_seed(f"bootstrap:{name}", config.seed)
+    per_sample: dict[tuple[str, ...], np.ndarray] = {
+        ("plausibility", "rate"): j.plausible, ("plausibility", "oracle_rate"): j.recognised,
+        ("plausibility", "manifold_rate"): j.in_manifold, ("plausibility", "mean_p_declared"): j.p_declared,
+        ("prdc", "precision"): man.in_manifold, ("prdc", "density"): man.ball_count / config.k,
+        ("memorisation", "feature", "near_copy_fraction"): mem.near_copy_feature,
+    }
+    if rewards is not None:
+        per_sample[("reward", "mean")] = rewards
+    for c in sorted(set(s.classes)):
+        per_sample[("plausibility", "per_class", c, "rate")] = j.plausible[classes == c]
+    reps = {key: bs.replicate_mean(v, config.bootstrap, seed) for key, v in per_sample.items()}
+    if config.bootstrap:
+        real_stats = FrechetReference(*ref.stats)  # the same d² as fid_to_stats, fast for many draws
+        reps[("fid",)] = bs.replicate(lambda idx: real_stats.distance(feats[idx]), len(s), config.bootstrap, seed)
+    m["ci"] = {".".join(key): list(bs.percentile_interval(r, config.level)) for key, r in reps.items()}
+    if config.bootstrap:
+        lo, hi = bs.percentile_interval(reps[("fid",)], config.level, bias_from=m["fid"])  # see bootstrap.py
+        m["ci"]["fid"] = [max(lo, 0.0), max(hi, 0.0)]
+    m["seconds"] = round(time.perf_counter() - start, 2)
+    log.info("%s: %d samples, plausible %.3f (oracle %.3f, manifold %.3f), FID %.2f", name, len(s),
+             m["plausibility"]["rate"], m["plausibility"]["oracle_rate"], m["plausibility"]["manifold_rate"], m["fid"])
+    return SetResult(name, s, feats, j, man, mem, rewards, m, reps)
+
+
+def lookup(metrics: dict, path: tuple[str, ...]) -> float | None:
+    """``metrics[path[0]][path[1]]...`` as a float, or None where the path does not exist.
+
+    E.g. ``lookup(result.samples.metrics, ("plausibility", "rate"))``.
+    """
+    value: Any = metrics
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return float(value)
+
+
+def _compare(a: SetResult, b: SetResult, level: float) -> dict[str, dict[str, float]]:
+    """Each metric of ``a`` minus ``b``; bootstrapped ones with the interval of the difference."""
+    out: dict[str, dict[str, float]] = {}
+    for key in sorted(set(a.replicates) & set(b.replicates)):
+        va, vb = lookup(a.metrics, key), lookup(b.metrics, key)
+        d = bs.difference(va, a.replicates[key], vb, b.replicates[key], level, bias_correct=key == ("fid",))
+        out[".".join(key)] = {a.name: va, b.name: vb, "difference": d.value, "ci_low": d.low, "ci_high": d.high}
+    for key in (("prdc", "recall"), ("prdc", "coverage"), ("utility", "synthetic_only", "accuracy"),
+                ("utility", "real_plus_synthetic", "accuracy")):
+        va, vb = lookup(a.metrics, key), lookup(b.metrics, key)
+        if va is not None and vb is not None:
+            out[".".join(key)] = {a.name: va, b.name: vb, "difference": va - vb}
+    return out
+
+
+def _real_metrics(models: EvaluationModels, ref: RealReference, copies: CopyReference, config: MetricConfig) -> dict:
+    j = judge(models, ref.test_proba, ref.test.classes, ref.test_manifold.in_manifold, config.tau)
+    return {
+        "n_train": len(ref.train), "n_test": len(ref.test), "n_reference": len(ref.reference_index),
+        "classes": models.class_map.names, "class_counts_train": class_counts(ref.train.classes),
+        "image_size": models.image_size, "channels": models.channels,
+        "oracle": {key: models.info.get(key) for key in
+                   ("arch", "half", "seed", "n_train", "val_accuracy", "test_accuracy", "test_balanced_accuracy",
+                    "fit_seconds")},
+        "feature_extractor": models.features.source,
+        # What real held-out images score: the ceiling for plausibility, the floor for FID.
+        "real_test": {"plausibility": summarise(j), "prdc": ref.test_manifold.summary(),
+                      "fid_vs_train": fid(ref.test_features, ref.train_features)},
+        "copy_thresholds": {"feature": copies.threshold_feature, "pixel": copies.threshold_pixel},
+    }
+
+
+def evaluate_samples(models: EvaluationModels, real: RealData, samples: RealData,
+                     baseline: RealData | None = None, test: RealData | None = None,
+                     reward: RewardFn | None = None, config: MetricConfig | None = None,
+                     reference: RealReference | None = None, progress: bool = False) -> EvaluationResult:
+    """Score ``samples`` (and ``baseline``, side by side with differences) against the real data.
+
+    Image sets may be ImageSets or ``(uint8 NHWC images, class names[, ids])``. ``real``/``test``
+    must be what ``models`` was fitted with. ``reward(image_set) -> scores`` adds the mean reward.
+    Pass a prebuilt ``reference`` (``RealReference.build``) to score many sets against the same
+    real data without re-embedding it.
+    """
+    config = config or MetricConfig()
+    samples = as_image_set(samples)
+    baseline = None if baseline is None else as_image_set(baseline)
+    start = time.perf_counter()
+    ref = reference or RealReference.build(models, real, test, config.k, config.max_reference, config.seed)
+    copies = CopyReference.build(ref, config.copy_percentile)
+    utility_baseline = (None if config.utility is None else
+                        real_only(ref.train, ref.test, models.class_map, config.utility, models.directory, progress))
+    sets = {"samples": _score_set("samples", samples, models, ref, copies, config, reward, utility_baseline,
+                                  progress)}
+    if baseline is not None:
+        sets["baseline"] = _score_set("baseline", baseline, models, ref, copies, config, reward, utility_baseline,
+                                      progress)
+    metrics: dict[str, Any] = {
+        "definitions": DEFINITIONS,
+        "config": {"metrics": _config_dict(config), "models": asdict(models.config)},
+        "real": _real_metrics(models, ref, copies, config),
+        "sets": {name: r.metrics for name, r in sets.items()},
+    }
+    if baseline is not None:
+        metrics["comparison"] = _compare(sets["samples"], sets["baseline"], config.level)
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    return EvaluationResult(metrics, sets, ref, copies, models)
+
+
+def _config_dict(config: MetricConfig) -> dict:
+    d = asdict(config)
+    d["utility"] = None if config.utility is None else asdict(config.utility)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Output files
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/inf -> None and numpy scalars -> Python, so metrics.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def write_metrics(result: EvaluationResult, out_dir: str | Path) -> Path:
+    path = Path(out_dir) / "metrics.json"
+    with atomic_writer(path, "w") as f:
+        json.dump(json_safe(result.metrics), f, indent=2, allow_nan=False)
+    return path
+
+
+def write_per_sample(result: EvaluationResult, out_dir: str | Path) -> Path:
+    """``per_sample.csv``: every sample's verdict components, nearest real images and reward."""
+    path = Path(out_dir) / "per_sample.csv"
+    train_ids = result.reference.train.ids
+    with atomic_writer(path, "w") as f:
+        w = csv.writer(f)
+        w.writerow(["set", "ID", "class", "p_declared", "oracle_class", "in_manifold", "plausible",
+                    "nn_feature_distance", "nn_feature_real", "near_copy_feature", "nn_pixel_distance",
+                    "nn_pixel_real", "near_copy_pixel", "reward"])
+        for r in result.sets.values():
+            j, mem = r.judgement, r.memorisation
+            for i, sid in enumerate(r.samples.ids):
+                w.writerow([r.name, sid, j.classes[i], f"{j.p_declared[i]:.6f}", j.predicted[i],
+                            int(j.in_manifold[i]), int(j.plausible[i]), f"{mem.feature.distance[i]:.6g}",
+                            train_ids[mem.feature.index[i]], int(mem.near_copy_feature[i]),
+                            f"{mem.pixel.distance[i]:.6g}", train_ids[mem.pixel.index[i]], int(mem.near_copy_pixel[i]),
+                            "" if r.reward is None else f"{r.reward[i]:.6g}"])
+    return path
+
+
+def write_outputs(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
+    """metrics.json, per_sample.csv and the self-contained report.html in ``out_dir``."""
+    from .report import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return {"metrics": write_metrics(result, out), "per_sample": write_per_sample(result, out),
+            "report": write_report(result, out)}
+
+
+# ---------------------------------------------------------------------------------------------
+# From folders
+
+
+def _reward_model_class() -> type | None:
+    """``RewardModel`` of the reward stage (another module, maybe absent) if it has load/score_names."""
+    for module_name in ("clinalign.reward", "clinalign.reward.model"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        found = getattr(module, "RewardModel", None)
+        if found is not None and hasattr(found, "load") and hasattr(found, "score_names"):
+            return found
+    return None
+
+
+def reward_scorer(checkpoint: str | Path) -> RewardFn | None:
+    """``RewardModel.load(dir).score_names(x, class_names)`` as a scorer, when the reward stage has it.
+
+    ``x`` is float NCHW in [-1, 1], decoded at the reward model's ``image_size`` / ``channels``
+    when it declares them (from the files, when the set has any).
+    """
+    reward_model = _reward_model_class()
+    if reward_model is None:
+        log.warning("--reward_checkpoint given, but clinalign.reward offers no RewardModel.load/score_names; "
+                    "mean reward is not reported")
+        return None
+    model = reward_model.load(checkpoint)
+    size, channels = getattr(model, "image_size", None), getattr(model, "channels", None)
+
+    @torch.no_grad()
+    def score(samples: ImageSet) -> np.ndarray:
+        s = samples.at(int(size or samples.image_size), int(channels or samples.channels))
+        out = model.score_names(images_to_tensor(s.images), s.classes)
+        return torch.as_tensor(out).detach().cpu().double().numpy().reshape(-1)
+
+    return score
+
+
+def evaluate(real: str | Path, samples: str | Path, out: str | Path, baseline: str | Path | None = None,
+             real_test: str | Path | None = None, models_dir: str | Path | None = None,
+             oracle_config: OracleConfig | None = None, metric_config: MetricConfig | None = None,
+             reward_checkpoint: str | Path | None = None, inception: str | Path | None = None,
+             feature_checkpoint: str | Path | None = None, skip_bad_images: bool = False,
+             progress: bool = False) -> EvaluationResult:
+    """Load the folders, fit (or reuse) the evaluation models, score, and write the outputs to ``out``."""
+    oracle_config = oracle_config or OracleConfig()
+    metric_config = metric_config or MetricConfig()
+    out = Path(out)
+    size = oracle_config.image_size
+    real_set = ImageSet.from_folder(real, size, skip_bad_images=skip_bad_images)
+    test_set = (None if real_test is None else
+                ImageSet.from_folder(real_test, size, real_set.channels, skip_bad_images=skip_bad_images))
+    # Read the samples before any training, so a misnamed file fails in seconds, not after it.
+    class_map = ClassMap.from_labels(real_set.classes + (test_set.classes if test_set else []))
+    sample_set = ImageSet.from_folder(samples, size, real_set.channels, class_map, skip_bad_images)
+    base_set = (None if baseline is None else
+                ImageSet.from_folder(baseline, size, real_set.channels, class_map, skip_bad_images))
+    models = EvaluationModels.fit_or_load(real_set, test_set, oracle_config,
+                                          Path(models_dir) if models_dir else out / "models", progress)
+    if feature_checkpoint:
+        models.features = load_feature_checkpoint(feature_checkpoint)
+    if inception:
+        models.inception = load_inception(inception)
+    reward = reward_scorer(reward_checkpoint) if reward_checkpoint else None
+    result = evaluate_samples(models, real_set, sample_set, base_set, test_set, reward, metric_config,
+                              progress=progress)
+    write_outputs(result, out)
+    return result

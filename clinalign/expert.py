@@ -1,0 +1,376 @@
+"""A simulated expert: judges synthetic images plausible / implausible for their declared class.
+
+For development, and for users who want to run the whole loop before their pathologists do. The
+expert Γ_sim is its own classifier trained on real images, and a synthetic image is judged
+
+    plausible  iff  P_expert(declared class | image) >= tau
+
+with a strictness ``tau``, after which each verdict is flipped with probability ``noise`` (seeded),
+to mimic disagreement between readers. Verdicts are written in the seed's feedback layout
+(``CLASS/align`` and ``CLASS/notalign``, file names kept) plus ``judgements.csv``.
+
+The expert is never the evaluation oracle: it is a ``resnet`` (the oracle a ``vgg``), seeded with
+``derived_seed("expert", seed)`` and trained on real half A only (the oracle on half B), where the
+halves come from a hash of each file name (:mod:`clinalign.evaluate.data`).
+:func:`clinalign.evaluate.oracle.check_independent` asserts all three.
+
+The label a classifier is trained on is pluggable: ``label_from="subtype"`` trains on finer labels
+(the second ``_`` token of the file name, e.g. ``neutrophil_BNE_123.jpg`` -> ``neutrophil:BNE``), and
+P(declared class) is then the sum over the class's subtypes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.folder import images_to_tensor
+from .data.layouts import write_feedback_folder
+from .data.toy import subtype_of
+from .data.transforms import atomic_writer
+from .errors import CheckpointError, DataError
+from .evaluate.data import (
+    HALF_EXPERT,
+    ImageSet,
+    RealData,
+    as_image_set,
+    derived_seed,
+    half_of,
+    is_validation,
+    stratified_cap,
+)
+from .evaluate.features import as_uint8_images, classifier_proba
+from .evaluate.oracle import cache_dir, load_model_dir, save_model_dir, seeded_classifier
+from .models.fit import fit_classifier
+
+log = logging.getLogger(__name__)
+
+EXPERT_ARCH = "resnet"
+MODEL_FILE = "expert.safetensors"
+META_FILE = "expert.json"
+JUDGEMENTS_FILE = "judgements.csv"
+_FORMAT = 1
+
+#: (file name, declared class) -> the label the expert's classifier is trained on.
+LabelFn = Callable[[str, str], str]
+
+
+def class_label(file_id: str, declared: str) -> str:
+    return declared
+
+
+def subtype_label(file_id: str, declared: str) -> str:
+    """``CLASS_SUBTYPE_rest.png`` -> ``CLASS:SUBTYPE`` (PBC and toy-cell naming)."""
+    return f"{declared}:{subtype_of(file_id)}"
+
+
+LABEL_FUNCTIONS: dict[str, LabelFn] = {"class": class_label, "subtype": subtype_label}
+
+
+def parent_of(label: str) -> str:
+    """The declared class a training label belongs to (``neutrophil:BNE`` -> ``neutrophil``)."""
+    return label.split(":", 1)[0]
+
+
+@dataclass
+class ExpertConfig:
+    """How the expert's classifier is trained; every field is part of the cache key."""
+
+    image_size: int = 32
+    width: int = 16
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+    val_fraction: float = 0.1  # of half A, for early stopping
+    max_train: int = 0  # cap on training images (stratified); 0 = all of half A
+    label_from: str = "class"  # a key of LABEL_FUNCTIONS
+
+    def __post_init__(self) -> None:
+        if self.label_from not in LABEL_FUNCTIONS:
+            raise DataError(f"--label_from must be one of {', '.join(LABEL_FUNCTIONS)}, got {self.label_from!r}")
+        if self.image_size < 8 or self.epochs < 1 or self.width < 1 or self.batch_size < 2:
+            raise DataError("--image_size must be >= 8, --epochs and --width positive, --batch_size >= 2")
+
+
+@dataclass
+class ExpertSimulator:
+    """Γ_sim: a classifier over training labels, and the rule that turns it into verdicts."""
+
+    model: nn.Module
+    labels: list[str]
+    channels: int
+    config: ExpertConfig
+    info: dict[str, Any] = field(default_factory=dict)
+    # Every class of the real data, including any its half A happened to hold no image of.
+    classes: list[str] = field(default_factory=list)
+    directory: Path | None = field(default=None, repr=False)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    # -- judging --------------------------------------------------------------------------------
+
+    def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """P(label | image) over ``self.labels`` for uint8 NHWC or float NCHW [-1, 1] images."""
+        return classifier_proba(self.model, as_uint8_images(images, self.image_size, self.channels))
+
+    def p_declared(self, images: np.ndarray | torch.Tensor, class_names: Sequence[str]) -> np.ndarray:
+        """P(declared class | image): the sum over the labels that are, or belong to, that class."""
+        proba = self.probabilities(images)
+        if len(class_names) != len(proba):
+            raise ValueError(f"{len(proba)} images but {len(class_names)} class names")
+        members: dict[str, np.ndarray] = {}
+        for name in set(class_names):
+            mask = np.array([lab == name or parent_of(lab) == name for lab in self.labels])
+            if not mask.any():
+                if name not in self.classes:
+                    raise DataError(f"declared class {name!r} is unknown to the simulated expert (it knows "
+                                    f"{', '.join(self.classes or sorted({parent_of(lab) for lab in self.labels}))});"
+                                    " rename the files or train the expert on real images of that class")
+                # A real class with no image in half A: the expert cannot recognise it (p = 0).
+                log.warning("the simulated expert saw no real %r image (none in its half); every %r sample is "
+                            "judged implausible", name, name)
+            members[name] = mask
+        return np.array([proba[i, members[c]].sum() for i, c in enumerate(class_names)])
+
+    def judge(self, images: np.ndarray | torch.Tensor, class_names: Sequence[str], tau: float = 0.5,
+              noise: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``(plausible bool array, p_declared)``: P(declared) >= tau, then each verdict flipped w.p. ``noise``."""
+        if not 0.0 <= tau <= 1.0 or not 0.0 <= noise <= 1.0:
+            raise DataError(f"--tau and --noise must be in [0, 1], got {tau} and {noise}")
+        p = self.p_declared(images, class_names)
+        plausible = p >= tau
+        if noise > 0:
+            flip = np.random.default_rng(derived_seed("expert-noise", seed)).random(len(p)) < noise
+            plausible = plausible ^ flip
+        return plausible, p
+
+    # -- training -------------------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, real: RealData, config: ExpertConfig | None = None,
+            label_fn: LabelFn | None = None, progress: bool = False) -> ExpertSimulator:
+        """Train on real half A (every image of it but a validation slice); see the module docstring.
+
+        ``real``: an ImageSet, an ImageFolderDataset or ``(uint8 NHWC, class names[, ids])``.
+        """
+        config = config or ExpertConfig()
+        label_fn = label_fn or LABEL_FUNCTIONS[config.label_from]
+        start = time.perf_counter()
+        real = as_image_set(real)
+        real = real.at(config.image_size, real.channels)
+        in_a = np.array([half_of(i) == HALF_EXPERT for i in real.ids])
+        val_mask = np.array([is_validation(i, config.val_fraction) for i in real.ids])
+        fit_set, val_set = real.subset(in_a & ~val_mask), real.subset(in_a & val_mask)
+        fit_labels = [label_fn(i, c) for i, c in zip(fit_set.ids, fit_set.classes)]
+        keep = stratified_cap(fit_labels, config.max_train, config.seed)
+        fit_set, fit_labels = fit_set.subset(keep), [fit_labels[i] for i in keep]
+        if len(fit_set) < 2:
+            raise DataError(f"{real.name or 'real data'}: only {len(fit_set)} image(s) in the expert's half; "
+                            "add real images")
+        assert all(half_of(i) == HALF_EXPERT for i in fit_set.ids + val_set.ids)  # never the oracle's half
+        labels = sorted(set(fit_labels))
+        index = {lab: k for k, lab in enumerate(labels)}
+        missing = sorted(set(real.classes) - {parent_of(lab) for lab in labels})
+        if missing:
+            log.warning("no real image of %s in the expert's half (A) of %s; the expert will judge those classes "
+                        "implausible: add real images", ", ".join(missing), real.name or "the real data")
+        val_labels = [label_fn(i, c) for i, c in zip(val_set.ids, val_set.classes)]
+        val_keep = [k for k, lab in enumerate(val_labels) if lab in index]
+        val_set = val_set.subset(val_keep)
+        seed = derived_seed("expert", config.seed)
+        model = seeded_classifier(EXPERT_ARCH, real.channels, len(labels), config.width, seed)
+        log.info("training the simulated expert (%s, %d px, %d labels) on %d real images of half A",
+                 EXPERT_ARCH, config.image_size, len(labels), len(fit_set))
+        result = fit_classifier(
+            model, images_to_tensor(fit_set.images), torch.tensor([index[lab] for lab in fit_labels]),
+            images_to_tensor(val_set.images) if len(val_set) else None,
+            torch.tensor([index[val_labels[k]] for k in val_keep]) if len(val_set) else None,
+            num_classes=len(labels), epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed,
+            progress=progress)
+        info = {"role": "expert", "arch": EXPERT_ARCH, "half": HALF_EXPERT, "seed": seed, "user_seed": config.seed,
+                "train_ids": sorted(fit_set.ids), "n_train": len(fit_set), "n_val": len(val_set),
+                "best_epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy,
+                "fit_seconds": round(time.perf_counter() - start, 2), "real": real.name,
+                "real_fingerprint": real.fingerprint()}
+        log.info("simulated expert: validation accuracy %.3f, trained in %.1fs", info["val_accuracy"],
+                 info["fit_seconds"])
+        return cls(model, labels, real.channels, config, info, classes=sorted(set(real.classes)))
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """``expert.safetensors`` + ``expert.json``, written to a temp folder and renamed into place."""
+        meta = {"format": _FORMAT, "config": asdict(self.config), "labels": self.labels, "classes": self.classes,
+                "channels": self.channels, "info": self.info}
+        self.directory = save_model_dir(directory, self.model, {
+            "arch": EXPERT_ARCH, "channels": self.channels, "num_outputs": len(self.labels),
+            "width": self.config.width, "labels": self.labels}, meta, MODEL_FILE, META_FILE)
+        return self.directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ExpertSimulator:
+        model, meta = load_model_dir(directory, MODEL_FILE, META_FILE, "'clinalign expert simulate'")
+        try:
+            config = ExpertConfig(**meta["config"])
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"{directory}: {META_FILE} is from another clinalign version ({exc}); "
+                                  "delete the folder to retrain") from None
+        return cls(model, list(meta["labels"]), int(meta["channels"]), config, meta["info"],
+                   classes=list(meta.get("classes", [])), directory=Path(directory))
+
+    @classmethod
+    def fit_or_load(cls, real: RealData, config: ExpertConfig, expert_dir: str | Path,
+                    progress: bool = False) -> ExpertSimulator:
+        """Reuse ``expert_dir/<key>`` when the same real data and config trained it, else fit and save."""
+        real = as_image_set(real)
+        real = real.at(config.image_size, real.channels)
+        directory = cache_dir(expert_dir, {"format": _FORMAT, "real": real.fingerprint(), "config": asdict(config)})
+        if (directory / META_FILE).exists():
+            log.info("reusing the simulated expert in %s", directory)
+            return cls.load(directory)
+        expert = cls.fit(real, config, progress=progress)
+        expert.save(directory)
+        log.info("saved the simulated expert to %s", directory)
+        return expert
+
+
+@dataclass
+class SimulationResult:
+    out: Path
+    expert_dir: Path
+    n: int
+    plausible_rate: float
+    counts: dict[str, dict[str, int]]
+
+
+def write_judgements(path: Path, ids: Sequence[str], classes: Sequence[str], plausible: np.ndarray,
+                     p_declared: np.ndarray) -> Path:
+    """``judgements.csv``: ID, class, plausible (1/0), p_declared."""
+    with atomic_writer(path, "w") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "class", "plausible", "p_declared"])
+        for row in zip(ids, classes, plausible, p_declared):
+            w.writerow([row[0], row[1], int(row[2]), f"{row[3]:.6f}"])
+    return path
+
+
+def expert_for(real: str | Path, config: ExpertConfig, expert_dir: str | Path, skip_bad_images: bool = False,
+               progress: bool = False) -> ExpertSimulator:
+    """The expert trained on the real folder ``real`` with ``config``: from the cache, or trained now."""
+    real_set = ImageSet.from_folder(real, config.image_size, skip_bad_images=skip_bad_images)
+    return ExpertSimulator.fit_or_load(real_set, config, expert_dir, progress)
+
+
+def simulate(samples: str | Path, out: str | Path, real: str | Path, tau: float = 0.5, noise: float = 0.0,
+             seed: int = 0, expert_dir: str | Path | None = None, config: ExpertConfig | None = None,
+             overwrite: bool = False, skip_bad_images: bool = False, progress: bool = False) -> SimulationResult:
+    """Judge a sample folder with the (cached) simulated expert and write the feedback folder."""
+    config = config or ExpertConfig(seed=seed)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:  # before minutes of training, not after
+        raise DataError(f"{out}: already exists and is not empty; pass a new --out or --overwrite True")
+    expert_dir = Path(expert_dir) if expert_dir else out.parent / "expert"
+    expert = expert_for(real, config, expert_dir, skip_bad_images, progress)
+    sample_set = ImageSet.from_folder(samples, config.image_size, expert.channels, skip_bad_images=skip_bad_images)
+    plausible, p = expert.judge(sample_set.images, sample_set.classes, tau, noise, seed)
+    counts = write_feedback_folder(out, zip(sample_set.paths, sample_set.classes, plausible.tolist()),
+                                   overwrite=overwrite)
+    write_judgements(out / JUDGEMENTS_FILE, sample_set.ids, sample_set.classes, plausible, p)
+    log.info("judged %d samples: %.1f %% plausible (tau %.2f, noise %.2f) -> %s", len(sample_set),
+             100 * plausible.mean(), tau, noise, out)
+    return SimulationResult(out, expert.directory or expert_dir, len(sample_set), float(plausible.mean()), counts)
+
+
+@dataclass
+class ReviewResult:
+    reviewer: str
+    n: int
+    plausible: int
+    per_class: dict[str, dict[str, int]]
+
+
+def _decode_blob(data: bytes, channels: int) -> np.ndarray:
+    from PIL import Image
+
+    from .data.transforms import to_8bit
+    from .evaluate.data import match_channels
+
+    with Image.open(io.BytesIO(data)) as img:
+        arr = np.asarray(to_8bit(img.convert("RGB") if img.mode not in ("L", "RGB") else img))
+    return match_channels(arr[None, ..., None] if arr.ndim == 2 else arr[None], channels)
+
+
+def _reviewer_id(store, reviewer: str) -> int:
+    from sqlalchemy import select
+
+    from .review.db import User
+
+    with store.read() as s:
+        user_id = s.scalar(select(User.id).where(User.name == reviewer))
+    if user_id is None:
+        raise DataError(f"--reviewer {reviewer!r}: no such reviewer in {store.safe_url}; add one with "
+                        "`clinalign review add-reviewer NAME --db URL`")
+    return user_id
+
+
+def check_reviewer(db: str, reviewer: str) -> None:
+    """Raise DataError unless the review database ``db`` exists and has the reviewer ``reviewer``."""
+    from .review.db import Store
+
+    store = Store(db, create=False, must_exist=True)
+    try:
+        _reviewer_id(store, reviewer)
+    finally:
+        store.dispose()
+
+
+def review_queue(db: str, reviewer: str, expert: ExpertSimulator, tau: float = 0.5, noise: float = 0.0,
+                 seed: int = 0, limit: int | None = None) -> ReviewResult:
+    """Work through ``reviewer``'s queue in the review web app's database like a person would.
+
+    Each image the queue hands out (``clinalign.review.queue.next_image``) is judged and recorded
+    with ``record_verdict(source="simulated")`` in its own transaction, so an interrupted run
+    loses nothing and a rerun continues where it stopped.
+    """
+    from .review import db as review_db
+    from .review.queue import next_image, record_verdict
+
+    store = review_db.Store(db, create=False, must_exist=True)
+    rng = np.random.default_rng(derived_seed(f"expert-noise:{reviewer}", seed))
+    per_class: dict[str, dict[str, int]] = {}
+    n = 0
+    try:
+        user_id = _reviewer_id(store, reviewer)
+        while limit is None or n < limit:
+            with store.write() as s:
+                image = next_image(s, user_id)
+                if image is None:
+                    break
+                blob = s.get(review_db.Blob, image.blob_sha)
+                plausible, _ = expert.judge(_decode_blob(blob.data, expert.channels), [image.declared_class], tau)
+                verdict = bool(plausible[0]) ^ bool(rng.random() < noise)
+                key = hashlib.sha256(f"{reviewer}:{image.uid}".encode()).hexdigest()[:32]
+                record_verdict(s, user_id, request_id=f"sim-{key}", item=image.uid,
+                               verdict=review_db.PLAUSIBLE if verdict else review_db.IMPLAUSIBLE, source="simulated")
+                counts = per_class.setdefault(image.declared_class, {"plausible": 0, "implausible": 0})
+                counts["plausible" if verdict else "implausible"] += 1
+                n += 1
+    finally:
+        store.dispose()
+    total = sum(c["plausible"] for c in per_class.values())
+    log.info("%s judged %d image(s) in %s: %d plausible", reviewer, n, store.safe_url, total)
+    return ReviewResult(reviewer, n, total, per_class)

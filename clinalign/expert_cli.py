@@ -1,0 +1,71 @@
+"""``clinalign expert simulate``: judge samples with a simulated expert (for testing the loop)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+from .expert import LABEL_FUNCTIONS, ExpertConfig, check_reviewer, expert_for, review_queue, simulate
+from .flags import str2bool
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = ExpertConfig(image_size=args.image_size, width=args.width, epochs=args.epochs, seed=args.seed,
+                          max_train=args.max_train, label_from=args.label_from)
+    if args.db or args.reviewer:
+        if not (args.db and args.reviewer) or args.samples or args.out:
+            raise ConfigError("judge either a folder (--samples and --out) or the review database "
+                              "(--db and --reviewer), not both")
+        check_reviewer(args.db, args.reviewer)  # before minutes of training, not after
+        expert = expert_for(args.real, config, args.expert_dir or Path("expert"), args.skip_bad_images, True)
+        review = review_queue(args.db, args.reviewer, expert, args.tau, args.noise, args.seed)
+        print(f"{review.reviewer}: judged {review.n} image(s) from the review queue, {review.plausible} plausible")
+        return 0
+    if not (args.samples and args.out):
+        raise ConfigError("pass --samples and --out (or --db and --reviewer to work through a review queue)")
+    result = simulate(args.samples, args.out, args.real, tau=args.tau, noise=args.noise, seed=args.seed,
+                      expert_dir=args.expert_dir, config=config, overwrite=args.overwrite,
+                      skip_bad_images=args.skip_bad_images, progress=True)
+    per_class = ", ".join(f"{c}: {v['align']}/{v['align'] + v['notalign']}" for c, v in sorted(result.counts.items()))
+    print(f"judged {result.n} images, {100 * result.plausible_rate:.1f} % plausible ({per_class})")
+    print(f"wrote {result.out} (CLASS/align|notalign + judgements.csv); expert model in {result.expert_dir}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("expert", help="a simulated expert for testing the feedback loop",
+                                   description="A classifier trained on real images stands in for the pathologist.")
+    sub = parser.add_subparsers(dest="expert_command", metavar="<command>")
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+    d = ExpertConfig()
+    p = sub.add_parser("simulate", help="judge a sample folder: writes OUT/CLASS/align|notalign and judgements.csv",
+                       description="Judge each sample plausible iff the expert's P(declared class) >= --tau, "
+                                   "flip each verdict with probability --noise, write the feedback folder.")
+    p.add_argument("--samples", type=Path, help="synthetic images (CLASS_*.png or manifest.csv)")
+    p.add_argument("--out", type=Path, help="feedback folder to write (must be new or empty)")
+    p.add_argument("--real", type=Path, required=True, help="real images; the expert trains on half A of them")
+    p.add_argument("--tau", type=float, default=0.5, help="strictness: P(declared class) needed to be plausible")
+    p.add_argument("--noise", type=float, default=0.0, help="probability of flipping each verdict")
+    p.add_argument("--seed", type=int, default=0, help="seeds the expert's training and the verdict flips")
+    p.add_argument("--expert_dir", type=Path, help="cache of trained experts (default: OUT/../expert, or ./expert "
+                                                   "with --db)")
+    p.add_argument("--db", help="instead of a folder, judge the review app's queue in this database "
+                                "(sqlite:///feedback.db or a PostgreSQL URL) ...")
+    p.add_argument("--reviewer", help="... as this reviewer (created with `clinalign review add-reviewer`)")
+    p.add_argument("--label_from", choices=tuple(LABEL_FUNCTIONS), default=d.label_from,
+                   help="train on classes, or on subtypes (second '_' token of the file name)")
+    p.add_argument("--image_size", type=int, default=d.image_size)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--max_train", type=int, default=d.max_train, help="cap on training images (0 = all of half A)")
+    p.add_argument("--overwrite", type=str2bool, default=False, metavar="BOOL", help="replace an existing OUT")
+    p.add_argument("--skip_bad_images", type=str2bool, default=False, metavar="BOOL")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default; 1 is often fastest on a busy machine)")
+    p.set_defaults(func=run_simulate)
