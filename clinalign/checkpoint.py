@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
+from .fileio import write_json_atomic  # noqa: F401  (used by the stages that import it from here)
 
 log = logging.getLogger(__name__)
 
@@ -212,18 +213,3 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
     if not found:
         return None
     return Checkpoint(found[-1], json.loads((found[-1] / "meta.json").read_text()))
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

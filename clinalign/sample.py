@@ -10,10 +10,7 @@ same command gives the same images.
 from __future__ import annotations
 
 import csv
-import io
 import logging
-import os
-import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +24,7 @@ from .data.classmap import ClassMap
 from .data.naming import MANIFEST_NAME, list_images
 from .distributed import resolve_device
 from .errors import ConfigError
+from .fileio import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +74,10 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _write_rows_atomic(path: Path, rows: list[dict[str, str]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_writer(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def generate(model, diffusion, labels: torch.Tensor, shape: tuple[int, ...], *, sampler: str, steps: int | None,
@@ -218,8 +210,6 @@ def write_npz(out: Path, rows: list[dict[str, str]], class_map) -> Path:
     images = np.stack(arrays) if arrays else np.zeros((0, 0, 0, 0), np.uint8)
     labels = np.array([class_map.index(r["class"]) for r in rows], dtype=np.int64)
     path = out / "samples.npz"
-    fd, tmp = tempfile.mkstemp(prefix=".samples.", suffix=".npz", dir=out)
-    with os.fdopen(fd, "wb") as f:
+    with atomic_writer(path, "wb") as f:
         np.savez(f, arr_0=images, arr_1=labels)
-    os.replace(tmp, path)
     return path

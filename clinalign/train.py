@@ -59,6 +59,16 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
 
 
+def ema_decay(rate: float, step: int) -> float:
+    """EMA decay with warm-up: min(rate, (1 + step) / (10 + step)).
+
+    Without warm-up a 0.9999 EMA of a short run (a CPU demo, a test, a brief finetune) is still
+    mostly the random initialisation; with it, long runs are unchanged (the cap binds after
+    ~10/(1 - rate) steps) and short runs get a usable average.
+    """
+    return min(rate, (1.0 + step) / (10.0 + step))
+
+
 def autocast_context(device: torch.device, enabled: bool) -> tuple[Callable[[], Any], Any]:
     """(factory of the autocast context, loss scaler or None): bf16 where supported, else fp16 + scaling."""
     if not enabled:
@@ -256,7 +266,7 @@ def train(spec: TrainSpec) -> Path:
             with torch.no_grad():
                 live = [p.detach().float() for p in params]
                 for rate, ema in ema_params.items():
-                    torch._foreach_lerp_(ema, live, 1.0 - float(rate))
+                    torch._foreach_lerp_(ema, live, 1.0 - ema_decay(float(rate), step))
         step += 1
 
         meter.images += x.shape[0] * dist_info.world_size

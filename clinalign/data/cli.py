@@ -9,20 +9,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ConfigError
+from ..flags import str2bool
 from . import medmnist, toy
 from .folder import ImageFolderDataset
 
 DEFAULT_DOWNLOAD_DIR = Path("~/.medmnist")  # the medmnist package's own cache: its files are reused
-
-
-def str2bool(value: str) -> bool:
-    """The seed's boolean flags: ``--flag True`` / ``--flag false`` / ``--flag 1``."""
-    lowered = value.lower()
-    if lowered in ("true", "t", "yes", "y", "1"):
-        return True
-    if lowered in ("false", "f", "no", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

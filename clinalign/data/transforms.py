@@ -5,16 +5,13 @@ Model space is float32 CHW in [-1, 1] (as improved-diffusion): 0 -> -1 and 255 -
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..fileio import atomic_writer  # noqa: F401  (re-exported: the one atomic writer)
 
 #: PIL modes that hold one intensity per pixel (an X-ray, a CT slice), alpha aside.
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
@@ -100,24 +97,6 @@ def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
         raise ValueError(f"to_uint8 expects CHW or NCHW, got shape {tuple(t.shape)}")
     t = ((t + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return t.movedim(-3, -1).contiguous().numpy()
-
-
-@contextmanager
-def atomic_writer(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temp file beside ``path``; on success rename it onto ``path``, on error delete it.
-
-    Readers (and a crash) see either the old file or the whole new one, never half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:

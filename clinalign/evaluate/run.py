@@ -12,7 +12,6 @@ From folders (the CLI): :func:`evaluate`.
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import logging
 import math
@@ -27,7 +26,7 @@ import torch
 
 from ..data.classmap import ClassMap
 from ..data.folder import images_to_tensor
-from ..data.transforms import atomic_writer
+from ..fileio import atomic_writer
 from ..errors import DataError
 from . import bootstrap as bs
 from .data import ImageSet, RealData, as_image_set, class_counts, derived_seed
@@ -324,31 +323,15 @@ def write_outputs(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pa
 # From folders
 
 
-def _reward_model_class() -> type | None:
-    """``RewardModel`` of the reward stage (another module, maybe absent) if it has load/score_names."""
-    for module_name in ("clinalign.reward", "clinalign.reward.model"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        found = getattr(module, "RewardModel", None)
-        if found is not None and hasattr(found, "load") and hasattr(found, "score_names"):
-            return found
-    return None
-
-
-def reward_scorer(checkpoint: str | Path) -> RewardFn | None:
-    """``RewardModel.load(dir).score_names(x, class_names)`` as a scorer, when the reward stage has it.
+def reward_scorer(checkpoint: str | Path) -> RewardFn:
+    """``RewardModel.load(dir).score_names(x, class_names)`` as a scorer of image sets.
 
     ``x`` is float NCHW in [-1, 1], decoded at the reward model's ``image_size`` / ``channels``
     when it declares them (from the files, when the set has any).
     """
-    reward_model = _reward_model_class()
-    if reward_model is None:
-        log.warning("--reward_checkpoint given, but clinalign.reward offers no RewardModel.load/score_names; "
-                    "mean reward is not reported")
-        return None
-    model = reward_model.load(checkpoint)
+    from ..reward import RewardModel
+
+    model = RewardModel.load(checkpoint)
     size, channels = getattr(model, "image_size", None), getattr(model, "channels", None)
 
     @torch.no_grad()

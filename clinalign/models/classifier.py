@@ -110,6 +110,8 @@ def save_classifier(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
     from safetensors.torch import save_file
 
+    from ..fileio import default_file_mode
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -117,6 +119,7 @@ def save_classifier(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp,
                   metadata={"clinalign_classifier": json.dumps(meta)})
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -70,7 +70,7 @@ def fit_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tenso
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             seen += len(idx)
         record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
         if val_x is not None and val_y is not None and len(val_x):

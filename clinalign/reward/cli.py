@@ -13,18 +13,9 @@ import json
 import logging
 from pathlib import Path
 
+from ..flags import str2bool
+
 log = logging.getLogger(__name__)
-
-
-def str2bool(value: str | bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    v = value.strip().lower()
-    if v in ("1", "true", "t", "yes", "y"):
-        return True
-    if v in ("0", "false", "f", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,235 @@
+"""The feedback loop: sample -> expert feedback -> reward model -> finetune, K rounds.
+
+Each round keeps its artefacts in ``OUT/round_k/`` as ordinary files, so any step can be
+inspected, replaced (e.g. real pathologists' feedback instead of the simulated expert) or
+resumed: a step whose output is complete is skipped when the command is rerun.
+
+    round_k/samples/          LABEL_000123.png, manifest.csv, rewards.csv (scored by this round's reward model)
+    round_k/feedback/train/   CLASS/align|notalign/ (judgements used to train the reward model)
+    round_k/feedback/val/     the held-out share (early stopping and calibration of the reward)
+    round_k/reward/           the reward model
+    round_k/finetune/         the finetuning run (its latest checkpoint starts round k+1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import find_checkpoint, latest_checkpoint
+from .data.layouts import ALIGN, NOTALIGN
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundConfig:
+    samples_per_class: int = 64
+    sampler: str = "dpm++"
+    steps: int = 20
+    sample_batch: int = 64
+    tau: float = 0.5  # simulated expert's strictness
+    noise: float = 0.0  # simulated expert's label-noise rate
+    val_share: float = 0.2  # feedback held out to calibrate / early-stop the reward model
+    reward_epochs: int = 20
+    reward_image_size: int | None = None
+    finetune_steps: int = 300
+    finetune_lr: float = 1e-4
+    finetune_batch: int = 16
+    beta: float = 0.3
+    reward_transform: str = "raw"
+    ema_rate: str = "0.999"
+    use_fp16: bool = False
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class RoundResult:
+    round: int
+    samples: Path
+    feedback: Path
+    reward: Path
+    checkpoint: Path
+    expert_plausible_rate: float | None = None
+    mean_reward: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _val_member(file_id: str, share: float) -> bool:
+    """Deterministic split by file name, so a rerun holds out the same images."""
+    h = int(hashlib.sha1(file_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return h < share
+
+
+def split_feedback(folder: Path, share: float) -> tuple[Path, Path]:
+    """Move part of ``folder/CLASS/align|notalign`` into a held-out copy (train/ and val/ beside)."""
+    train, val = folder / "train", folder / "val"
+    if train.exists() and val.exists():
+        return train, val
+    tmp = folder / ".split"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for cls_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                          and p.name not in ("train", "val")):
+        for sub in (ALIGN, NOTALIGN):
+            for img in sorted((cls_dir / sub).glob("*")) if (cls_dir / sub).is_dir() else []:
+                part = "val" if _val_member(img.name, share) else "train"
+                dest = tmp / part / cls_dir.name / sub
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(img, dest / img.name)
+    for part in ("train", "val"):
+        (tmp / part).mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder / part, ignore_errors=True)
+        (tmp / part).rename(folder / part)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return train, val
+
+
+class AwaitingFeedback(Exception):
+    """The round needs judgements that are not there yet; rerun the command once they are."""
+
+
+def review_feedback(db_url: str, batch: str, samples: Path, reference: Path, out: Path, per_image: int = 1,
+                    poll_s: float = 10.0, timeout_s: float = 0.0) -> Path:
+    """Load ``samples`` into the review app as ``batch`` (once), wait until every image is judged,
+    then export the majority verdicts into ``out`` (CLASS/align|notalign)."""
+    from .review.db import Store
+    from .review.export import export_feedback
+    from .review.ingest import add_batch
+    from .review.stats import dashboard
+
+    store = Store(db_url)
+    with store.read() as s:
+        known = {b["name"] for b in dashboard(s)["batches"]}
+    if batch not in known:
+        add_batch(store, samples, reference=reference, per_image=per_image, name=batch)
+        log.info("added %s to the review database %s as batch %r; waiting for the experts", samples, db_url, batch)
+    start = time.monotonic()
+    while True:
+        with store.read() as s:
+            totals = dashboard(s, batch)["totals"]
+        if totals["required"] and totals["done"] >= totals["required"]:
+            break
+        if timeout_s and time.monotonic() - start > timeout_s:
+            raise AwaitingFeedback(f"batch {batch!r}: {totals['done']} of {totals['required']} verdicts so far; "
+                                   "rerun the command once the experts have finished")
+        time.sleep(poll_s)
+    export_feedback(store, out, rule="majority", batch=batch, overwrite=True)
+    return out
+
+
+def _timed(seconds: dict[str, float], key: str):
+    class _T:
+        def __enter__(self):
+            self.t = time.perf_counter()
+
+        def __exit__(self, *exc):
+            seconds[key] = round(time.perf_counter() - self.t, 1)
+
+    return _T()
+
+
+def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None, out: Path, cfg: RoundConfig,
+              feedback: Path | None = None, expert_dir: Path | None = None, progress: bool = False,
+              feedback_db: str = "", review_timeout_s: float = 0.0) -> RoundResult:
+    """One round; each step is skipped when its output is already complete."""
+    from .expert import simulate
+    from .finetune import finetune
+    from .reward.score import score_folder
+    from .reward.train import TrainConfig, train_reward
+    from .sample import sample_folder
+
+    rdir = out / f"round_{k}"
+    rdir.mkdir(parents=True, exist_ok=True)
+    secs: dict[str, float] = {}
+    ck = find_checkpoint(checkpoint)
+    n = cfg.samples_per_class * len(ck.class_map)
+
+    samples = rdir / "samples"
+    with _timed(secs, "sample"):
+        sample_folder(ck, samples, num_samples=n, sampler=cfg.sampler, steps=cfg.steps, batch_size=cfg.sample_batch,
+                      seed=cfg.seed + 1000 * k, device=cfg.device, use_fp16=cfg.use_fp16, progress=progress)
+
+    fb = rdir / "feedback"
+    expert_rate = None
+    with _timed(secs, "feedback"):
+        if feedback_db and not fb.exists():
+            review_feedback(feedback_db, f"round_{k}", samples, real_train, fb, timeout_s=review_timeout_s)
+        elif feedback is not None and not fb.exists():
+            if not feedback.exists():
+                raise AwaitingFeedback(
+                    f"round {k}: judge the samples in {samples} and put the verdicts in {feedback} "
+                    "(CLASS/align/*.png, CLASS/notalign/*.png), then rerun the same command")
+            shutil.copytree(feedback, fb)
+        elif feedback is None and not feedback_db and not (fb / "judgements.csv").exists():
+            shutil.rmtree(fb, ignore_errors=True)
+            result = simulate(samples, fb, real_train, tau=cfg.tau, noise=cfg.noise, seed=cfg.seed,
+                              expert_dir=expert_dir or out / "expert", progress=progress)
+            expert_rate = result.plausible_rate
+        fb_train, fb_val = split_feedback(fb, cfg.val_share)
+
+    reward_dir = rdir / "reward"
+    with _timed(secs, "reward"):
+        if not (reward_dir / "reward.safetensors").exists():
+            train_reward(TrainConfig(train_dir=real_train, train_anno_dir=fb_train, val_dir=real_val,
+                                     val_anno_dir=fb_val if any(fb_val.iterdir()) else None, save_dir=reward_dir,
+                                     epochs=cfg.reward_epochs, image_size=cfg.reward_image_size, seed=cfg.seed,
+                                     device="cpu" if cfg.device == "cpu" else "auto"))
+        rewards_csv = samples / "rewards.csv"
+        if not rewards_csv.exists():
+            score_folder(reward_dir, samples, rewards_csv)
+    mean_reward = _mean_reward(rewards_csv)
+
+    run = rdir / "finetune"
+    with _timed(secs, "finetune"):
+        done = latest_checkpoint(run)
+        if done is None or done.step < cfg.finetune_steps:
+            finetune({
+                "resume_checkpoint": str(ck.path), "data_pre_dir": str(real_train), "data_mod_dir": str(samples),
+                "run_dir": str(run), "beta": cfg.beta, "reward_transform": cfg.reward_transform,
+                "max_steps": cfg.finetune_steps, "lr": cfg.finetune_lr, "batch_size": cfg.finetune_batch,
+                "ema_rate": cfg.ema_rate, "use_fp16": cfg.use_fp16, "seed": cfg.seed + k,
+                "save_interval": max(50, cfg.finetune_steps // 4), "log_interval": 25, "device": cfg.device,
+            }, progress=progress)
+    result = RoundResult(k, samples, fb, reward_dir, latest_checkpoint(run).path, expert_rate, mean_reward, secs)
+    log.info("round %d done: %s", k, {key: v for key, v in asdict(result).items() if key != "seconds"})
+    return result
+
+
+def _mean_reward(path: Path) -> float:
+    from .finetune import read_rewards_csv
+
+    values = list(read_rewards_csv(path).values())
+    return sum(values) / len(values) if values else float("nan")
+
+
+def run_loop(checkpoint: str | Path, real_train: str | Path, out: str | Path, rounds: int = 1,
+             real_val: str | Path | None = None, cfg: RoundConfig | None = None, feedback: str | Path | None = None,
+             progress: bool = False, feedback_db: str = "", review_timeout_s: float = 0.0) -> list[RoundResult]:
+    """K rounds of sample -> feedback -> reward -> finetune, each starting from the previous round's model."""
+    cfg = cfg or RoundConfig()
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be at least 1, got {rounds}")
+    if feedback is not None and rounds > 1:
+        raise ConfigError("--feedback gives the judgements of one round's samples; use --rounds 1 with it")
+    out = Path(out)
+    current = find_checkpoint(checkpoint).path
+    results = []
+    for k in range(1, rounds + 1):
+        res = run_round(k, current, Path(real_train), Path(real_val) if real_val else None, out, cfg,
+                        Path(feedback) if feedback else None, progress=progress, feedback_db=feedback_db,
+                        review_timeout_s=review_timeout_s)
+        results.append(res)
+        current = res.checkpoint
+    return results
+
+
+def round_summary(results: list[RoundResult]) -> list[dict[str, Any]]:
+    return [{"round": r.round, "expert_plausible_rate": r.expert_plausible_rate, "mean_reward": r.mean_reward,
+             "checkpoint": str(r.checkpoint), **{f"seconds_{k}": v for k, v in r.seconds.items()}} for r in results]

@@ -1,0 +1,67 @@
+"""``clinalign loop``: K rounds of sample -> feedback -> reward model -> finetune."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .flags import str2bool
+from .loop import AwaitingFeedback, RoundConfig, round_summary, run_loop
+
+
+def add_round_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    d = RoundConfig()
+    parser.add_argument("--samples_per_class", type=int, default=d.samples_per_class)
+    parser.add_argument("--sampler", default=d.sampler, choices=("ancestral", "ddim", "dpm++"))
+    parser.add_argument("--steps", type=int, default=d.steps, help="denoising steps per sample")
+    parser.add_argument("--tau", type=float, default=d.tau, help="simulated expert's strictness")
+    parser.add_argument("--noise", type=float, default=d.noise, help="simulated expert's label-noise rate")
+    parser.add_argument("--reward_epochs", type=int, default=d.reward_epochs)
+    parser.add_argument("--finetune_steps", type=int, default=d.finetune_steps)
+    parser.add_argument("--finetune_lr", type=float, default=d.finetune_lr)
+    parser.add_argument("--finetune_batch", type=int, default=d.finetune_batch)
+    parser.add_argument("--beta", type=float, default=d.beta)
+    parser.add_argument("--reward_transform", default=d.reward_transform, choices=("raw", "threshold", "class_norm"))
+    parser.add_argument("--use_fp16", type=str2bool, default=d.use_fp16, metavar="BOOL")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", default=d.device)
+
+
+def round_config(args: argparse.Namespace) -> RoundConfig:
+    fields = RoundConfig.__dataclass_fields__
+    return RoundConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        results = run_loop(args.checkpoint, args.real, args.out, args.rounds, args.real_val or None,
+                           round_config(args), args.feedback or None, progress=True, feedback_db=args.db,
+                           review_timeout_s=args.review_timeout)
+    except AwaitingFeedback as pause:
+        print(f"paused: {pause}")
+        return 0
+    for row in round_summary(results):
+        print(json.dumps(row))
+    print(f"final checkpoint: {results[-1].checkpoint}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "loop", help="run K rounds of sample -> feedback -> reward -> finetune",
+        description="Each round's artefacts go to OUT/round_k/; rerunning resumes. Feedback comes from the "
+        "simulated expert, or from --feedback DIR (CLASS/align|notalign, one round).")
+    parser.add_argument("--checkpoint", required=True, help="the pretrained model (run dir or checkpoint)")
+    parser.add_argument("--real", required=True, help="real training images (seed naming)")
+    parser.add_argument("--real_val", default="", help="real validation images for the reward model")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--feedback", default="",
+                        help="folder of expert judgements (CLASS/align|notalign) of round 1's samples; when it does "
+                        "not exist yet the loop stops after sampling and tells you what to judge")
+    parser.add_argument("--db", default="", help="review database URL: load each round's samples into the review "
+                        "app and wait until they are judged (instead of the simulated expert)")
+    parser.add_argument("--review_timeout", type=float, default=0.0,
+                        help="with --db, stop waiting after this many seconds (0 = wait); rerun to continue")
+    add_round_arguments(parser)
+    parser.set_defaults(func=run)
