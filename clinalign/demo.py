@@ -32,7 +32,7 @@ class DemoConfig:
     test_per_class: int = 100
     image_size: int = 32
     num_channels: int = 32
-    pretrain_steps: int = 1200  # at --minutes 10; scaled linearly with the budget
+    pretrain_steps: int = 1000  # at --minutes 10; scaled linearly with the budget
     batch_size: int = 32
     lr: float = 1e-3
     samples_per_class: int = 96

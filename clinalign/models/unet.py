@@ -38,8 +38,13 @@ def channel_mult_for(image_size: int, channel_mult: str = "") -> tuple[int, ...]
 
 
 def _groups(channels: int) -> int:
-    """GroupNorm groups: 32 as in improved-diffusion, fewer for the narrow models used in tests."""
-    return math.gcd(32, channels)
+    """GroupNorm groups: 32 as in improved-diffusion from 64 channels up; at least 2 channels per group.
+
+    One channel per group would be instance normalisation: the output norm would then erase each
+    channel's spatial mean, so the network could not predict the image-wide (colour) component
+    of the noise and narrow models would sample every cell in a random hue.
+    """
+    return math.gcd(32, max(1, channels // 2))
 
 
 class Denoiser(nn.Module):
