@@ -59,8 +59,9 @@ log = logging.getLogger(__name__)
 EXPERT_ARCH = "resnet"
 MODEL_FILE = "expert.safetensors"
 META_FILE = "expert.json"
+REFERENCE_FILE = "expert_reference.npz"  # half-A features and k-NN radii (manifold check)
 JUDGEMENTS_FILE = "judgements.csv"
-_FORMAT = 1
+_FORMAT = 2
 
 #: (file name, declared class) -> the label the expert's classifier is trained on.
 LabelFn = Callable[[str, str], str]
@@ -96,6 +97,10 @@ class ExpertConfig:
     val_fraction: float = 0.1  # of half A, for early stopping
     max_train: int = 0  # cap on training images (stratified); 0 = all of half A
     label_from: str = "class"  # a key of LABEL_FUNCTIONS
+    # A pathologist rejects a cell whose shape says "lymphocyte" but whose stain is green: besides
+    # recognising the class, a plausible image must lie inside the expert's own real-data manifold
+    # (k-NN radius in its feature space, over half A). 0 turns the manifold check off.
+    manifold_k: int = 5
 
     def __post_init__(self) -> None:
         if self.label_from not in LABEL_FUNCTIONS:
@@ -116,6 +121,8 @@ class ExpertSimulator:
     # Every class of the real data, including any its half A happened to hold no image of.
     classes: list[str] = field(default_factory=list)
     directory: Path | None = field(default=None, repr=False)
+    reference: np.ndarray | None = field(default=None, repr=False)  # half-A features
+    radii: np.ndarray | None = field(default=None, repr=False)  # their k-NN radii
 
     @property
     def image_size(self) -> int:
@@ -152,11 +159,31 @@ class ExpertSimulator:
         if not 0.0 <= tau <= 1.0 or not 0.0 <= noise <= 1.0:
             raise DataError(f"--tau and --noise must be in [0, 1], got {tau} and {noise}")
         p = self.p_declared(images, class_names)
-        plausible = p >= tau
+        plausible = (p >= tau) & self.in_manifold(images)
         if noise > 0:
             flip = np.random.default_rng(derived_seed("expert-noise", seed)).random(len(p)) < noise
             plausible = plausible ^ flip
         return plausible, p
+
+    def features(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        from .models.fit import extract_features
+
+        x = images_to_tensor(as_uint8_images(images, self.image_size, self.channels))
+        return extract_features(self.model, x).numpy()
+
+    def in_manifold(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """True where an image's features fall within some real reference vector's k-NN radius."""
+        n = len(images)
+        if self.reference is None or self.radii is None or not len(self.reference):
+            return np.ones(n, dtype=bool)
+        feats = torch.from_numpy(self.features(images)).float()
+        ref = torch.from_numpy(self.reference).float()
+        radii = torch.from_numpy(self.radii).float()
+        inside = np.zeros(n, dtype=bool)
+        for lo in range(0, n, 1024):
+            d = torch.cdist(feats[lo:lo + 1024], ref)
+            inside[lo:lo + 1024] = (d <= radii[None, :]).any(dim=1).numpy()
+        return inside
 
     # -- training -------------------------------------------------------------------------------
 
@@ -208,7 +235,13 @@ class ExpertSimulator:
                 "real_fingerprint": real.fingerprint()}
         log.info("simulated expert: validation accuracy %.3f, trained in %.1fs", info["val_accuracy"],
                  info["fit_seconds"])
-        return cls(model, labels, real.channels, config, info, classes=sorted(set(real.classes)))
+        expert = cls(model, labels, real.channels, config, info, classes=sorted(set(real.classes)))
+        if config.manifold_k and len(fit_set) > config.manifold_k:
+            from .evaluate.prdc import knn_radii
+
+            expert.reference = expert.features(fit_set.images)
+            expert.radii = knn_radii(expert.reference, config.manifold_k)
+        return expert
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -219,6 +252,9 @@ class ExpertSimulator:
         self.directory = save_model_dir(directory, self.model, {
             "arch": EXPERT_ARCH, "channels": self.channels, "num_outputs": len(self.labels),
             "width": self.config.width, "labels": self.labels}, meta, MODEL_FILE, META_FILE)
+        if self.reference is not None:
+            with atomic_writer(self.directory / REFERENCE_FILE, "wb") as f:
+                np.savez(f, features=self.reference, radii=self.radii)
         return self.directory
 
     @classmethod
@@ -229,8 +265,12 @@ class ExpertSimulator:
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"{directory}: {META_FILE} is from another clinalign version ({exc}); "
                                   "delete the folder to retrain") from None
-        return cls(model, list(meta["labels"]), int(meta["channels"]), config, meta["info"],
-                   classes=list(meta.get("classes", [])), directory=Path(directory))
+        expert = cls(model, list(meta["labels"]), int(meta["channels"]), config, meta["info"],
+                     classes=list(meta.get("classes", [])), directory=Path(directory))
+        if (Path(directory) / REFERENCE_FILE).exists():
+            with np.load(Path(directory) / REFERENCE_FILE) as ref:
+                expert.reference, expert.radii = ref["features"], ref["radii"]
+        return expert
 
     @classmethod
     def fit_or_load(cls, real: RealData, config: ExpertConfig, expert_dir: str | Path,

@@ -210,3 +210,16 @@ def test_simulated_reviewer_works_through_the_review_apps_queue(folders, tmp_pat
                  "--expert_dir", str(tmp_path / "never")]) == 2
     assert "nobody" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()  # refused before any training
+
+
+def test_expert_rejects_a_recognisable_cell_in_an_impossible_stain(expert, fresh, tmp_path):
+    """Shape says the class, colour says no smear: a pathologist rejects it, so must the simulator."""
+    recolour = fresh.images[..., ::-1].copy()  # RGB -> BGR: blue slide, orange nuclei
+    assert expert.in_manifold(fresh.images).mean() >= 0.8
+    assert expert.in_manifold(recolour).mean() <= 0.2
+    plausible, _ = expert.judge(recolour, fresh.classes)
+    assert plausible.mean() <= 0.2
+    # the manifold reference survives save/load
+    expert.save(tmp_path / "e")
+    again = ExpertSimulator.load(tmp_path / "e")
+    assert np.array_equal(again.in_manifold(recolour), expert.in_manifold(recolour))
