@@ -230,11 +230,14 @@ def train(spec: TrainSpec) -> Path:
         for i, lo in enumerate(chunks):
             sl = slice(lo, lo + mb)
             sync = i == len(chunks) - 1 or not dist_info.enabled
-            with (nullcontext() if sync else ddp_model.no_sync()), amp():
-                terms = diffusion.training_losses(
-                    ddp_model, x[sl], t_all[sl], model_kwargs={"y": y[sl]} if class_cond else None, noise=noise[sl])
-            loss = (terms["loss"].float() * coef[sl]).sum()
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+            # DDP's no_sync must cover the backward too; autocast only the forward, as torch advises.
+            with nullcontext() if sync else ddp_model.no_sync():
+                with amp():
+                    terms = diffusion.training_losses(
+                        ddp_model, x[sl], t_all[sl], model_kwargs={"y": y[sl]} if class_cond else None,
+                        noise=noise[sl])
+                loss = (terms["loss"].float() * coef[sl]).sum()
+                (scaler.scale(loss) if scaler is not None else loss).backward()
             loss_total += float(loss.detach())
             step_losses.append(terms["loss"].detach().float())
             for key in ("mse", "vb"):

@@ -186,7 +186,7 @@ def test_ddp_two_gloo_processes(toy_dir, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "clinalign.cli", *train_argv(toy_dir, run, "--max_steps", "3", "--batch_size", "2",
-                                              "--schedule_sampler", "loss-second-moment")]
+                                              "--schedule_sampler", "loss-second-moment", "--microbatch", "1")]
     res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     ck = find_checkpoint(run)
