@@ -40,14 +40,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_mean(value: float, info: DistInfo) -> float:
-    if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item()) / info.world_size
-
-
 def resolve_device(name: str = "auto") -> torch.device:
     if name != "auto":
         device = torch.device(name)

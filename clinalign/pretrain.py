@@ -13,7 +13,7 @@ from . import __version__
 from .checkpoint import write_json_atomic
 from .distributed import DistInfo
 from .errors import ConfigError
-from .flags import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, pick, resolve, typed
+from .flags import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, resolve, typed
 from .train import Batch, TrainSpec, default_run_dir, prepare_resume, train
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,3 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser.add_argument_group("model (from the checkpoint when resuming)"), MODEL_FLAGS, inherit=True)
     add_flags(parser.add_argument_group("diffusion (from the checkpoint when resuming)"), DIFFUSION_FLAGS, inherit=True)
     add_flags(parser.add_argument_group("training"), TRAIN_FLAGS)
-
-
-def train_summary(args: argparse.Namespace) -> dict[str, Any]:
-    return pick(args, TRAIN_FLAGS)

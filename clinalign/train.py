@@ -28,7 +28,6 @@ from torch import nn
 from . import checkpoint as ckpt
 from .distributed import DistInfo, barrier, init_distributed, resolve_device
 from .errors import ConfigError
-from .flags import DIFFUSION_FLAGS, MODEL_FLAGS
 
 log = logging.getLogger(__name__)
 
@@ -343,9 +342,3 @@ def prepare_resume(run_dir: Path, typed_model: dict[str, Any], typed_diffusion: 
             f"{found.path}: flags disagree with the checkpoint's config: {', '.join(problems)}; "
             "drop those flags (the checkpoint's values are used), or use a new --run_dir")
     return found
-
-
-def split_config(model_and_diffusion: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    model = {k: v for k, v in model_and_diffusion.items() if k in MODEL_FLAGS}
-    diffusion = {k: v for k, v in model_and_diffusion.items() if k in DIFFUSION_FLAGS}
-    return model, diffusion
