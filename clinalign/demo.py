@@ -35,6 +35,10 @@ class DemoConfig:
     pretrain_steps: int = 1000  # at --minutes 10; scaled linearly with the budget
     batch_size: int = 32
     lr: float = 1e-3
+    # x0-prediction: an eps-predicting net this small, trained this briefly, gets the global stain
+    # colour wrong (its x0 error at high noise is amplified by 1/sqrt(alpha_bar)); predicting x0
+    # directly gets colour right within a few hundred steps (measured: background off by >0.3 vs 0.01).
+    predict_xstart: bool = True
     samples_per_class: int = 96
     finetune_steps: int = 400
     finetune_lr: float = 2e-4
@@ -99,7 +103,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     pretrain({
         "data_dir": str(train), "run_dir": str(pre_run), "image_size": cfg.image_size, "num_channels": cfg.num_channels,
         "num_res_blocks": 1, "attention_resolutions": "8", "num_heads": 2, "class_cond": True,
-        "diffusion_steps": 1000, "noise_schedule": "cosine", "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "diffusion_steps": 1000, "noise_schedule": "cosine", "predict_xstart": cfg.predict_xstart,
+        "batch_size": cfg.batch_size, "lr": cfg.lr,
         "ema_rate": "0.999", "max_steps": cfg.scaled(cfg.pretrain_steps), "save_interval": 200,
         "log_interval": 50, "use_fp16": cfg.use_fp16, "seed": cfg.seed, "device": cfg.device,
     }, progress=progress)

@@ -9,6 +9,9 @@ Lee et al. 2023 with a pretraining anchor)
 with beta = 0.3 (the published code's value) and r the expert-informed reward in [0, 1]. The
 synthetic images the experts (or the reward model) reject get weight ~0, so the model stops
 putting mass there; the beta term keeps it close to the real data so nothing is forgotten.
+
+``--objective kto`` uses the judgements as likes/dislikes instead (Diffusion-KTO, Li et al. 2024;
+see :mod:`clinalign.train`), for comparison with the reward-weighted objective.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from .checkpoint import find_checkpoint, latest_checkpoint
 from .errors import ConfigError, DataError
 from .flags import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, resolve, typed
 from .pretrain import check_channels, load_dataset, weighted_stream, write_run_config
-from .train import TrainSpec, config_mismatch, default_run_dir, train
+from .train import KTOSpec, TrainSpec, config_mismatch, default_run_dir, train
 
 log = logging.getLogger(__name__)
 
 REWARD_TRANSFORMS = ("raw", "threshold", "class_norm")
+OBJECTIVES = ("reward-weighted", "kto")
 REWARDS_FILE = "rewards.csv"
 
 
@@ -109,6 +113,8 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
     if problems:
         raise ConfigError(f"{source.path}: flags disagree with the checkpoint's config: {', '.join(problems)}; "
                           "drop them (the checkpoint's values are used)")
+    # KTO's frozen reference is the model finetuning started from, also when resuming.
+    init_path = Path(source.meta.get("init_checkpoint") or source.path) if resume is not None else source.path
     model_cfg = resolve(values, MODEL_FLAGS, source.model_config)
     diffusion_cfg = resolve(values, DIFFUSION_FLAGS, source.diffusion_config)
     class_map = source.class_map
@@ -130,13 +136,21 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
                         "rescore the folder (clinalign reward score) so every image has a row")
     raw = np.array([table[p.name] for p in synthetic.paths])
     mode = values.get("reward_transform", "raw")
-    weights = transform_rewards(raw, np.asarray(synthetic.labels), mode, float(values.get("reward_threshold", 0.5)))
+    threshold = float(values.get("reward_threshold", 0.5))
+    objective = values.get("objective", "reward-weighted")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown --objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if objective == "kto":  # liked (+1) / disliked (-1): the judgements themselves, not their strength
+        mode = "sign"
+        weights = np.where(raw >= threshold, 1.0, -1.0)
+    else:
+        weights = transform_rewards(raw, np.asarray(synthetic.labels), mode, threshold)
     beta = float(values.get("beta", 0.3))
     log.info("finetuning on %d real + %d synthetic images (mean reward %.3f, mean weight %.3f, beta %.2f)",
              len(real), len(synthetic), raw.mean(), weights.mean(), beta)
 
     write_run_config(run_dir, model_cfg, diffusion_cfg, train_cfg, source.channels, class_map, {
-        "objective": "reward-weighted", "beta": beta, "reward_transform": mode, "rewards": str(rewards_file),
+        "objective": objective, "beta": beta, "reward_transform": mode, "rewards": str(rewards_file),
         "data_pre_dir": str(pre_dir), "data_mod_dir": str(mod_dir), "init_checkpoint": str(source.path),
         "n_real": len(real), "n_synthetic": len(synthetic)})
     batch, seed = int(train_cfg["batch_size"]), int(train_cfg["seed"])
@@ -149,7 +163,9 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
         resume=resume,
         init_weights=None if resume else source.weights(ema=values.get("init_ema", True)),
         progress=progress,
-        extra_meta={"objective": "reward-weighted", "beta": beta, "init_checkpoint": str(source.path)},
+        extra_meta={"objective": objective, "beta": beta, "init_checkpoint": str(init_path)},
+        kto=KTOSpec(find_checkpoint(init_path).weights(ema=values.get("init_ema", True)),
+                    beta=float(values.get("kto_beta", 5000.0))) if objective == "kto" else None,
     )
     return train(spec)
 
@@ -165,6 +181,11 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--reward_transform", default="raw", choices=REWARD_TRANSFORMS,
                        help="raw rewards, a hard threshold, or min-max normalised per class")
     group.add_argument("--reward_threshold", type=float, default=0.5, help="for --reward_transform threshold")
+    group.add_argument("--objective", default="reward-weighted", choices=OBJECTIVES,
+                       help="reward-weighted likelihood (the paper's), or Diffusion-KTO on liked/disliked "
+                       "images (reward >= --reward_threshold is liked)")
+    group.add_argument("--kto_beta", type=float, default=5000.0,
+                       help="KTO's scale on the loss difference to the frozen starting model")
     group.add_argument("--init_ema", type=str2bool, default=True, metavar="BOOL",
                        help="start from the pretrained EMA weights (else the raw weights)")
     add_flags(parser.add_argument_group("model (from the checkpoint)"), MODEL_FLAGS, inherit=True)

@@ -8,6 +8,13 @@ identically in both. The per-step objective is
     L = sum over streams s of  mean_i [ w_i * k_i * L_diffusion(x_i, t_i) ]
 
 with w the per-sample weight and k the importance weight of the timestep sampler.
+
+Diffusion-KTO (Li et al. 2024) replaces L_diffusion on one stream by a per-image utility of the
+implicit reward: for an image the expert liked (w > 0) the loss is sigmoid(b * (L_theta - L_ref))
+and for one it disliked (w < 0) sigmoid(-b * (L_theta - L_ref)), where L_ref is the frozen
+starting model's diffusion loss on the same noise and timestep. The reference point is taken
+as 0 (the KL term of KTO is dropped, as in the paper's experiments); the real-data stream keeps
+the plain diffusion loss as the anchor.
 """
 
 from __future__ import annotations
@@ -17,10 +24,11 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,6 +59,21 @@ class TrainSpec:
     resume: ckpt.Checkpoint | None = None  # full resume: weights, EMA, optimizer, step
     extra_meta: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
+    kto: KTOSpec | None = None
+
+
+@dataclass
+class KTOSpec:
+    """Diffusion-KTO on stream ``stream`` (its weights are +|w| liked, -|w| disliked)."""
+
+    reference_weights: dict[str, torch.Tensor]
+    beta: float = 5000.0
+    stream: int = 1
+
+
+def kto_loss(loss: torch.Tensor, ref_loss: torch.Tensor, sign: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-image KTO loss from the model's and the reference's diffusion losses (see module doc)."""
+    return torch.sigmoid(sign * beta * (loss - ref_loss))
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -161,6 +184,12 @@ def train(spec: TrainSpec) -> Path:
         log.info("run %s is already at step %d of %d: nothing to do", run_dir, start_step, total_steps)
         return spec.resume.path if spec.resume else run_dir
 
+    reference = None
+    if spec.kto is not None:
+        reference = build_denoiser(model_cfg, spec.channels, len(spec.class_map)).to(device)
+        ckpt.load_weights(reference, spec.kto.reference_weights, run_dir)
+        reference.eval().requires_grad_(False)
+
     ddp_model: nn.Module = model
     if dist_info.enabled:
         ddp_model = nn.parallel.DistributedDataParallel(
@@ -218,6 +247,9 @@ def train(spec: TrainSpec) -> Path:
         x = torch.cat([p[0] for p in parts]).to(device, non_blocking=True)
         y = torch.cat([p[1] for p in parts]).to(device)
         coef = torch.cat([p[2].float() * importance / per_part for p in parts]).to(device)
+        kto_rows = torch.zeros(x.shape[0], dtype=torch.bool, device=device)
+        if reference is not None:
+            kto_rows[spec.kto.stream * per_part:(spec.kto.stream + 1) * per_part] = True
         t_all = t.repeat(len(parts)).to(device)
         noise = torch.randn(x.shape, generator=gen).to(device)
 
@@ -232,10 +264,19 @@ def train(spec: TrainSpec) -> Path:
             # DDP's no_sync must cover the backward too; autocast only the forward, as torch advises.
             with nullcontext() if sync else ddp_model.no_sync():
                 with amp():
-                    terms = diffusion.training_losses(
-                        ddp_model, x[sl], t_all[sl], model_kwargs={"y": y[sl]} if class_cond else None,
-                        noise=noise[sl])
-                loss = (terms["loss"].float() * coef[sl]).sum()
+                    kwargs = {"y": y[sl]} if class_cond else None
+                    terms = diffusion.training_losses(ddp_model, x[sl], t_all[sl], model_kwargs=kwargs, noise=noise[sl])
+                per = terms["loss"].float()
+                rows = kto_rows[sl].nonzero().squeeze(1)
+                if len(rows):
+                    with torch.no_grad(), amp():
+                        ref = diffusion.training_losses(
+                            reference, x[sl][rows], t_all[sl][rows], noise=noise[sl][rows],
+                            model_kwargs={"y": y[sl][rows]} if class_cond else None)["loss"].float()
+                    kto = kto_loss(per[rows], ref, torch.sign(coef[sl][rows]), spec.kto.beta)
+                    per = per.index_put((rows,), kto)
+                    step_terms.setdefault("kto", []).append(kto.detach())
+                loss = (per * coef[sl].abs()).sum()
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             loss_total += float(loss.detach())
             step_losses.append(terms["loss"].detach().float())
