@@ -59,13 +59,15 @@ class SubtypeOracle:
         return [self.subtypes[k] for k in self.proba(images).argmax(axis=1)]
 
     @classmethod
-    def fit(cls, real: RealData, parent: str, config: OracleConfig | None = None,
-            progress: bool = False) -> SubtypeOracle:
+    def fit(cls, real: RealData, parent: str, config: OracleConfig | None = None, progress: bool = False,
+            subtypes: Sequence[str] | None = None) -> SubtypeOracle:
+        """``subtypes``: keep only these (e.g. leave out a handful of unlabelled ``NEUTROPHIL`` images)."""
         config = config or OracleConfig()
         start = time.perf_counter()
         real = as_image_set(real)
         real = real.at(config.image_size, real.channels)
-        mine = np.array([c == parent and half_of(i) == HALF_ORACLE for c, i in zip(real.classes, real.ids)])
+        mine = np.array([c == parent and half_of(i) == HALF_ORACLE and (subtypes is None or subtype_of(i) in subtypes)
+                         for c, i in zip(real.classes, real.ids)])
         if not mine.any():
             raise DataError(f"{real.name or 'real data'}: no real {parent!r} image in the oracle's half; "
                             f"pass real images named {parent}_SUBTYPE_*.png")
@@ -117,14 +119,15 @@ class SubtypeOracle:
 
     @classmethod
     def fit_or_load(cls, real: RealData, parent: str, config: OracleConfig, models_dir: str | Path,
-                    progress: bool = False) -> SubtypeOracle:
+                    progress: bool = False, subtypes: Sequence[str] | None = None) -> SubtypeOracle:
         real = as_image_set(real)
         real = real.at(config.image_size, real.channels)
         directory = cache_dir(models_dir, {"format": _FORMAT, "role": "concept-oracle", "parent": parent,
+                                           "subtypes": sorted(subtypes) if subtypes else None,
                                            "real": real.fingerprint(), "config": asdict(config)})
         if (directory / META_FILE).exists():
             return cls.load(directory)
-        oracle = cls.fit(real, parent, config, progress)
+        oracle = cls.fit(real, parent, config, progress, subtypes)
         oracle.save(directory)
         return oracle
 
