@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         logging.info("%s done in %.0fs (total %.0fs)", name, seconds[name], time.perf_counter() - t0)
 
     size, seed = args.size, args.seed
-    pre_steps, ft_steps = args.pretrain_steps or scaled(1500, args.minutes), args.finetune_steps or scaled(
-        400, args.minutes)
+    pre_steps = args.pretrain_steps or scaled(700, args.minutes)
+    ft_steps = args.finetune_steps or scaled(200, args.minutes)
     model = {"image_size": size, "num_channels": args.channels, "num_res_blocks": 1, "attention_resolutions": "8",
              "num_heads": 2, "class_cond": True, "diffusion_steps": 1000, "noise_schedule": "cosine"}
 
@@ -113,14 +113,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 shutil.copyfile(p, tmp / f"{cls}_{tag}{rest}")
         tmp.rename(pool)
     expert_cfg = ExpertConfig(image_size=size, width=args.expert_width, epochs=args.expert_epochs, seed=seed,
-                              label_from="subtype")
+                              label_from="subtype", manifold_k=args.expert_manifold_k)
     feedback = out / "feedback"
-    sim = simulate(pool, feedback, train_dir, config=expert_cfg, expert_dir=out / "expert", overwrite=True,
+    sim = simulate(pool, feedback, train_dir, tau=args.expert_tau, config=expert_cfg, expert_dir=out / "expert",
+                   overwrite=True,
                    concepts={c: f"{PARENT}:{s}" for c, s in CONCEPTS.items()})
     lap("expert", t)
 
     t = time.perf_counter()
-    assigned = assign(pool, feedback, out / "assigned", set(_classes(pool)), overwrite=True)
+    # Only the assigned images: the synthetic half of every finetuning batch teaches the concepts, and the
+    # beta-weighted real half keeps all 8 classes anchored.
+    assigned = assign(pool, feedback, out / "assigned", set(_classes(pool)), overwrite=True,
+                      only_assigned=not args.all_samples)
     reward_dir = out / "reward"
     train_reward(TrainConfig(train_dir=train_dir, train_anno_dir=feedback, save_dir=reward_dir, image_size=size,
                              epochs=args.reward_epochs, seed=seed, device="cpu"))
@@ -135,9 +139,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "beta": args.beta})
     lap("finetune", t)
 
+    from clinalign.checkpoint import find_checkpoint
+
     t = time.perf_counter()
-    after = sample(ft, out / "after", args.per_class * n_classes, None, seed + 1)
-    concept_samples = sample(ft, out / "concept_samples", args.per_concept * len(CONCEPTS), list(CONCEPTS), seed + 3)
+    base = find_checkpoint(pre).class_map.names  # the 8 classes only: concepts are judged separately
+    after = sample(ft, out / "after", args.per_class * n_classes, base, seed + 1)
+    # A concept nobody was assigned to is not in the finetuned map.
+    taught = [c for c in CONCEPTS if c in find_checkpoint(ft).class_map]
+    concept_samples = sample(ft, out / "concept_samples", args.per_concept * len(taught), taught, seed + 3)
     lap("sample_after", t)
 
     t = time.perf_counter()
@@ -155,10 +164,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plain_after = subtype_shares(oracle, images_of(after, PARENT))
     concept_rows = []
     for concept, subtype in CONCEPTS.items():
-        shares = subtype_shares(oracle, images_of(concept_samples, concept))
+        shares = subtype_shares(oracle, images_of(concept_samples, concept)) if concept in taught else {}
         concept_rows.append({
-            "requested": concept, "subtype": subtype, "n": args.per_concept,
-            "concept_accuracy": shares[subtype],
+            "requested": concept, "subtype": subtype, "n": args.per_concept if concept in taught else 0,
+            "n_assigned": assigned.assigned.get(concept, 0),
+            "concept_accuracy": shares.get(subtype, float("nan")),
             "pretrained_plain_neutrophil_rate": plain_extra[subtype],
             "finetuned_plain_neutrophil_rate": plain_after[subtype],
         })
@@ -230,8 +240,8 @@ def main() -> None:
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "pbc_64"))
     p.add_argument("--out", default="runs/bench-concepts")
     p.add_argument("--minutes", type=float, default=25.0, help="scales the pretraining and finetuning steps")
-    p.add_argument("--pretrain_steps", type=int, default=0, help="0: 1500 x minutes/25")
-    p.add_argument("--finetune_steps", type=int, default=0, help="0: 400 x minutes/25")
+    p.add_argument("--pretrain_steps", type=int, default=0, help="0: 700 x minutes/25")
+    p.add_argument("--finetune_steps", type=int, default=0, help="0: 200 x minutes/25")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--batch", type=int, default=32)
@@ -242,10 +252,14 @@ def main() -> None:
     p.add_argument("--neutrophils", type=int, default=256, help="extra neutrophil samples for the expert")
     p.add_argument("--per_concept", type=int, default=64)
     p.add_argument("--sample_steps", type=int, default=20)
-    p.add_argument("--expert_epochs", type=int, default=8)
+    p.add_argument("--expert_epochs", type=int, default=5)
     p.add_argument("--expert_width", type=int, default=16)
+    p.add_argument("--expert_tau", type=float, default=0.5, help="the expert's strictness")
+    p.add_argument("--expert_manifold_k", type=int, default=5, help="0 turns the expert's manifold check off")
     p.add_argument("--reward_epochs", type=int, default=6)
-    p.add_argument("--oracle_epochs", type=int, default=8)
+    p.add_argument("--oracle_epochs", type=int, default=4)
+    p.add_argument("--all_samples", action="store_true",
+                   help="finetune on every judged sample (reward-weighted), not only the concept-assigned ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids oversubscribing a busy CPU)")
     args = p.parse_args()

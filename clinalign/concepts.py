@@ -200,13 +200,16 @@ class AssignResult:
 
 
 def assign(samples: str | Path, feedback: str | Path, out: str | Path, known: Iterable[str],
-           given: Mapping[str, str] | None = None, overwrite: bool = False) -> AssignResult:
+           given: Mapping[str, str] | None = None, overwrite: bool = False,
+           only_assigned: bool = False) -> AssignResult:
     """Copy ``samples`` to ``out`` declaring each image the expert assigned to a concept as that concept.
 
     ``known``: the classes of the model the samples came from. File names are kept (they are the
     IDs of rewards CSVs and votes); ``out/manifest.csv`` (``ID,class``) gives every image's class and
     ``out/concepts.json`` the concepts' parents. An assigned image must have been sampled as the
     concept's parent (or one of its ancestors): a concept refines its parent, it does not replace it.
+    ``only_assigned``: copy only the images assigned to a concept, so that a finetune on the folder
+    spends its whole synthetic batch on the concepts (the real-data term still covers every class).
     """
     samples, feedback, out = Path(samples), Path(feedback), Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -246,6 +249,8 @@ def assign(samples: str | Path, feedback: str | Path, out: str | Path, known: It
                                 f"parent {parents[concept]!r}; move it back to {cls}/")
             label = concept
             counts[concept] = counts.get(concept, 0) + 1
+        elif only_assigned:
+            continue
         rows.append((file_id, label, path))
 
     out.parent.mkdir(parents=True, exist_ok=True)

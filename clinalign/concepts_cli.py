@@ -20,7 +20,7 @@ def run_assign(args: argparse.Namespace) -> int:
 
         known |= set(find_checkpoint(args.checkpoint).class_map.names)
     result = assign(args.samples, args.feedback, args.out, known, parse_concept_specs(args.concept),
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, only_assigned=args.only_assigned)
     done = ", ".join(f"{n} as {c} (under {result.parents[c]})" for c, n in sorted(result.assigned.items()))
     print(f"wrote {result.out}: {result.n} images, {done}; score it (clinalign reward score) and finetune on it")
     return 0
@@ -35,7 +35,8 @@ def run_accuracy(args: argparse.Namespace) -> int:
     targets = parse_concept_specs(args.concept)
     if not targets:
         raise ConfigError("pass --concept NAME=SUBTYPE for each concept to judge, e.g. neutrophil-band=BNE")
-    config = OracleConfig(image_size=args.image_size, epochs=args.epochs, seed=args.seed)
+    config = OracleConfig(image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+                          width=args.width, seed=args.seed)
     real = ImageSet.from_folder(args.real, config.image_size)
     oracle = SubtypeOracle.fit_or_load(real, args.parent, config, args.models_dir or Path(args.out or ".") / "models",
                                        progress=True)
@@ -71,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="the model the samples came from (its classes are not concepts)")
     p.add_argument("--concept", action="append", default=[], metavar="NAME=PARENT",
                    help="parent of a concept folder (repeatable; default: FEEDBACK/concepts.json)")
+    p.add_argument("--only_assigned", type=str2bool, default=False, metavar="BOOL",
+                   help="copy only the images assigned to a concept (finetune on the concepts alone)")
     p.add_argument("--overwrite", type=str2bool, default=False, metavar="BOOL")
     p.set_defaults(func=run_assign)
 
@@ -85,5 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models_dir", type=Path, help="cache of trained oracles (default: OUT/models)")
     p.add_argument("--image_size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--width", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_accuracy)

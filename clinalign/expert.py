@@ -422,13 +422,19 @@ def check_reviewer(db: str, reviewer: str) -> None:
 
 
 def review_queue(db: str, reviewer: str, expert: ExpertSimulator, tau: float = 0.5, noise: float = 0.0,
-                 seed: int = 0, limit: int | None = None) -> ReviewResult:
+                 seed: int = 0, limit: int | None = None, concepts: dict[str, str] | None = None,
+                 concept_min_p: float = 0.5) -> ReviewResult:
     """Work through ``reviewer``'s queue in the review web app's database like a person would.
+
+    ``concepts`` (concept -> expert label, as for :func:`simulate`): a plausible image gets the
+    concept its subtype stands for, when the batch offers that concept for the image's class.
 
     Each image the queue hands out (``clinalign.review.queue.next_image``) is judged and recorded
     with ``record_verdict(source="simulated")`` in its own transaction, so an interrupted run
     loses nothing and a rerun continues where it stopped.
     """
+    from sqlalchemy import select
+
     from .review import db as review_db
     from .review.queue import next_image, record_verdict
 
@@ -444,11 +450,22 @@ def review_queue(db: str, reviewer: str, expert: ExpertSimulator, tau: float = 0
                 if image is None:
                     break
                 blob = s.get(review_db.Blob, image.blob_sha)
-                plausible, _ = expert.judge(_decode_blob(blob.data, expert.channels), [image.declared_class], tau)
+                pixels = _decode_blob(blob.data, expert.channels)
+                plausible, _ = expert.judge(pixels, [image.declared_class], tau)
                 verdict = bool(plausible[0]) ^ bool(rng.random() < noise)
+                concept = None
+                if verdict and concepts:
+                    offered = set(s.scalars(select(review_db.Concept.name).where(
+                        review_db.Concept.batch_id == image.batch_id,
+                        review_db.Concept.parent == image.declared_class)))
+                    mine = {c: lab for c, lab in concepts.items() if c in offered}
+                    if mine:
+                        concept = expert.assign_concepts(pixels, [image.declared_class], np.ones(1, bool), mine,
+                                                         concept_min_p)[0]
                 key = hashlib.sha256(f"{reviewer}:{image.uid}".encode()).hexdigest()[:32]
                 record_verdict(s, user_id, request_id=f"sim-{key}", item=image.uid,
-                               verdict=review_db.PLAUSIBLE if verdict else review_db.IMPLAUSIBLE, source="simulated")
+                               verdict=review_db.PLAUSIBLE if verdict else review_db.IMPLAUSIBLE, source="simulated",
+                               concept=concept)
                 counts = per_class.setdefault(image.declared_class, {"plausible": 0, "implausible": 0})
                 counts["plausible" if verdict else "implausible"] += 1
                 n += 1

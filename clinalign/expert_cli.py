@@ -18,20 +18,21 @@ def run_simulate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = ExpertConfig(image_size=args.image_size, width=args.width, epochs=args.epochs, seed=args.seed,
                           max_train=args.max_train, label_from=args.label_from)
+    concepts = parse_concept_specs(args.concept)
+    if concepts and config.label_from != "subtype":
+        raise ConfigError("--concept needs an expert that knows subtypes: add --label_from subtype")
     if args.db or args.reviewer:
         if not (args.db and args.reviewer) or args.samples or args.out:
             raise ConfigError("judge either a folder (--samples and --out) or the review database "
                               "(--db and --reviewer), not both")
         check_reviewer(args.db, args.reviewer)  # before minutes of training, not after
         expert = expert_for(args.real, config, args.expert_dir or Path("expert"), args.skip_bad_images, True)
-        review = review_queue(args.db, args.reviewer, expert, args.tau, args.noise, args.seed)
+        review = review_queue(args.db, args.reviewer, expert, args.tau, args.noise, args.seed,
+                              concepts=concepts, concept_min_p=args.concept_min_p)
         print(f"{review.reviewer}: judged {review.n} image(s) from the review queue, {review.plausible} plausible")
         return 0
     if not (args.samples and args.out):
         raise ConfigError("pass --samples and --out (or --db and --reviewer to work through a review queue)")
-    concepts = parse_concept_specs(args.concept)
-    if concepts and config.label_from != "subtype":
-        raise ConfigError("--concept needs an expert that knows subtypes: add --label_from subtype")
     result = simulate(args.samples, args.out, args.real, tau=args.tau, noise=args.noise, seed=args.seed,
                       expert_dir=args.expert_dir, config=config, overwrite=args.overwrite,
                       skip_bad_images=args.skip_bad_images, progress=True, concepts=concepts,

@@ -233,8 +233,8 @@ def test_finetune_refuses_a_concept_without_a_parent(pretrained, toy_dir, tmp_pa
     argv = ["finetune", "--resume_checkpoint", str(pretrained), "--data_pre_dir", str(toy_dir),
             "--data_mod_dir", str(mod), "--run_dir", str(tmp_path / "ft"), "--batch_size", "4", "--max_steps", "1"]
     with pytest.raises(ClinalignError, match="--concept neutrophil-band=PARENT"):
-        from clinalign.finetune import finetune
         from clinalign.cli import build_parser
+        from clinalign.finetune import finetune
 
         finetune(build_parser().parse_args(argv))
     assert main([*argv, "--concept", "neutrophil-band=neutrophil"]) == 0
@@ -289,3 +289,74 @@ def test_evaluation_judges_concept_samples_as_their_parent(toy_dir, tmp_path):
     (samples / CONCEPTS_FILE).write_text(json.dumps({"neutrophil-band": "neutrophil"}))
     s = _read_samples(samples, 16, 3, base, False)
     assert set(s.classes) == set(base.names) and np.sum(np.array(s.classes) == "neutrophil") == 6
+
+
+# ------------------------------------------------------------------------------ concept accuracy
+
+
+def test_concept_accuracy_cli_with_a_subtype_oracle_independent_of_the_expert(tmp_path, capsys):
+    from clinalign.evaluate.data import HALF_ORACLE, half_of
+
+    from .test_concepts_toy_run import write_cells
+
+    write_cells(tmp_path / "real", 300, seed=0)
+    fresh = tmp_path / "fresh"
+    write_cells(fresh, 20, seed=9)
+    samples = tmp_path / "samples"  # "requested as neutrophil-one": fresh cells of each subtype, known truth
+    samples.mkdir()
+    for p in list_images(fresh):
+        if p.name.startswith("neutrophil_"):
+            concept = "neutrophil-one" if "_ONE_" in p.name else "neutrophil-two"
+            shutil.copyfile(p, samples / f"{concept}_{p.name.split('_')[2]}")
+    assert main(["concepts", "accuracy", "--real", str(tmp_path / "real"), "--samples", str(samples),
+                 "--parent", "neutrophil", "--concept", "neutrophil-one=ONE", "--concept", "neutrophil-two=TWO",
+                 "--image_size", "16", "--epochs", "15", "--batch_size", "16", "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((tmp_path / "eval" / "concept_accuracy.json").read_text())
+    assert report["oracle"]["arch"] == "vgg" and report["oracle"]["half"] == HALF_ORACLE
+    assert report["groups"]["neutrophil-one"]["accuracy"] >= 0.9
+    assert report["groups"]["neutrophil-two"]["accuracy"] >= 0.9
+    meta = json.loads(next((tmp_path / "eval" / "models").glob("*/concept_oracle.json")).read_text())
+    assert all(half_of(i) == HALF_ORACLE for i in meta["info"]["train_ids"])  # never the expert's half
+
+
+def test_simulated_reviewer_names_concepts_in_the_review_app_and_the_export_carries_them(tmp_path):
+    from clinalign.expert import ExpertConfig, ExpertSimulator, review_queue
+    from clinalign.evaluate.data import ImageSet
+    from clinalign.review.db import Store
+    from clinalign.review.export import export_feedback
+    from clinalign.review.ingest import add_batch, add_concept, add_user
+
+    from .test_concepts_toy_run import write_cells
+
+    write_cells(tmp_path / "real", 150, seed=0)
+    write_cells(tmp_path / "fresh", 6, seed=5)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    truth = {}
+    for i, p in enumerate(list_images(tmp_path / "fresh")):
+        name = f"{p.name.split('_')[0]}_{i:06d}.png"
+        shutil.copyfile(p, samples / name)
+        truth[name] = p.name.split("_")[1]
+    url = f"sqlite:///{tmp_path / 'feedback.db'}"
+    store = Store(url)
+    add_batch(store, samples, per_image=1, name="b1")
+    add_user(store, "sim", "reviewer")
+    add_concept(store, "b1", "neutrophil-one", "neutrophil")
+    add_concept(store, "b1", "neutrophil-two", "neutrophil")
+    store.dispose()
+    expert = ExpertSimulator.fit(ImageSet.from_folder(tmp_path / "real", 16),
+                                 ExpertConfig(image_size=16, width=16, epochs=15, batch_size=16, label_from="subtype",
+                                              manifold_k=0))
+    result = review_queue(url, "sim", expert, tau=0.0,
+                          concepts={"neutrophil-one": "neutrophil:ONE", "neutrophil-two": "neutrophil:TWO"})
+    assert result.n == 12
+    store = Store(url, create=False)
+    try:
+        export_feedback(store, tmp_path / "fb")
+    finally:
+        store.dispose()
+    assert read_concepts_file(tmp_path / "fb") == {"neutrophil-one": "neutrophil", "neutrophil-two": "neutrophil"}
+    assigned = {p.name: p.parent.parent.name for p in (tmp_path / "fb").glob("neutrophil-*/align/*.png")}
+    assert len(assigned) == 6  # every neutrophil got a concept, and the expert named its subtype
+    assert sum(assigned[n] == f"neutrophil-{truth[n].lower()}" for n in assigned) >= 5

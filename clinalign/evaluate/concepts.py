@@ -29,9 +29,24 @@ from ..data.folder import images_to_tensor
 from ..data.toy import subtype_of
 from ..errors import CheckpointError, DataError
 from ..models.fit import fit_classifier
-from .data import HALF_ORACLE, RealData, as_image_set, derived_seed, half_of, is_validation, stratified_cap
+from .data import (
+    HALF_ORACLE,
+    RealData,
+    as_image_set,
+    derived_seed,
+    half_of,
+    is_validation,
+    stratified_cap,
+)
 from .features import as_uint8_images, classifier_proba
-from .oracle import ORACLE_ARCH, OracleConfig, cache_dir, load_model_dir, save_model_dir, seeded_classifier
+from .oracle import (
+    ORACLE_ARCH,
+    OracleConfig,
+    cache_dir,
+    load_model_dir,
+    save_model_dir,
+    seeded_classifier,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +169,7 @@ def concept_report(oracle: SubtypeOracle, samples: Sequence[tuple[str, np.ndarra
     out: dict[str, Any] = {}
     for name, images in samples:
         shares = subtype_shares(oracle, images)
-        row: dict[str, Any] = {"n": int(len(images)), "shares": shares}
+        row: dict[str, Any] = {"n": len(images), "shares": shares}
         if name in targets:
             row["subtype"] = targets[name]
             row["accuracy"] = shares[targets[name]]
