@@ -38,16 +38,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REPO = Path(__file__).resolve().parents[1]
 CONCEPTS = {"neutrophil-band": "BNE", "neutrophil-segmented": "SNE"}
 PARENT = "neutrophil"
+log = logging.getLogger("bench.concepts")
 
 
 def scaled(steps: int, minutes: float) -> int:
-    return max(10, int(round(steps * minutes / 25.0)))
+    return max(10, round(steps * minutes / 25.0))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from collections import Counter
+
     import torch
 
-    from clinalign.concepts import assign
+    from clinalign.concepts import AssignResult, assign, read_concepts_file
     from clinalign.evaluate.concepts import SubtypeOracle, subtype_shares
     from clinalign.evaluate.data import ImageSet
     from clinalign.evaluate.oracle import OracleConfig
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def lap(name: str, start: float) -> None:
         seconds[name] = round(time.perf_counter() - start, 1)
-        logging.info("%s done in %.0fs (total %.0fs)", name, seconds[name], time.perf_counter() - t0)
+        log.info("%s done in %.0fs (total %.0fs)", name, seconds[name], time.perf_counter() - t0)
 
     size, seed = args.size, args.seed
     pre_steps = args.pretrain_steps or scaled(700, args.minutes)
@@ -123,12 +126,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t = time.perf_counter()
     # Only the assigned images: the synthetic half of every finetuning batch teaches the concepts, and the
     # beta-weighted real half keeps all 8 classes anchored.
-    assigned = assign(pool, feedback, out / "assigned", set(_classes(pool)), overwrite=True,
-                      only_assigned=not args.all_samples)
-    reward_dir = out / "reward"
-    train_reward(TrainConfig(train_dir=train_dir, train_anno_dir=feedback, save_dir=reward_dir, image_size=size,
-                             epochs=args.reward_epochs, seed=seed, device="cpu"))
-    score_folder(reward_dir, assigned.out, assigned.out / "rewards.csv")
+    scored = out / "assigned" / "rewards.csv"
+    if scored.exists():  # a rerun (e.g. with other judging settings) keeps what the finetune was trained on
+        assigned = AssignResult(scored.parent, read_concepts_file(scored.parent),
+                                dict(Counter(c for c in _classes(scored.parent) if c in CONCEPTS)))
+    else:
+        assigned = assign(pool, feedback, out / "assigned", set(_classes(pool)), overwrite=True,
+                          only_assigned=not args.all_samples)
+        reward_dir = out / "reward"
+        train_reward(TrainConfig(train_dir=train_dir, train_anno_dir=feedback, save_dir=reward_dir,
+                                 image_size=size, epochs=args.reward_epochs, seed=seed, device="cpu"))
+        score_folder(reward_dir, assigned.out, scored)
     lap("reward", t)
 
     t = time.perf_counter()
@@ -151,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     t = time.perf_counter()
     oracle = SubtypeOracle.fit_or_load(ImageSet.from_folder(train_dir, size), PARENT,
-                                       OracleConfig(image_size=size, epochs=args.oracle_epochs, width=32,
+                                       OracleConfig(image_size=size, epochs=args.concept_oracle_epochs, width=32,
                                                     batch_size=32, seed=seed),
                                        out / "models", subtypes=sorted(CONCEPTS.values()))
 
@@ -257,7 +265,9 @@ def main() -> None:
     p.add_argument("--expert_tau", type=float, default=0.5, help="the expert's strictness")
     p.add_argument("--expert_manifold_k", type=int, default=5, help="0 turns the expert's manifold check off")
     p.add_argument("--reward_epochs", type=int, default=6)
-    p.add_argument("--oracle_epochs", type=int, default=4)
+    p.add_argument("--oracle_epochs", type=int, default=4, help="the evaluation oracle (8 classes)")
+    p.add_argument("--concept_oracle_epochs", type=int, default=20,
+                   help="the neutrophil subtype oracle (trained on ~1000 images, so cheap)")
     p.add_argument("--all_samples", action="store_true",
                    help="finetune on every judged sample (reward-weighted), not only the concept-assigned ones")
     p.add_argument("--seed", type=int, default=0)
