@@ -122,6 +122,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    overwrite=True,
                    concepts={c: f"{PARENT}:{s}" for c, s in CONCEPTS.items()})
     lap("expert", t)
+    if not any(c in sim.counts for c in CONCEPTS):
+        # The expert found no plausible neutrophil to name a subtype on: nothing to teach. Say so
+        # instead of finetuning on nothing.
+        return {"status": "no concept assigned: the expert judged too few samples plausible",
+                "expert": {"val_accuracy": _expert_acc(out / "expert"), "plausible_rate": sim.plausible_rate,
+                           "counts": sim.counts},
+                "pretrain_steps": pre_steps, "seconds": seconds,
+                "hint": "pretrain longer (--pretrain_steps / --minutes), or relax the expert "
+                        "(--expert_tau, --expert_manifold_k 0)"}
 
     t = time.perf_counter()
     # Only the assigned images: the synthetic half of every finetuning batch teaches the concepts, and the
