@@ -87,12 +87,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pre = out / "pretrain"
     pretrain({**model, "data_dir": str(train_dir), "run_dir": str(pre), "batch_size": args.batch, "lr": args.lr,
               "ema_rate": "0.999", "max_steps": pre_steps, "save_interval": 500, "log_interval": 50,
-              "seed": seed, "device": "cpu"})
+              "seed": seed, "device": args.device})
     lap("pretrain", t)
 
     def sample(checkpoint: Path, folder: Path, n: int, classes: list[str] | None, s: int) -> Path:
         sample_folder(checkpoint, folder, num_samples=n, classes=classes, sampler="dpm++", steps=args.sample_steps,
-                      batch_size=64, seed=s, device="cpu")
+                      batch_size=64, seed=s, device=args.device)
         return folder
 
     t = time.perf_counter()
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           only_assigned=not args.all_samples)
         reward_dir = out / "reward"
         train_reward(TrainConfig(train_dir=train_dir, train_anno_dir=feedback, save_dir=reward_dir,
-                                 image_size=size, epochs=args.reward_epochs, seed=seed, device="cpu"))
+                                 image_size=size, epochs=args.reward_epochs, seed=seed, device=args.device))
         score_folder(reward_dir, assigned.out, scored)
     lap("reward", t)
 
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ft = out / "finetune"
     finetune({"resume_checkpoint": str(pre), "data_pre_dir": str(train_dir), "data_mod_dir": str(assigned.out),
               "run_dir": str(ft), "batch_size": args.batch // 2, "lr": args.finetune_lr, "max_steps": ft_steps,
-              "ema_rate": "0.999", "save_interval": 10_000, "log_interval": 50, "seed": seed, "device": "cpu",
+              "ema_rate": "0.999", "save_interval": 10_000, "log_interval": 50, "seed": seed, "device": args.device,
               "beta": args.beta})
     lap("finetune", t)
 
@@ -280,6 +280,7 @@ def main() -> None:
     p.add_argument("--all_samples", action="store_true",
                    help="finetune on every judged sample (reward-weighted), not only the concept-assigned ones")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: a GPU when there is one)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids oversubscribing a busy CPU)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
