@@ -69,8 +69,26 @@ class Checkpoint:
     def ema_rates(self) -> list[str]:
         return list(self.meta.get("ema_rates", []))
 
-    def weights(self, ema: bool | str = True) -> dict[str, torch.Tensor]:
-        """Model weights; ``ema=True`` picks the first EMA rate, a string picks that rate."""
+    def weights(self, ema: bool | str = True, class_map=None) -> dict[str, torch.Tensor]:
+        """Model weights; ``ema=True`` picks the first EMA rate, a string picks that rate.
+
+        ``class_map``: a map that extends the checkpoint's (new concepts appended); the class
+        embedding gains one row per new class, copied from its parent's row.
+        """
+        weights = self._load_weights(ema)
+        if class_map is None or class_map.names == self.class_map.names:
+            return weights
+        from .concepts import extension_parents
+        from .errors import DataError
+        from .models.unet import grow_class_rows
+
+        try:
+            rows = extension_parents(self.class_map, class_map)
+        except DataError as exc:
+            raise CheckpointError(f"{self.path}: {exc}") from None
+        return grow_class_rows(weights, rows)
+
+    def _load_weights(self, ema: bool | str) -> dict[str, torch.Tensor]:
         if ema and self.ema_rates:
             rate = self.ema_rates[0] if ema is True else str(ema)
             file = self.path / f"ema_{rate}.safetensors"
@@ -87,11 +105,13 @@ class Checkpoint:
             return {}
         return torch.load(file, map_location="cpu", weights_only=True)
 
-    def build_model(self, ema: bool | str = True, device: str | torch.device = "cpu"):
+    def build_model(self, ema: bool | str = True, device: str | torch.device = "cpu", class_map=None):
+        """The denoiser; with ``class_map`` (the checkpoint's grown by concepts) it embeds every class."""
         from .models.unet import build_denoiser
 
-        model = build_denoiser(self.model_config, self.channels, len(self.class_map))
-        load_weights(model, self.weights(ema), self.path)
+        classes = class_map if class_map is not None else self.class_map
+        model = build_denoiser(self.model_config, self.channels, len(classes))
+        load_weights(model, self.weights(ema, class_map), self.path)
         return model.to(device)
 
     def build_diffusion(self, timestep_respacing: str | None = None):

@@ -23,6 +23,7 @@ STAGES = [
     "clinalign.expert_cli",
     "clinalign.evaluate.cli",
     "clinalign.finetune_cli",
+    "clinalign.concepts_cli",
     "clinalign.loop_cli",
     "clinalign.demo",
 ]

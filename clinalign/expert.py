@@ -185,6 +185,36 @@ class ExpertSimulator:
             inside[lo:lo + 1024] = (d <= radii[None, :]).any(dim=1).numpy()
         return inside
 
+    def assign_concepts(self, images: np.ndarray | torch.Tensor, class_names: Sequence[str], plausible: np.ndarray,
+                        concepts: dict[str, str], min_p: float = 0.5) -> list[str | None]:
+        """The concept each plausible image of a parent class belongs to, or None.
+
+        ``concepts``: concept name -> the expert's label it stands for (``neutrophil-band`` ->
+        ``neutrophil:BNE``). An image declared as the label's class gets the concept whose label
+        has the highest probability among that class's labels, if that share is at least ``min_p``;
+        an implausible image is never assigned (a pathologist names the subtype of a real-looking cell).
+        """
+        if not concepts:
+            return [None] * len(class_names)
+        unknown = sorted(label for label in concepts.values() if label not in self.labels)
+        if unknown:
+            raise DataError(f"--concept ...={unknown[0]}: the simulated expert has no label {unknown[0]!r} (its "
+                            f"labels: {', '.join(self.labels)}); train it with --label_from subtype on real "
+                            "images named CLASS_SUBTYPE_*")
+        by_label = {label: name for name, label in concepts.items()}
+        proba = self.probabilities(images)
+        out: list[str | None] = []
+        for i, declared in enumerate(class_names):
+            members = [k for k, lab in enumerate(self.labels) if parent_of(lab) == declared]
+            if not plausible[i] or not any(self.labels[k] in by_label for k in members):
+                out.append(None)
+                continue
+            share = proba[i, members] / max(float(proba[i, members].sum()), 1e-12)
+            best = members[int(np.argmax(share))]
+            label = self.labels[best]
+            out.append(by_label.get(label) if share.max() >= min_p else None)
+        return out
+
     # -- training -------------------------------------------------------------------------------
 
     @classmethod
@@ -298,13 +328,15 @@ class SimulationResult:
 
 
 def write_judgements(path: Path, ids: Sequence[str], classes: Sequence[str], plausible: np.ndarray,
-                     p_declared: np.ndarray) -> Path:
-    """``judgements.csv``: ID, class, plausible (1/0), p_declared."""
+                     p_declared: np.ndarray, concepts: Sequence[str | None] | None = None) -> Path:
+    """``judgements.csv``: ID, class, plausible (1/0), p_declared; with ``concepts``, also the concept
+    each image was assigned to (empty when none)."""
     with atomic_writer(path, "w") as f:
         w = csv.writer(f)
-        w.writerow(["ID", "class", "plausible", "p_declared"])
-        for row in zip(ids, classes, plausible, p_declared):
-            w.writerow([row[0], row[1], int(row[2]), f"{row[3]:.6f}"])
+        w.writerow(["ID", "class", "plausible", "p_declared"] + (["concept"] if concepts is not None else []))
+        for k, row in enumerate(zip(ids, classes, plausible, p_declared)):
+            extra = [concepts[k] or ""] if concepts is not None else []
+            w.writerow([row[0], row[1], int(row[2]), f"{row[3]:.6f}", *extra])
     return path
 
 
@@ -317,8 +349,14 @@ def expert_for(real: str | Path, config: ExpertConfig, expert_dir: str | Path, s
 
 def simulate(samples: str | Path, out: str | Path, real: str | Path, tau: float = 0.5, noise: float = 0.0,
              seed: int = 0, expert_dir: str | Path | None = None, config: ExpertConfig | None = None,
-             overwrite: bool = False, skip_bad_images: bool = False, progress: bool = False) -> SimulationResult:
-    """Judge a sample folder with the (cached) simulated expert and write the feedback folder."""
+             overwrite: bool = False, skip_bad_images: bool = False, progress: bool = False,
+             concepts: dict[str, str] | None = None, concept_min_p: float = 0.5) -> SimulationResult:
+    """Judge a sample folder with the (cached) simulated expert and write the feedback folder.
+
+    ``concepts`` (concept -> expert label, e.g. ``{"neutrophil-band": "neutrophil:BNE"}``): plausible
+    samples of the label's class that the expert puts in that subtype go to ``CONCEPT/align/``
+    instead of ``CLASS/align/``, and ``concepts.json`` records each concept's parent class.
+    """
     config = config or ExpertConfig(seed=seed)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:  # before minutes of training, not after
@@ -327,9 +365,14 @@ def simulate(samples: str | Path, out: str | Path, real: str | Path, tau: float 
     expert = expert_for(real, config, expert_dir, skip_bad_images, progress)
     sample_set = ImageSet.from_folder(samples, config.image_size, expert.channels, skip_bad_images=skip_bad_images)
     plausible, p = expert.judge(sample_set.images, sample_set.classes, tau, noise, seed)
-    counts = write_feedback_folder(out, zip(sample_set.paths, sample_set.classes, plausible.tolist()),
-                                   overwrite=overwrite)
-    write_judgements(out / JUDGEMENTS_FILE, sample_set.ids, sample_set.classes, plausible, p)
+    assigned = expert.assign_concepts(sample_set.images, sample_set.classes, plausible, concepts or {},
+                                      concept_min_p)
+    folders = [a or c for a, c in zip(assigned, sample_set.classes)]
+    parents = {name: parent_of(label) for name, label in (concepts or {}).items()}
+    counts = write_feedback_folder(out, zip(sample_set.paths, folders, plausible.tolist()),
+                                   overwrite=overwrite, concepts=parents)
+    write_judgements(out / JUDGEMENTS_FILE, sample_set.ids, sample_set.classes, plausible, p,
+                     assigned if concepts else None)
     log.info("judged %d samples: %.1f %% plausible (tau %.2f, noise %.2f) -> %s", len(sample_set),
              100 * plausible.mean(), tau, noise, out)
     return SimulationResult(out, expert.directory or expert_dir, len(sample_set), float(plausible.mean()), counts)
@@ -379,13 +422,19 @@ def check_reviewer(db: str, reviewer: str) -> None:
 
 
 def review_queue(db: str, reviewer: str, expert: ExpertSimulator, tau: float = 0.5, noise: float = 0.0,
-                 seed: int = 0, limit: int | None = None) -> ReviewResult:
+                 seed: int = 0, limit: int | None = None, concepts: dict[str, str] | None = None,
+                 concept_min_p: float = 0.5) -> ReviewResult:
     """Work through ``reviewer``'s queue in the review web app's database like a person would.
+
+    ``concepts`` (concept -> expert label, as for :func:`simulate`): a plausible image gets the
+    concept its subtype stands for, when the batch offers that concept for the image's class.
 
     Each image the queue hands out (``clinalign.review.queue.next_image``) is judged and recorded
     with ``record_verdict(source="simulated")`` in its own transaction, so an interrupted run
     loses nothing and a rerun continues where it stopped.
     """
+    from sqlalchemy import select
+
     from .review import db as review_db
     from .review.queue import next_image, record_verdict
 
@@ -401,11 +450,22 @@ def review_queue(db: str, reviewer: str, expert: ExpertSimulator, tau: float = 0
                 if image is None:
                     break
                 blob = s.get(review_db.Blob, image.blob_sha)
-                plausible, _ = expert.judge(_decode_blob(blob.data, expert.channels), [image.declared_class], tau)
+                pixels = _decode_blob(blob.data, expert.channels)
+                plausible, _ = expert.judge(pixels, [image.declared_class], tau)
                 verdict = bool(plausible[0]) ^ bool(rng.random() < noise)
+                concept = None
+                if verdict and concepts:
+                    offered = set(s.scalars(select(review_db.Concept.name).where(
+                        review_db.Concept.batch_id == image.batch_id,
+                        review_db.Concept.parent == image.declared_class)))
+                    mine = {c: lab for c, lab in concepts.items() if c in offered}
+                    if mine:
+                        concept = expert.assign_concepts(pixels, [image.declared_class], np.ones(1, bool), mine,
+                                                         concept_min_p)[0]
                 key = hashlib.sha256(f"{reviewer}:{image.uid}".encode()).hexdigest()[:32]
                 record_verdict(s, user_id, request_id=f"sim-{key}", item=image.uid,
-                               verdict=review_db.PLAUSIBLE if verdict else review_db.IMPLAUSIBLE, source="simulated")
+                               verdict=review_db.PLAUSIBLE if verdict else review_db.IMPLAUSIBLE, source="simulated",
+                               concept=concept)
                 counts = per_class.setdefault(image.declared_class, {"plausible": 0, "implausible": 0})
                 counts["plausible" if verdict else "implausible"] += 1
                 n += 1

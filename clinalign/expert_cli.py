@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .concepts import parse_concept_specs
 from .errors import ConfigError
 from .expert import LABEL_FUNCTIONS, ExpertConfig, check_reviewer, expert_for, review_queue, simulate
 from .flags import str2bool
@@ -17,20 +18,25 @@ def run_simulate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = ExpertConfig(image_size=args.image_size, width=args.width, epochs=args.epochs, seed=args.seed,
                           max_train=args.max_train, label_from=args.label_from)
+    concepts = parse_concept_specs(args.concept)
+    if concepts and config.label_from != "subtype":
+        raise ConfigError("--concept needs an expert that knows subtypes: add --label_from subtype")
     if args.db or args.reviewer:
         if not (args.db and args.reviewer) or args.samples or args.out:
             raise ConfigError("judge either a folder (--samples and --out) or the review database "
                               "(--db and --reviewer), not both")
         check_reviewer(args.db, args.reviewer)  # before minutes of training, not after
         expert = expert_for(args.real, config, args.expert_dir or Path("expert"), args.skip_bad_images, True)
-        review = review_queue(args.db, args.reviewer, expert, args.tau, args.noise, args.seed)
+        review = review_queue(args.db, args.reviewer, expert, args.tau, args.noise, args.seed,
+                              concepts=concepts, concept_min_p=args.concept_min_p)
         print(f"{review.reviewer}: judged {review.n} image(s) from the review queue, {review.plausible} plausible")
         return 0
     if not (args.samples and args.out):
         raise ConfigError("pass --samples and --out (or --db and --reviewer to work through a review queue)")
     result = simulate(args.samples, args.out, args.real, tau=args.tau, noise=args.noise, seed=args.seed,
                       expert_dir=args.expert_dir, config=config, overwrite=args.overwrite,
-                      skip_bad_images=args.skip_bad_images, progress=True)
+                      skip_bad_images=args.skip_bad_images, progress=True, concepts=concepts,
+                      concept_min_p=args.concept_min_p)
     per_class = ", ".join(f"{c}: {v['align']}/{v['align'] + v['notalign']}" for c, v in sorted(result.counts.items()))
     print(f"judged {result.n} images, {100 * result.plausible_rate:.1f} % plausible ({per_class})")
     print(f"wrote {result.out} (CLASS/align|notalign + judgements.csv); expert model in {result.expert_dir}")
@@ -60,6 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reviewer", help="... as this reviewer (created with `clinalign review add-reviewer`)")
     p.add_argument("--label_from", choices=tuple(LABEL_FUNCTIONS), default=d.label_from,
                    help="train on classes, or on subtypes (second '_' token of the file name)")
+    p.add_argument("--concept", action="append", default=[], metavar="NAME=LABEL",
+                   help="assign plausible samples the expert puts in subtype LABEL (e.g. "
+                        "neutrophil-band=neutrophil:BNE) to the concept NAME (repeatable; needs --label_from subtype)")
+    p.add_argument("--concept_min_p", type=float, default=0.5,
+                   help="share of the class's probability the subtype needs for the image to be assigned")
     p.add_argument("--image_size", type=int, default=d.image_size)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--width", type=int, default=d.width)

@@ -95,6 +95,27 @@ def transform_rewards(rewards: np.ndarray, labels: np.ndarray, mode: str, thresh
     raise ConfigError(f"unknown --reward_transform {mode!r}; choose one of {', '.join(REWARD_TRANSFORMS)}")
 
 
+def grow_for_concepts(class_map, mod_dir: Path, specs: list[str] | None) -> tuple[Any, dict[str, str]]:
+    """The checkpoint's class map grown by the concepts the synthetic images declare.
+
+    Parents come from ``--concept NAME=PARENT`` or ``MOD_DIR/concepts.json`` (written by
+    ``clinalign concepts assign``); a class the checkpoint lacks with neither is a DataError.
+    """
+    from .concepts import concept_parents, grow_class_map, parse_concept_specs
+    from .data.naming import declared_classes, list_images
+
+    classes = set(declared_classes(list_images(mod_dir), mod_dir))
+    parents = concept_parents(mod_dir, class_map.names, parse_concept_specs(specs), classes=classes)
+    if not parents:
+        return class_map, {}
+    grown = grow_class_map(class_map, parents)
+    new = [n for n in grown.names if n not in class_map]
+    if new:
+        log.info("new concepts %s: class embedding rows copied from %s", ", ".join(new),
+                 ", ".join(str(grown.parents[n]) for n in new))
+    return grown, {n: grown.parents[n] for n in grown.names if grown.parents.get(n)}
+
+
 def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) -> Path:
     """Finetune a pretrained checkpoint on scored synthetic images plus the real data."""
     values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
@@ -117,12 +138,12 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
     init_path = Path(source.meta.get("init_checkpoint") or source.path) if resume is not None else source.path
     model_cfg = resolve(values, MODEL_FLAGS, source.model_config)
     diffusion_cfg = resolve(values, DIFFUSION_FLAGS, source.diffusion_config)
-    class_map = source.class_map
     size = model_cfg["image_size"]
 
     pre_dir, mod_dir = values.get("data_pre_dir") or train_cfg["data_dir"], values.get("data_mod_dir")
     if not mod_dir:
         raise ConfigError("--data_mod_dir is required: the folder of scored synthetic images")
+    class_map, concepts = grow_for_concepts(source.class_map, Path(mod_dir), values.get("concept"))
     real = load_dataset(pre_dir, size, model_cfg["class_cond"], class_map, train_cfg)
     synthetic = load_dataset(mod_dir, size, model_cfg["class_cond"], class_map, train_cfg)
     check_channels(real, source.channels, source.path)
@@ -151,8 +172,8 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
 
     write_run_config(run_dir, model_cfg, diffusion_cfg, train_cfg, source.channels, class_map, {
         "objective": objective, "beta": beta, "reward_transform": mode, "rewards": str(rewards_file),
-        "data_pre_dir": str(pre_dir), "data_mod_dir": str(mod_dir), "init_checkpoint": str(source.path),
-        "n_real": len(real), "n_synthetic": len(synthetic)})
+        "data_pre_dir": str(pre_dir), "data_mod_dir": str(mod_dir), "init_checkpoint": str(init_path),
+        "n_real": len(real), "n_synthetic": len(synthetic), "concepts": concepts})
     batch, seed = int(train_cfg["batch_size"]), int(train_cfg["seed"])
     w = torch.tensor(weights, dtype=torch.float32)
     spec = TrainSpec(
@@ -161,10 +182,10 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
         streams=lambda dist, start: [weighted_stream(real, batch, seed, dist, start, weight=beta),
                                      weighted_stream(synthetic, batch, seed + 1, dist, start, weight=w)],
         resume=resume,
-        init_weights=None if resume else source.weights(ema=values.get("init_ema", True)),
+        init_weights=None if resume else source.weights(ema=values.get("init_ema", True), class_map=class_map),
         progress=progress,
         extra_meta={"objective": objective, "beta": beta, "init_checkpoint": str(init_path)},
-        kto=KTOSpec(find_checkpoint(init_path).weights(ema=values.get("init_ema", True)),
+        kto=KTOSpec(find_checkpoint(init_path).weights(ema=values.get("init_ema", True), class_map=class_map),
                     beta=float(values.get("kto_beta", 5000.0))) if objective == "kto" else None,
     )
     return train(spec)
@@ -186,6 +207,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
                        "images (reward >= --reward_threshold is liked)")
     group.add_argument("--kto_beta", type=float, default=5000.0,
                        help="KTO's scale on the loss difference to the frozen starting model")
+    group.add_argument("--concept", action="append", default=[], metavar="NAME=PARENT",
+                       help="a concept the synthetic images declare and the checkpoint lacks (repeatable; "
+                            "default: DATA_MOD_DIR/concepts.json); its embedding row starts as the parent's")
     group.add_argument("--init_ema", type=str2bool, default=True, metavar="BOOL",
                        help="start from the pretrained EMA weights (else the raw weights)")
     add_flags(parser.add_argument_group("model (from the checkpoint)"), MODEL_FLAGS, inherit=True)

@@ -175,6 +175,11 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_s
     if bar is not None:
         bar.close()
     write_npz(out, rows, class_map)
+    concepts = {n: class_map.parents[n] for n in {r["class"] for r in rows} if class_map.parents.get(n)}
+    if concepts:  # evaluation judges a concept's samples as its parent class
+        from .concepts import write_concepts_file
+
+        write_concepts_file(out, concepts)
     per_class = {n: sum(1 for r in rows if r["class"] == n) for n in names}
     return SampleResult(out=out, written=written, drawn=drawn, per_class=per_class)
 

@@ -114,11 +114,13 @@ def read_feedback_folder(root: str | Path, image_size: int, channels: int | None
                           np.asarray([verdicts[i] for i in keep], dtype=np.int64))
 
 
-def write_feedback_folder(out: str | Path, items: Iterable[tuple[Path, str, bool]], overwrite: bool = False) -> dict:
+def write_feedback_folder(out: str | Path, items: Iterable[tuple[Path, str, bool]], overwrite: bool = False,
+                          concepts: dict[str, str] | None = None) -> dict:
     """Copy ``(source image, declared class, plausible)`` items into ``out/CLASS/align|notalign/``.
 
-    File names are kept (they are the IDs of the rewards CSV). Written into a temporary sibling
-    and renamed into place; returns counts per class and verdict.
+    File names are kept (they are the IDs of the rewards CSV). ``concepts`` ({concept: parent})
+    is written as ``concepts.json`` (see :mod:`clinalign.concepts`). Written into a temporary
+    sibling and renamed into place; returns counts per class and verdict.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -134,6 +136,10 @@ def write_feedback_folder(out: str | Path, items: Iterable[tuple[Path, str, bool
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest / Path(src).name)
             counts.setdefault(cls, {ALIGN: 0, NOTALIGN: 0})[sub] += 1
+        if concepts:
+            from ..concepts import write_concepts_file
+
+            write_concepts_file(tmp, concepts)
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)

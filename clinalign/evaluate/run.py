@@ -343,6 +343,34 @@ def reward_scorer(checkpoint: str | Path) -> RewardFn:
     return score
 
 
+def _read_samples(folder: str | Path, size: int, channels: int, class_map: ClassMap, skip_bad: bool) -> ImageSet:
+    """A sample folder; samples of a concept (``concepts.json`` beside them) are judged as its real ancestor.
+
+    A concept has no real images to compare with: a ``neutrophil-band`` sample is plausible when
+    it is a plausible neutrophil; whether it shows the band subtype is concept accuracy
+    (:mod:`clinalign.evaluate.concepts`).
+    """
+    from ..concepts import CONCEPTS_FILE, concept_parents
+    from ..data.naming import declared_classes, list_images
+
+    folder = Path(folder)
+    if not (folder / CONCEPTS_FILE).exists():  # an unknown class then fails naming its first file
+        return ImageSet.from_folder(folder, size, channels, class_map, skip_bad)
+    declared = set(declared_classes(list_images(folder), folder))
+    parents = concept_parents(folder, class_map.names, classes=declared)
+    if not parents:
+        return ImageSet.from_folder(folder, size, channels, class_map, skip_bad)
+    s = ImageSet.from_folder(folder, size, channels, None, skip_bad)
+
+    def ancestor(c: str) -> str:
+        while c in parents:
+            c = parents[c]
+        return c
+
+    log.info("%s: judging %s as their parent classes", folder, ", ".join(sorted(parents)))
+    return ImageSet(s.images, [ancestor(c) for c in s.classes], s.ids, s.paths, s.name)
+
+
 def evaluate(real: str | Path, samples: str | Path, out: str | Path, baseline: str | Path | None = None,
              real_test: str | Path | None = None, models_dir: str | Path | None = None,
              oracle_config: OracleConfig | None = None, metric_config: MetricConfig | None = None,
@@ -359,9 +387,9 @@ def evaluate(real: str | Path, samples: str | Path, out: str | Path, baseline: s
                 ImageSet.from_folder(real_test, size, real_set.channels, skip_bad_images=skip_bad_images))
     # Read the samples before any training, so a misnamed file fails in seconds, not after it.
     class_map = ClassMap.from_labels(real_set.classes + (test_set.classes if test_set else []))
-    sample_set = ImageSet.from_folder(samples, size, real_set.channels, class_map, skip_bad_images)
+    sample_set = _read_samples(samples, size, real_set.channels, class_map, skip_bad_images)
     base_set = (None if baseline is None else
-                ImageSet.from_folder(baseline, size, real_set.channels, class_map, skip_bad_images))
+                _read_samples(baseline, size, real_set.channels, class_map, skip_bad_images))
     models = EvaluationModels.fit_or_load(real_set, test_set, oracle_config,
                                           Path(models_dir) if models_dir else out / "models", progress)
     if feature_checkpoint:

@@ -99,6 +99,24 @@ def build_denoiser(model_cfg: dict[str, Any], in_channels: int, num_classes: int
     return Denoiser(unet, num_classes if model_cfg["class_cond"] else 0)
 
 
+CLASS_EMBEDDING_KEY = "unet.class_embedding.weight"
+
+
+def grow_class_rows(weights: dict[str, torch.Tensor], parents: list[int]) -> dict[str, torch.Tensor]:
+    """Weights with class-embedding rows appended, each a copy of its parent's row (new concepts).
+
+    A copy, not a random row: the concept starts by generating its parent, and finetuning on the
+    images assigned to it moves it from there, so no class starts from noise.
+    """
+    if not parents:
+        return weights
+    if CLASS_EMBEDDING_KEY not in weights:
+        raise ConfigError("the checkpoint is not class-conditional; concepts need a model trained with "
+                          "--class_cond True")
+    emb = weights[CLASS_EMBEDDING_KEY]
+    return {**weights, CLASS_EMBEDDING_KEY: torch.cat([emb, emb[torch.as_tensor(parents)]])}
+
+
 def grow_class_embedding(model: Denoiser, parents: list[int]) -> None:
     """Append class-embedding rows, each initialised from its parent's row (new clinical concepts)."""
     emb = model.unet.class_embedding

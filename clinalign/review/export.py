@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 
 from ..errors import ClinalignError, DataError
-from .db import IMPLAUSIBLE, PLAUSIBLE, REVIEWER, SAMPLE, Blob, Image, Store, User, Verdict
+from .db import IMPLAUSIBLE, PLAUSIBLE, REVIEWER, SAMPLE, Blob, Concept, Image, Store, User, Verdict
 from .ingest import get_batch
 from .problems import NotFound
 
@@ -159,6 +159,17 @@ def export_feedback(
         for v, name in s.execute(vq):
             votes[v.image_id].append((v, name))
 
+        # A concept folder must say whose refinement it is (concepts.json), or later stages cannot
+        # tell a concept from a class whose real images are missing.
+        cq = select(Concept.name, Concept.parent)
+        if batch_ids:
+            cq = cq.where(Concept.batch_id.in_(batch_ids))
+        concept_parent: dict[str, str] = {}
+        for name, parent in s.execute(cq):
+            if concept_parent.setdefault(name, parent) != parent:
+                raise DataError(f"concept {name!r} has parent {concept_parent[name]!r} in one batch and {parent!r} "
+                                "in another; export one batch at a time with --batch NAME")
+        exported_concepts: dict[str, str] = {}
         summary = ExportSummary(out=str(out), rule=rule, images=len(images))
         folders: Counter = Counter()
         excluded: Counter = Counter()
@@ -171,6 +182,8 @@ def export_feedback(
                     excluded[d.why_excluded or "undecided"] += 1
                     continue
                 label = d.concept or im.declared_class
+                if d.concept:
+                    exported_concepts[d.concept] = concept_parent.get(d.concept) or im.declared_class
                 target = tmp / label / d.folder
                 target.mkdir(parents=True, exist_ok=True)
                 data = s.scalar(select(Blob.data).where(Blob.sha256 == im.blob_sha))
@@ -198,6 +211,10 @@ def export_feedback(
                         rows += 1
                 f.flush()
                 os.fsync(f.fileno())
+            if exported_concepts:
+                from ..concepts import write_concepts_file
+
+                write_concepts_file(tmp, exported_concepts)
             _swap_into_place(tmp, out, overwrite)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

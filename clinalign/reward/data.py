@@ -216,19 +216,27 @@ def scan_sizes(paths: list[Path], image_size: int) -> str | None:
     return msg
 
 
-def _check_new_classes(feedback: set[str], real: set[str], anno_root: Path | None, real_root: Path | None
-                       ) -> tuple[dict[str, str | None], list[str]]:
+def _check_new_classes(feedback: set[str], real: set[str], anno_root: Path | None, real_root: Path | None,
+                       recorded: dict[str, str] | None = None) -> tuple[dict[str, str | None], list[str]]:
     """Classes judged in the feedback but absent from the real data.
 
     A warning, not an error: the review app exports images reassigned to a new concept (e.g.
     ``neutrophil-band`` under ``neutrophil``) under the concept's name, and such a class can only
     be learned from feedback. A name that is a near-miss of a real class (``neutrofil``) is almost
     certainly a typo that would silently split a class in two, so that one is an error.
-    Returns the parents of concept-like names (``PARENT-...``) and the warnings.
+    Returns the parents of concept-like names (``PARENT-...``) and the warnings. A concept the
+    feedback folder's ``concepts.json`` (``recorded``) names is expected to lack real images: its
+    positives come from the expert's assignments only, and real images of its parent are not
+    positives for it (a real neutrophil may be a band or a segmented one).
     """
+    recorded = recorded or {}
     parents: dict[str, str | None] = {}
     warnings = []
-    for cls in sorted(feedback - real):
+    for cls in sorted(feedback & set(recorded)):
+        parents[cls] = recorded[cls]
+        log.info("%s: concept %r under %r, learned from the judged images alone",
+                 anno_root / cls if anno_root else cls, cls, recorded[cls])
+    for cls in sorted(feedback - real - set(recorded)):
         parent = next((r for r in sorted(real, key=len, reverse=True) if cls.startswith(r + "-")), None)
         close = difflib.get_close_matches(cls, sorted(real), n=1, cutoff=0.8)
         where = anno_root / cls if anno_root else cls
@@ -335,9 +343,15 @@ def load_reward_data(
                "class, so they teach nothing about the declared class")
         log.warning("%s", msg)
         warnings.append(msg)
-    parents: dict[str, str | None] = {}
+    from ..concepts import read_concepts_file
+
+    recorded = {**(read_concepts_file(paths["val_anno"]) if paths["val_anno"] else {}),
+                **(read_concepts_file(paths["train_anno"]) if paths["train_anno"] else {})}
+    # Informational in the reward model (it scores a concept like any class): keep known parents only.
+    parents: dict[str, str | None] = {c: p for c, p in recorded.items() if c in judged and p in real | judged}
     if train_real is not None:
-        parents, new_warnings = _check_new_classes(judged, real, paths["train_anno"], paths["train"])
+        parents, new_warnings = _check_new_classes(judged, real, paths["train_anno"], paths["train"],
+                                                   {c: p for c, p in recorded.items() if p in real | judged})
         warnings += new_warnings
     class_map = ClassMap(sorted(real | judged), parents)
 
