@@ -23,7 +23,8 @@ from typing import Any
 
 from .checkpoint import find_checkpoint, latest_checkpoint
 from .data.layouts import ALIGN, NOTALIGN
-from .errors import ConfigError
+from .errors import ConfigError, DataError
+from .fileio import write_texts_atomic
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class RoundConfig:
     finetune_batch: int = 16
     beta: float = 0.3
     reward_transform: str = "raw"
+    objective: str = "reward-weighted"  # or "kto": the expert's verdicts as likes / dislikes
+    kto_beta: float = 5000.0
     ema_rate: str = "0.999"
     use_fp16: bool = False
     seed: int = 0
@@ -192,6 +195,8 @@ def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None,
         if done is None or done.step < cfg.finetune_steps:
             finetune({
                 "resume_checkpoint": str(ck.path), "data_pre_dir": str(real_train), "data_mod_dir": str(samples),
+                "objective": cfg.objective, "kto_beta": cfg.kto_beta,
+                "rewards": str(verdicts_csv(fb, samples, rdir) if cfg.objective == "kto" else rewards_csv),
                 "run_dir": str(run), "beta": cfg.beta, "reward_transform": cfg.reward_transform,
                 "max_steps": cfg.finetune_steps, "lr": cfg.finetune_lr, "batch_size": cfg.finetune_batch,
                 "ema_rate": cfg.ema_rate, "use_fp16": cfg.use_fp16, "seed": cfg.seed + k,
@@ -200,6 +205,25 @@ def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None,
     result = RoundResult(k, samples, fb, reward_dir, latest_checkpoint(run).path, expert_rate, mean_reward, secs)
     log.info("round %d done: %s", k, {key: v for key, v in asdict(result).items() if key != "seconds"})
     return result
+
+
+def verdicts_csv(feedback: Path, samples: Path, rdir: Path) -> Path:
+    """The expert's own verdicts as ``ID,rewards`` (1 plausible, 0 not): what KTO learns from.
+
+    Every sample must have been judged; KTO uses the judgements directly, not the reward model.
+    """
+    from .data.naming import list_images
+
+    verdict = {p.name: 1 for p in feedback.rglob("align/*") if p.is_file()}
+    verdict |= {p.name: 0 for p in feedback.rglob("notalign/*") if p.is_file()}
+    names = [p.name for p in list_images(samples)]
+    missing = [n for n in names if n not in verdict]
+    if missing:
+        raise DataError(f"{feedback}: {len(missing)} sample(s) of {samples} have no verdict, e.g. {missing[0]}; "
+                        "--objective kto needs every sample judged (or use the reward-weighted objective)")
+    out = rdir / "verdicts.csv"
+    write_texts_atomic({out: "".join(f"{line}\n" for line in ["ID,rewards"] + [f"{n},{verdict[n]}" for n in names])})
+    return out
 
 
 def _mean_reward(path: Path) -> float:

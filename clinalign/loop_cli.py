@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .finetune import OBJECTIVES, REWARD_TRANSFORMS
 from .flags import str2bool
 from .loop import AwaitingFeedback, RoundConfig, round_summary, run_loop
 
@@ -21,7 +22,10 @@ def add_round_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGrou
     parser.add_argument("--finetune_lr", type=float, default=d.finetune_lr)
     parser.add_argument("--finetune_batch", type=int, default=d.finetune_batch)
     parser.add_argument("--beta", type=float, default=d.beta)
-    parser.add_argument("--reward_transform", default=d.reward_transform, choices=("raw", "threshold", "class_norm"))
+    parser.add_argument("--reward_transform", default=d.reward_transform, choices=REWARD_TRANSFORMS)
+    parser.add_argument("--objective", default=d.objective, choices=OBJECTIVES,
+                        help="reward-weighted (the paper's) or Diffusion-KTO on the expert's likes/dislikes")
+    parser.add_argument("--kto_beta", type=float, default=d.kto_beta)
     parser.add_argument("--use_fp16", type=str2bool, default=d.use_fp16, metavar="BOOL")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device)

@@ -118,4 +118,6 @@ def test_demo_smallest_size_writes_report_and_every_metric(tmp_path):
     for key in ("fid", "precision", "recall", "density", "coverage", "plausib", "tstr", "memoris", "reward"):
         assert key in flat.lower(), key
     assert [row["metric"] for row in summary["table"]][0].startswith("FID")
-    assert all(row["after"] is not None for row in summary["table"]), summary["table"]
+    assert all(row["after"] is not None and row["control"] is not None for row in summary["table"]), summary["table"]
+    control = json.loads((cfg.out / "control" / "config.json").read_text())
+    assert control["train"]["max_steps"] == cfg.scaled(cfg.pretrain_steps) + cfg.scaled(cfg.finetune_steps)

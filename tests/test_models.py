@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from clinalign.flags import MODEL_FLAGS, defaults
-from clinalign.models.unet import build_denoiser, count_parameters, grow_class_embedding
+from clinalign.models.unet import build_denoiser, count_parameters, grow_class_rows
 
 
 def tiny(**over):
@@ -36,9 +36,10 @@ def test_config_a_size_and_learned_sigma_output():
 
 
 def test_grayscale_and_class_embedding_growth_keeps_old_rows():
-    model = build_denoiser(tiny(), 1, 3)
-    old = model.unet.class_embedding.weight.detach().clone()
-    grow_class_embedding(model, parents=[2, 0])
+    weights = build_denoiser(tiny(), 1, 3).state_dict()
+    old = weights["unet.class_embedding.weight"].clone()
+    model = build_denoiser(tiny(), 1, 5)
+    model.load_state_dict(grow_class_rows(weights, parents=[2, 0]))
     new = model.unet.class_embedding.weight
     assert new.shape[0] == 5 and torch.equal(new[:3], old)
     assert torch.equal(new[3], old[2]) and torch.equal(new[4], old[0])

@@ -117,20 +117,5 @@ def grow_class_rows(weights: dict[str, torch.Tensor], parents: list[int]) -> dic
     return {**weights, CLASS_EMBEDDING_KEY: torch.cat([emb, emb[torch.as_tensor(parents)]])}
 
 
-def grow_class_embedding(model: Denoiser, parents: list[int]) -> None:
-    """Append class-embedding rows, each initialised from its parent's row (new clinical concepts)."""
-    emb = model.unet.class_embedding
-    if emb is None:
-        raise ConfigError("the model is not class-conditional; concepts need --class_cond True")
-    new = nn.Embedding(emb.num_embeddings + len(parents), emb.embedding_dim).to(emb.weight.device, emb.weight.dtype)
-    with torch.no_grad():
-        new.weight[: emb.num_embeddings] = emb.weight
-        for i, parent in enumerate(parents):
-            new.weight[emb.num_embeddings + i] = emb.weight[parent]
-    model.unet.class_embedding = new
-    model.unet.register_to_config(num_class_embeds=new.num_embeddings)
-    model.num_classes = new.num_embeddings
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
