@@ -105,6 +105,7 @@ def pretrain_args(cfg: DemoConfig, train: Path, run_dir: Path, steps: int) -> di
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     from .evaluate.oracle import OracleConfig
     from .evaluate.run import evaluate
+    from .checkpoint import find_checkpoint
     from .loop import RoundConfig, run_round
     from .pretrain import pretrain
     from .sample import sample_folder
@@ -126,12 +127,13 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
                        reward_transform=cfg.reward_transform, objective=cfg.objective, use_fp16=cfg.use_fp16,
                        seed=cfg.seed, device=cfg.device)
     round1 = run_round(1, pre_run, train, val, cfg.out, rcfg, progress=progress)
+    n_classes = len(find_checkpoint(pre_run).class_map)  # the data's, not cfg.classes (toy only)
     seconds.update({f"round1_{k}": v for k, v in round1.seconds.items()})
 
     def sample_and_evaluate(checkpoint: Path, name: str, baseline: Path | None):
         t = time.perf_counter()
         samples = cfg.out / name / "samples"
-        sample_folder(checkpoint, samples, num_samples=cfg.samples_per_class * cfg.classes, sampler=rcfg.sampler,
+        sample_folder(checkpoint, samples, num_samples=cfg.samples_per_class * n_classes, sampler=rcfg.sampler,
                       steps=rcfg.steps, batch_size=rcfg.sample_batch, seed=cfg.seed + 7, device=cfg.device,
                       use_fp16=cfg.use_fp16, progress=progress)
         seconds[f"sample_{name}"] = round(time.perf_counter() - t, 1)
