@@ -13,8 +13,8 @@ Diffusion-KTO (Li et al. 2024) replaces L_diffusion on one stream by a per-image
 implicit reward: for an image the expert liked (w > 0) the loss is sigmoid(b * (L_theta - L_ref))
 and for one it disliked (w < 0) sigmoid(-b * (L_theta - L_ref)), where L_ref is the frozen
 starting model's diffusion loss on the same noise and timestep. The reference point is taken
-as 0 (the KL term of KTO is dropped, as in the paper's experiments); the real-data stream keeps
-the plain diffusion loss as the anchor.
+as 0 (a simplification: KTO proper estimates it from the policy/reference KL); the real-data
+stream keeps the plain diffusion loss as the anchor.
 """
 
 from __future__ import annotations
@@ -267,7 +267,8 @@ def train(spec: TrainSpec) -> Path:
                     kwargs = {"y": y[sl]} if class_cond else None
                     terms = diffusion.training_losses(ddp_model, x[sl], t_all[sl], model_kwargs=kwargs, noise=noise[sl])
                 per = terms["loss"].float()
-                rows = kto_rows[sl].nonzero().squeeze(1)
+                # Only KTO runs pay for nonzero(): on a GPU it waits for the device.
+                rows = kto_rows[sl].nonzero().squeeze(1) if reference is not None else ()
                 if len(rows):
                     with torch.no_grad(), amp():
                         ref = diffusion.training_losses(
