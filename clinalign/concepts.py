@@ -23,9 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ from pathlib import Path
 from .data.classmap import ClassMap, validate_class_name
 from .data.naming import MANIFEST_NAME, declared_classes, is_image_file, list_images
 from .errors import DataError
-from .fileio import atomic_writer
+from .fileio import atomic_directory, atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -253,9 +251,7 @@ def assign(samples: str | Path, feedback: str | Path, out: str | Path, known: It
             continue
         rows.append((file_id, label, path))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         for file_id, _, path in rows:
             shutil.copyfile(path, tmp / file_id)
         # No rewards.csv is copied: its scores are for the old declared classes; rescore this folder.
@@ -264,12 +260,6 @@ def assign(samples: str | Path, feedback: str | Path, out: str | Path, known: It
             w.writerow(["ID", "class"])
             w.writerows((file_id, label) for file_id, label, _ in rows)
         write_concepts_file(tmp, parents)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("declared %s in %s (%d images)", ", ".join(f"{n} as {c}" for c, n in sorted(counts.items())),
              out, len(rows))
     return AssignResult(out, parents, counts, len(rows))

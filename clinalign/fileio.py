@@ -3,17 +3,38 @@
 A temp file beside the target is written, flushed, fsynced, given the permissions a plain
 ``open`` would give under the user's umask (``mkstemp`` alone gives 0600), then renamed onto the
 target: readers and a crash see the old file or the whole new one, never part of one.
+:func:`atomic_directory` does the same for a folder of outputs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+
+@contextmanager
+def atomic_directory(out: str | Path) -> Iterator[Path]:
+    """A temp folder beside ``out`` to fill; it replaces ``out`` only when the block completes.
+
+    On an exception the temp folder is removed and ``out`` is left as it was.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)  # os.replace cannot replace a non-empty directory
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def default_file_mode() -> int:

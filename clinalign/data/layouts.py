@@ -11,9 +11,7 @@ feedback folder atomically (temp dir, then rename), so a crash never leaves half
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..fileio import atomic_directory
 from .classmap import validate_class_name
 from .folder import _decode_all, _stack
 from .naming import is_image_file
@@ -125,10 +124,8 @@ def write_feedback_folder(out: str | Path, items: Iterable[tuple[Path, str, bool
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out}: already exists and is not empty; pass a new output folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     counts: dict[str, dict[str, int]] = {}
-    try:
+    with atomic_directory(out) as tmp:
         for src, cls, plausible in items:
             validate_class_name(cls)
             sub = ALIGN if plausible else NOTALIGN
@@ -140,10 +137,4 @@ def write_feedback_folder(out: str | Path, items: Iterable[tuple[Path, str, bool
             from ..concepts import write_concepts_file
 
             write_concepts_file(tmp, concepts)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return counts

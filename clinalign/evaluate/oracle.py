@@ -18,9 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +30,7 @@ from torch import nn
 from ..data.classmap import ClassMap
 from ..data.folder import images_to_tensor
 from ..errors import CheckpointError, DataError
+from ..fileio import atomic_directory
 from ..models.classifier import build_classifier, load_classifier, save_classifier
 from ..models.fit import balanced_accuracy, fit_classifier
 from .data import (
@@ -46,7 +44,12 @@ from .data import (
     split_real,
     stratified_cap,
 )
-from .features import FeatureExtractor, as_uint8_images, classifier_features, classifier_proba
+from .features import (
+    FeatureExtractor,
+    as_uint8_images,
+    classifier_features,
+    classifier_proba,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +95,9 @@ def save_model_dir(directory: str | Path, model: nn.Module, weights_meta: dict[s
                    model_file: str, meta_file: str) -> Path:
     """Weights + a JSON description, written into a temp sibling and renamed into place."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         save_classifier(tmp / model_file, model, weights_meta)
         (tmp / meta_file).write_text(json.dumps(meta, indent=1))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import torch
 
 from ..data.naming import MANIFEST_NAME
 from ..errors import DataError
+from ..fileio import atomic_directory
 from .model import RewardModel
 from .score import DEFAULT_BATCH, list_scored_images, score_paths
 
@@ -84,21 +83,13 @@ def select_for_review(checkpoint: str | Path, images: str | Path, n: int, out: s
         log.warning("--n %d but only %d images under %s: selecting all of them", n, len(paths), images)
     picked = pick_uncertain(scores.rewards, classes, n, seed)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:  # out is empty or absent (checked above)
         with open(tmp / MANIFEST_NAME, "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(["ID", "class", "reward"])
             for i in picked:
                 shutil.copyfile(paths[i], tmp / paths[i].name)
                 w.writerow([paths[i].name, classes[i], f"{scores.rewards[i]:.6f}"])
-        if out.exists():
-            out.rmdir()  # empty (checked above); os.replace cannot replace a directory on every OS
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     per_class: dict[str, int] = {}
     for i in picked:
         per_class[classes[i]] = per_class.get(classes[i], 0) + 1
