@@ -64,6 +64,15 @@ def read_manifest(path: str | Path) -> dict[str, str]:
         return {row["ID"]: row["class"] for row in reader}
 
 
+def check_unique_names(paths: list[Path], why: str) -> None:
+    """DataError naming both files when two paths share a file name (an image's ID); ``why`` says what needs it."""
+    by_name: dict[str, Path] = {}
+    for p in paths:
+        if p.name in by_name:
+            raise DataError(f"{p}: same file name as {by_name[p.name]}; {why}")
+        by_name[p.name] = p
+
+
 def declared_classes(paths: list[Path], root: str | Path | None = None) -> list[str]:
     """The declared class of each image: from ``root/manifest.csv`` when present, else the prefix."""
     manifest: dict[str, str] = {}

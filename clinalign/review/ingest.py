@@ -218,7 +218,7 @@ def add_batch(
     Everything is inserted in one transaction: a failure leaves no half-loaded batch behind.
     """
     # Imported here: the clinalign.data package pulls in torch, which the web server never needs.
-    from ..data.naming import declared_classes, list_images
+    from ..data.naming import check_unique_names, declared_classes, list_images
 
     samples = Path(samples)
     name = name or samples.resolve().name
@@ -232,14 +232,8 @@ def add_batch(
 
     paths = list_images(samples)
     classes = [check_class_name(c, p) for c, p in zip(declared_classes(paths, samples), paths, strict=True)]
-    by_name: dict[str, Path] = {}
-    for p in paths:
-        if p.name in by_name:
-            raise DataError(
-                f"{p}: same file name as {by_name[p.name]}; image IDs (file names) must be unique "
-                "in a batch because the reward CSV refers to images by file name"
-            )
-        by_name[p.name] = p
+    check_unique_names(paths, "image IDs (file names) must be unique in a batch because the reward CSV "
+                              "refers to images by file name")
     loaded = [load_image(p) for p in paths]
 
     strips: dict[str, list[LoadedImage]] = {}

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from ..data.folder import load_image
-from ..data.naming import declared_classes, list_images
+from ..data.naming import check_unique_names, declared_classes, list_images
 from ..errors import DataError
 from .files import write_texts
 from .model import RewardModel
@@ -78,14 +78,8 @@ def list_scored_images(images: str | Path) -> tuple[list[Path], list[str]]:
     root = Path(images)
     paths = list_images(root)  # raises for a missing folder or one with no images
     classes = declared_classes(paths, root)
-    by_name: dict[str, Path] = {}
-    for p in paths:
-        if p.name in by_name:
-            raise DataError(
-                f"{p}: same file name as {by_name[p.name]}; the rewards CSV identifies images by file name, "
-                "so names must be unique across sub-folders. Rename one of them"
-            )
-        by_name[p.name] = p
+    check_unique_names(paths, "the rewards CSV identifies images by file name, so names must be unique "
+                              "across sub-folders. Rename one of them")
     order = sorted(range(len(paths)), key=lambda i: paths[i].name)
     return [paths[i] for i in order], [classes[i] for i in order]
 
@@ -227,6 +221,18 @@ def detail_path(out: Path) -> Path:
     return out.with_name(out.stem + DETAIL_SUFFIX + (out.suffix or ".csv"))
 
 
+def score_folder_images(checkpoint: str | Path, images: str | Path, batch_size: int = DEFAULT_BATCH,
+                        progress: Callable[[int], None] | None = None,
+                        on_listed: Callable[[int], None] | None = None,
+                        device: str | torch.device = "cpu") -> Scores:
+    """Load the reward model and score every image under ``images`` (sorted by ID)."""
+    model = RewardModel.load(checkpoint, device)
+    paths, classes = list_scored_images(images)
+    if on_listed is not None:
+        on_listed(len(paths))
+    return score_paths(model, paths, classes, batch_size, progress)
+
+
 def score_folder(checkpoint: str | Path, images: str | Path, out: str | Path, batch_size: int = DEFAULT_BATCH,
                  progress: Callable[[int], None] | None = None, on_listed: Callable[[int], None] | None = None,
                  device: str | torch.device = "cpu") -> ScoreResult:
@@ -234,11 +240,7 @@ def score_folder(checkpoint: str | Path, images: str | Path, out: str | Path, ba
     out = Path(out)
     if out.is_dir():
         raise DataError(f"{out}: is a folder; --out takes the CSV file to write, e.g. {out / 'rewards.csv'}")
-    model = RewardModel.load(checkpoint, device)
-    paths, classes = list_scored_images(images)
-    if on_listed is not None:
-        on_listed(len(paths))
-    scores = score_paths(model, paths, classes, batch_size, progress)
+    scores = score_folder_images(checkpoint, images, batch_size, progress, on_listed, device)
     detail = detail_path(out)
     write_texts({detail: detail_csv(scores), out: rewards_csv(scores)})
     log.info("scored %d images in %.2fs (%.0f images/s; decoding %.2fs of thread time) -> %s",

@@ -26,8 +26,7 @@ import torch
 from ..data.naming import MANIFEST_NAME
 from ..errors import DataError
 from ..fileio import atomic_directory
-from .model import RewardModel
-from .score import DEFAULT_BATCH, list_scored_images, score_paths
+from .score import DEFAULT_BATCH, score_folder_images
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +73,8 @@ def select_for_review(checkpoint: str | Path, images: str | Path, n: int, out: s
         raise DataError(f"{out}: already exists and is not an empty folder; pass a new --out folder")
     if n < 1:
         raise DataError(f"--n {n}: must be at least 1")
-    model = RewardModel.load(checkpoint, device)
-    paths, classes = list_scored_images(images)
-    if on_listed is not None:
-        on_listed(len(paths))
-    scores = score_paths(model, paths, classes, batch_size, progress)
+    scores = score_folder_images(checkpoint, images, batch_size, progress, on_listed, device)
+    paths, classes = scores.paths, scores.classes
     if n > len(paths):
         log.warning("--n %d but only %d images under %s: selecting all of them", n, len(paths), images)
     picked = pick_uncertain(scores.rewards, classes, n, seed)
