@@ -26,6 +26,29 @@ def toy_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def pretrained(toy_dir, tmp_path_factory) -> Path:
+    """A class-conditional tiny denoiser trained 2 steps on the module's ``toy_dir``."""
+    from clinalign.cli import main
+
+    run = tmp_path_factory.mktemp("pre")
+    assert main(["train", "--data_dir", str(toy_dir), "--run_dir", str(run), *TINY_MODEL, *TINY_DIFFUSION,
+                 "--class_cond", "True", "--batch_size", "4", "--max_steps", "2"]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two OpenMP threads stall whenever another
+    process takes a core (epochs went from 0.7 s to 10-30 s); one thread is steady."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():

@@ -30,17 +30,8 @@ from clinalign.data.naming import list_images
 from clinalign.errors import CheckpointError, ClinalignError, DataError
 from clinalign.reward.data import load_reward_data
 
-from .conftest import TINY_DIFFUSION, TINY_MODEL
 
 CONCEPTS = {"neutrophil-band": "neutrophil", "neutrophil-segmented": "neutrophil"}
-
-
-@pytest.fixture(scope="module")
-def pretrained(toy_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("pre")
-    assert main(["train", "--data_dir", str(toy_dir), "--run_dir", str(run), *TINY_MODEL, *TINY_DIFFUSION,
-                 "--class_cond", "True", "--batch_size", "4", "--max_steps", "2"]) == 0
-    return run
 
 
 def neutrophil_samples(toy_dir: Path, out: Path) -> Path:

@@ -21,14 +21,6 @@ from clinalign.finetune import read_rewards_csv, transform_rewards
 from .conftest import REPO, TINY_DIFFUSION, TINY_MODEL, subprocess_env
 
 
-@pytest.fixture(scope="module")
-def pretrained(toy_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("pre")
-    assert main(["train", "--data_dir", str(toy_dir), "--run_dir", str(run), *TINY_MODEL, *TINY_DIFFUSION,
-                 "--class_cond", "True", "--batch_size", "4", "--max_steps", "2"]) == 0
-    return run
-
-
 def scored_folder(src: Path, out: Path, reward) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 
 from clinalign.checkpoint import find_checkpoint
-from clinalign.cli import main
 from clinalign.data.naming import list_images
 from clinalign.loop import AwaitingFeedback, RoundConfig, run_loop, split_feedback
 
-from .conftest import TINY_DIFFUSION, TINY_MODEL
 
 TINY_ROUND = RoundConfig(samples_per_class=4, sampler="ddim", steps=4, sample_batch=16, reward_epochs=2,
                          finetune_steps=3, finetune_batch=4, seed=0, device="cpu")
@@ -26,14 +24,6 @@ def toy_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("toy20")
     generate(out, classes=4, per_class=20, size=16, seed=0)
     return out
-
-
-@pytest.fixture(scope="module")
-def pretrained(toy_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("pre")
-    assert main(["train", "--data_dir", str(toy_dir), "--run_dir", str(run), *TINY_MODEL, *TINY_DIFFUSION,
-                 "--class_cond", "True", "--batch_size", "4", "--max_steps", "2"]) == 0
-    return run
 
 
 def test_one_round_with_the_simulated_expert_then_rerun_resumes(pretrained, toy_dir, tmp_path):

@@ -11,21 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from clinalign.reward.train import TrainConfig, train_reward
 
 PBC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbc_64"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads stall whenever another
-    process takes a core (epochs went from 0.7 s to 10-30 s); one thread is steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def imagenet_layout(src: Path, dest: Path, per_class: int, seed: int) -> Path:

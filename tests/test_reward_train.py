@@ -22,14 +22,7 @@ from clinalign.reward.train import TrainConfig, train_reward
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads stall whenever another
-    process takes a core (epochs went from 0.7 s to 10-30 s); one thread is steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
