@@ -103,9 +103,9 @@ def pretrain_args(cfg: DemoConfig, train: Path, run_dir: Path, steps: int) -> di
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
-    from .evaluate.oracle import OracleConfig
-    from .evaluate.run import evaluate
     from .checkpoint import find_checkpoint
+    from .evaluate.oracle import OracleConfig
+    from .evaluate.run import Evaluator, write_outputs
     from .loop import RoundConfig, run_round
     from .pretrain import pretrain
     from .sample import sample_folder
@@ -130,6 +130,11 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     n_classes = len(find_checkpoint(pre_run).class_map)  # the data's, not cfg.classes (toy only)
     seconds.update({f"round1_{k}": v for k, v in round1.seconds.items()})
 
+    # One evaluator: the real reference is embedded once for the feedback and the control sets.
+    evaluator = Evaluator(train, test, models_dir=cfg.out / "evaluation-models",
+                          oracle_config=OracleConfig(image_size=cfg.image_size), reward_checkpoint=round1.reward,
+                          progress=progress)
+
     def sample_and_evaluate(checkpoint: Path, name: str, baseline: Path | None):
         t = time.perf_counter()
         samples = cfg.out / name / "samples"
@@ -138,10 +143,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
                       use_fp16=cfg.use_fp16, progress=progress)
         seconds[f"sample_{name}"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
-        result = evaluate(train, samples, cfg.out / ("evaluation" if name == "after" else f"evaluation-{name}"),
-                          baseline=baseline, real_test=test, models_dir=cfg.out / "evaluation-models",
-                          oracle_config=OracleConfig(image_size=cfg.image_size), reward_checkpoint=round1.reward,
-                          progress=progress)
+        result = evaluator.judge(samples, baseline)
+        write_outputs(result, cfg.out / ("evaluation" if name == "after" else f"evaluation-{name}"))
         seconds[f"evaluate_{name}"] = round(time.perf_counter() - t, 1)
         return result
 

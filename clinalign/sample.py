@@ -42,6 +42,8 @@ class SampleResult:
     written: int
     drawn: int
     per_class: dict[str, int] = field(default_factory=dict)
+    drawn_per_class: dict[str, int] = field(default_factory=dict)  # this call's draws
+    short: dict[str, int] = field(default_factory=dict)  # classes given up on: how many they lack
 
     @property
     def acceptance_rate(self) -> float:
@@ -134,7 +136,11 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_s
     size = int(ck.model_config["image_size"])
     shape_tail = (ck.channels, size, size)
     drawn, written = 0, 0
-    budget = max_draw_factor * max(1, sum(remaining.values()))
+    # Per class, so one class the reward model (almost) never accepts is given up on without using
+    # up the draws of the others.
+    budget = {n: max_draw_factor * max(1, remaining[n]) for n in names}
+    drawn_by = dict.fromkeys(names, 0)
+    short: dict[str, int] = {}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -142,9 +148,6 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_s
         bar = tqdm(total=num_samples, initial=len(rows), unit="img", dynamic_ncols=True)
     counter = len(rows)
     while any(remaining.values()):
-        if drawn >= budget:
-            log.warning("stopped after drawing %d images: the acceptance rate is too low to fill every quota", drawn)
-            break
         batch_names = _batch_labels(remaining, batch_size)
         if accept is not None:  # draw a full batch even near the end: rejects are expected
             batch_names = (batch_names * batch_size)[:batch_size]
@@ -159,6 +162,7 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_s
             keep, scores = accept(images, labels)
         pixels = to_uint8(images)
         for j, name in enumerate(batch_names):
+            drawn_by[name] += 1
             if not keep[j] or remaining[name] == 0:
                 continue
             file_id = f"{name}_{counter:06d}.png"
@@ -172,6 +176,12 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_s
                 bar.update(1)
         _write_rows_atomic(manifest, rows)
         next_batch += 1
+        for name in names:
+            if remaining[name] and drawn_by[name] >= budget[name]:
+                log.warning("%s: gave up after drawing %d images, %d short of the quota: too few pass the reward "
+                            "bar (raise --max_draw_factor or lower --min_reward)", name, drawn_by[name],
+                            remaining[name])
+                short[name], remaining[name] = remaining[name], 0
     if bar is not None:
         bar.close()
     write_npz(out, rows, class_map)
@@ -181,7 +191,8 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_s
 
         write_concepts_file(out, concepts)
     per_class = {n: sum(1 for r in rows if r["class"] == n) for n in names}
-    return SampleResult(out=out, written=written, drawn=drawn, per_class=per_class)
+    return SampleResult(out=out, written=written, drawn=drawn, per_class=per_class, drawn_per_class=drawn_by,
+                        short=short)
 
 
 def _resume_rows(out: Path, manifest: Path, settings: dict[str, str]) -> list[dict[str, str]]:

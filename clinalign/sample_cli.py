@@ -30,7 +30,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--reward_checkpoint", default="", help="reward model directory (clinalign reward train)")
     group.add_argument("--min_reward", type=float, default=0.5, help="accept a sample when its reward is at least this")
     group.add_argument("--max_draw_factor", type=int, default=50,
-                       help="give up after drawing this many times the requested number of samples")
+                       help="give up on a class after drawing this many times its quota")
 
 
 DEFAULT_STEPS = {"ancestral": None, "ddim": 50, "dpm++": 20}
@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if accept is not None:
         print(f"acceptance rate: {result.acceptance_rate:.1%} ({result.written} accepted of {result.drawn} drawn, "
               f"reward >= {args.min_reward})")
+        for name, missing in result.short.items():
+            print(f"  {name}: {missing} short after {result.drawn_per_class[name]} draws; the model rarely makes a "
+                  f"{name} the reward model accepts")
     return 0
 
 

@@ -263,7 +263,7 @@ def test_simulated_expert_assigns_plausible_parents_to_the_concept_of_their_subt
 
 
 def test_evaluation_judges_concept_samples_as_their_parent(toy_dir, tmp_path):
-    from clinalign.evaluate.run import _read_samples
+    from clinalign.evaluate.run import read_samples
 
     samples = tmp_path / "s"
     samples.mkdir()
@@ -273,12 +273,12 @@ def test_evaluation_judges_concept_samples_as_their_parent(toy_dir, tmp_path):
         shutil.copyfile(p, samples / f"{name}_{i:06d}.png")
     base = ClassMap(sorted({p.name.split("_")[0] for p in list_images(toy_dir)}))
     with pytest.raises(DataError, match="not in the run's class map"):
-        _read_samples(samples, 16, 3, base, False)
+        read_samples(samples, 16, 3, base, False)
     (samples / CONCEPTS_FILE).write_text(json.dumps({"eosinophil-x": "eosinophil"}))
     with pytest.raises(DataError, match="no parent is recorded"):
-        _read_samples(samples, 16, 3, base, False)
+        read_samples(samples, 16, 3, base, False)
     (samples / CONCEPTS_FILE).write_text(json.dumps({"neutrophil-band": "neutrophil"}))
-    s = _read_samples(samples, 16, 3, base, False)
+    s = read_samples(samples, 16, 3, base, False)
     assert set(s.classes) == set(base.names) and np.sum(np.array(s.classes) == "neutrophil") == 6
 
 

@@ -111,3 +111,21 @@ def test_evaluate_and_expert_on_real_pbc_cells(tmp_path):
         assert (tmp_path / "report.html").stat().st_size > 10_000
     finally:
         torch.set_num_threads(before)
+
+
+def test_one_evaluator_judges_many_folders_against_one_real_reference(folders, tmp_path):
+    from clinalign.evaluate.oracle import OracleConfig
+    from clinalign.evaluate.run import Evaluator, MetricConfig, evaluate
+
+    oracle = OracleConfig(image_size=16, epochs=15, width=8, batch_size=16)
+    metrics = MetricConfig(bootstrap=30, utility=None)
+    evaluator = Evaluator(folders / "real", models_dir=tmp_path / "models", oracle_config=oracle,
+                          metric_config=metrics)
+    good, noise = evaluator.judge(folders / "samples"), evaluator.judge(folders / "noise")
+    assert noise.reference is good.reference  # the real data is embedded once, not per folder
+    assert good.samples.metrics["plausibility"]["rate"] > noise.samples.metrics["plausibility"]["rate"]
+    # ... and judges exactly as a one-off evaluate() with the same models does
+    alone = evaluate(folders / "real", folders / "noise", tmp_path / "alone", models_dir=tmp_path / "models",
+                     oracle_config=oracle, metric_config=metrics)
+    assert alone.samples.metrics["plausibility"] == noise.samples.metrics["plausibility"]
+    assert alone.samples.metrics["fid"] == pytest.approx(noise.samples.metrics["fid"])

@@ -47,6 +47,23 @@ def test_sample_writes_seed_named_files_manifest_and_npz(tiny_run, tmp_path, sam
     assert len(npz["arr_1"]) == 6
 
 
+def test_rejection_sampling_gives_up_on_a_hopeless_class_without_starving_the_others(tiny_run, tmp_path):
+    from clinalign.checkpoint import find_checkpoint
+
+    hopeless = find_checkpoint(tiny_run).class_map.index("neutrophil")
+
+    def accept(images, labels):  # a reward model that never accepts a neutrophil
+        keep = labels != hopeless
+        return keep, keep.float()
+
+    result = sample_folder(tiny_run, tmp_path / "rs", num_samples=6, classes=["lymphocyte", "neutrophil"],
+                           sampler="ddim", steps=2, batch_size=4, accept=accept, max_draw_factor=3)
+    assert result.per_class == {"lymphocyte": 3, "neutrophil": 0}
+    assert result.short == {"neutrophil": 3}
+    assert result.drawn_per_class["neutrophil"] == 9  # its own budget: 3 x its quota of 3, no more
+    assert sorted(label_of(f) for f in list_images(tmp_path / "rs")) == ["lymphocyte"] * 3
+
+
 def test_same_seed_same_images_and_interrupted_run_resumes_exactly(tiny_run, tmp_path):
     import shutil
 

@@ -26,8 +26,8 @@ import torch
 
 from ..data.classmap import ClassMap
 from ..data.folder import images_to_tensor
-from ..fileio import atomic_writer
 from ..errors import DataError
+from ..fileio import atomic_writer
 from . import bootstrap as bs
 from .data import ImageSet, RealData, as_image_set, class_counts, derived_seed
 from .features import load_feature_checkpoint, load_inception
@@ -343,7 +343,7 @@ def reward_scorer(checkpoint: str | Path) -> RewardFn:
     return score
 
 
-def _read_samples(folder: str | Path, size: int, channels: int, class_map: ClassMap, skip_bad: bool) -> ImageSet:
+def read_samples(folder: str | Path, size: int, channels: int, class_map: ClassMap, skip_bad: bool) -> ImageSet:
     """A sample folder; samples of a concept (``concepts.json`` beside them) are judged as its real ancestor.
 
     A concept has no real images to compare with: a ``neutrophil-band`` sample is plausible when
@@ -371,6 +371,56 @@ def _read_samples(folder: str | Path, size: int, channels: int, class_map: Class
     return ImageSet(s.images, [ancestor(c) for c in s.classes], s.ids, s.paths, s.name)
 
 
+class Evaluator:
+    """The real data, its evaluation models and real reference, set up once to judge many sample folders.
+
+    The models are fitted (or reused from ``models_dir``) on the first :meth:`judge`, after its
+    folders have been read, so a misnamed sample file fails in seconds rather than after training;
+    the real reference (features, k-NN radii, FID statistics) is built once and shared.
+    """
+
+    def __init__(self, real: str | Path, real_test: str | Path | None = None, *, models_dir: str | Path,
+                 oracle_config: OracleConfig | None = None, metric_config: MetricConfig | None = None,
+                 reward_checkpoint: str | Path | None = None, inception: str | Path | None = None,
+                 feature_checkpoint: str | Path | None = None, skip_bad_images: bool = False,
+                 progress: bool = False):
+        self.oracle_config = oracle_config or OracleConfig()
+        self.metric_config = metric_config or MetricConfig()
+        self.models_dir, self.progress, self.skip_bad = Path(models_dir), progress, skip_bad_images
+        self.inception, self.feature_checkpoint = inception, feature_checkpoint
+        size = self.oracle_config.image_size
+        self.real = ImageSet.from_folder(real, size, skip_bad_images=skip_bad_images)
+        self.test = (None if real_test is None else
+                     ImageSet.from_folder(real_test, size, self.real.channels, skip_bad_images=skip_bad_images))
+        self.class_map = ClassMap.from_labels(self.real.classes + (self.test.classes if self.test else []))
+        self.reward = reward_scorer(reward_checkpoint) if reward_checkpoint else None
+        self._models: EvaluationModels | None = None
+        self._reference: RealReference | None = None
+
+    @property
+    def models(self) -> EvaluationModels:
+        if self._models is None:
+            models = EvaluationModels.fit_or_load(self.real, self.test, self.oracle_config, self.models_dir,
+                                                  self.progress)
+            if self.feature_checkpoint:
+                models.features = load_feature_checkpoint(self.feature_checkpoint)
+            if self.inception:
+                models.inception = load_inception(self.inception)
+            self._models = models
+        return self._models
+
+    def read(self, folder: str | Path) -> ImageSet:
+        return read_samples(folder, self.oracle_config.image_size, self.real.channels, self.class_map, self.skip_bad)
+
+    def judge(self, samples: str | Path, baseline: str | Path | None = None) -> EvaluationResult:
+        sample_set = self.read(samples)
+        base_set = None if baseline is None else self.read(baseline)
+        result = evaluate_samples(self.models, self.real, sample_set, base_set, self.test, self.reward,
+                                  self.metric_config, reference=self._reference, progress=self.progress)
+        self._reference = result.reference
+        return result
+
+
 def evaluate(real: str | Path, samples: str | Path, out: str | Path, baseline: str | Path | None = None,
              real_test: str | Path | None = None, models_dir: str | Path | None = None,
              oracle_config: OracleConfig | None = None, metric_config: MetricConfig | None = None,
@@ -378,26 +428,10 @@ def evaluate(real: str | Path, samples: str | Path, out: str | Path, baseline: s
              feature_checkpoint: str | Path | None = None, skip_bad_images: bool = False,
              progress: bool = False) -> EvaluationResult:
     """Load the folders, fit (or reuse) the evaluation models, score, and write the outputs to ``out``."""
-    oracle_config = oracle_config or OracleConfig()
-    metric_config = metric_config or MetricConfig()
     out = Path(out)
-    size = oracle_config.image_size
-    real_set = ImageSet.from_folder(real, size, skip_bad_images=skip_bad_images)
-    test_set = (None if real_test is None else
-                ImageSet.from_folder(real_test, size, real_set.channels, skip_bad_images=skip_bad_images))
-    # Read the samples before any training, so a misnamed file fails in seconds, not after it.
-    class_map = ClassMap.from_labels(real_set.classes + (test_set.classes if test_set else []))
-    sample_set = _read_samples(samples, size, real_set.channels, class_map, skip_bad_images)
-    base_set = (None if baseline is None else
-                _read_samples(baseline, size, real_set.channels, class_map, skip_bad_images))
-    models = EvaluationModels.fit_or_load(real_set, test_set, oracle_config,
-                                          Path(models_dir) if models_dir else out / "models", progress)
-    if feature_checkpoint:
-        models.features = load_feature_checkpoint(feature_checkpoint)
-    if inception:
-        models.inception = load_inception(inception)
-    reward = reward_scorer(reward_checkpoint) if reward_checkpoint else None
-    result = evaluate_samples(models, real_set, sample_set, base_set, test_set, reward, metric_config,
-                              progress=progress)
+    evaluator = Evaluator(real, real_test, models_dir=models_dir or out / "models", oracle_config=oracle_config,
+                          metric_config=metric_config, reward_checkpoint=reward_checkpoint, inception=inception,
+                          feature_checkpoint=feature_checkpoint, skip_bad_images=skip_bad_images, progress=progress)
+    result = evaluator.judge(samples, baseline)
     write_outputs(result, out)
     return result
