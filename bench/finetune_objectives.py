@@ -2,7 +2,7 @@
 
     clinalign demo --out /tmp/demo                        # pretrain + round 1 (expert, reward model)
     python bench/finetune_objectives.py --demo /tmp/demo  # every variant below, ~4 min each on 2 CPU cores
-    python bench/finetune_objectives.py --demo /tmp/demo --variants no-feedback,beta1
+    python bench/finetune_objectives.py --demo /tmp/demo --variants no-feedback,beta0.3,beta1
 
 Every variant starts from ``DEMO/pretrain`` and trains the same number of steps at the same lr
 (the demo's finetune settings unless ``--steps``/``--lr``). The feedback variants learn from the
@@ -29,14 +29,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# name -> finetune settings over the demo's (beta, per-stream batch, objective, lr multiplier)
+# name -> finetune settings: beta, images per stream ("full" = the demo's batch, "half" = half of it),
+# objective, lr multiplier. Feedback variants all use the demo's reward transform (threshold).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "no-feedback": {"control": True},  # pretraining continued: real images only, batch = the demo's
-    "reward-weighted": {},  # the demo's objective: beta 0.3, half the demo's batch per stream
+    "no-feedback": {"control": True},  # pretraining continued: real images only, the demo's batch
+    "beta0.3": {"beta": 0.3, "batch": "half"},  # the published code's beta, 16 real + 16 synthetic
     # The real stream exactly as the control's (same images per step, weight 1) plus the
-    # reward-weighted synthetic stream: any difference from no-feedback is the feedback's.
-    "beta1": {"beta": 1.0, "full_batch": True},
-    "kto": {"objective": "kto", "lr_scale": 0.4},  # Diffusion-KTO on the verdicts (measured: lr 2e-4)
+    # reward-weighted synthetic stream: any difference from no-feedback is the feedback's. The demo's.
+    "beta1": {"beta": 1.0, "batch": "full"},
+    "beta1-half": {"beta": 1.0, "batch": "half"},  # beta 1 at beta0.3's cost
+    "kto": {"objective": "kto", "beta": 0.3, "batch": "half", "lr_scale": 0.4},  # measured best at lr 2e-4
 }
 SEED_OFFSET = 7  # the demo's after-sampling seed
 log = logging.getLogger("bench.finetune_objectives")
@@ -80,10 +82,10 @@ def train_variant(name: str, spec: dict[str, Any], cfg, demo: Path, train: Path,
                    else rdir / "samples" / "rewards.csv")
         finetune({
             "resume_checkpoint": str(pre.path), "data_pre_dir": str(train), "data_mod_dir": str(rdir / "samples"),
-            "rewards": str(rewards), "objective": objective, "beta": spec.get("beta", 0.3),
+            "rewards": str(rewards), "objective": objective, "beta": spec["beta"],
             "reward_transform": cfg.reward_transform, "run_dir": str(run_dir), "max_steps": steps,
             "lr": lr * spec.get("lr_scale", 1.0),
-            "batch_size": cfg.batch_size if spec.get("full_batch") else cfg.batch_size // 2,
+            "batch_size": cfg.batch_size if spec["batch"] == "full" else cfg.batch_size // 2,
             "ema_rate": "0.999", "use_fp16": cfg.use_fp16, "seed": cfg.seed + 1,
             "save_interval": max(50, steps // 4), "log_interval": 25, "device": cfg.device,
         }, progress=progress)

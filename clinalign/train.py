@@ -60,6 +60,11 @@ class TrainSpec:
     extra_meta: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
     kto: KTOSpec | None = None
+    # Class-embedding rows this run adds (new concepts): trained at lr x new_class_lr_scale while the
+    # other rows stay frozen. At the base lr a copied row moves ~lr per step, far too little to
+    # leave its parent (measured: 0.12 in 200 steps, against ~15 between two classes' rows).
+    new_class_rows: list[int] = field(default_factory=list)
+    new_class_lr_scale: float = 1.0
 
 
 @dataclass
@@ -98,6 +103,25 @@ def autocast_context(device: torch.device, enabled: bool) -> tuple[Callable[[], 
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
     return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
+
+
+def param_groups(model: nn.Module, spec: TrainSpec) -> list[dict[str, Any]]:
+    """All parameters in one group, or, when the run adds concept rows, the class embedding apart."""
+    if not spec.new_class_rows:
+        return [{"params": list(model.parameters())}]
+    from .models.unet import CLASS_EMBEDDING_KEY
+
+    emb = model.get_parameter(CLASS_EMBEDDING_KEY)
+    trained = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
+    trained[torch.as_tensor(spec.new_class_rows)] = 1.0
+    emb.register_hook(lambda grad: grad * trained)  # zero gradient: AdamW leaves the old rows as they are
+    rest = [p for p in model.parameters() if p is not emb]
+    return [{"params": rest}, {"params": [emb], "lr_scale": spec.new_class_lr_scale, "weight_decay": 0.0}]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def make_optimizer(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
@@ -153,7 +177,7 @@ def train(spec: TrainSpec) -> Path:
         timestep_respacing="",  # training always uses the full process
     )
     schedule_sampler = create_named_schedule_sampler(cfg["schedule_sampler"], diffusion)
-    optimizer = make_optimizer(model.parameters(), cfg["lr"], cfg["weight_decay"], device)
+    optimizer = make_optimizer(param_groups(model, spec), cfg["lr"], cfg["weight_decay"], device)
     ema_rates = [r.strip() for r in str(cfg["ema_rate"]).split(",") if r.strip()]
 
     start_step, skipped = 0, 0
@@ -176,8 +200,7 @@ def train(spec: TrainSpec) -> Path:
             ema_params[rate] = [weights[name].to(device).float() for name, _ in model.named_parameters()]
         else:
             ema_params[rate] = [p.detach().clone().float() for p in model.parameters()]
-    for group in optimizer.param_groups:
-        group["lr"] = cfg["lr"]  # a resumed optimizer keeps the flag's lr; annealing recomputes it
+    set_lr(optimizer, cfg["lr"])  # a resumed optimizer keeps the flag's lr; annealing recomputes it
 
     total_steps = _total_steps(cfg)
     if total_steps and start_step >= total_steps:
@@ -299,9 +322,7 @@ def train(spec: TrainSpec) -> Path:
                 scaler.update()
             log.warning("step %d: non-finite loss or gradient; skipped (%d so far)", step, skipped)
         else:
-            lr = _lr_at(cfg, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, _lr_at(cfg, step))
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()

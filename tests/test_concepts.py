@@ -201,6 +201,8 @@ def test_finetune_grows_the_embedding_and_samples_the_concept(pretrained, toy_di
     # The concept rows left the parent's row, and each other: they were trained on their own images.
     band, seg = cm.index("neutrophil-band"), cm.index("neutrophil-segmented")
     assert not torch.allclose(emb[band], start[parent]) and not torch.allclose(emb[band], emb[seg])
+    # The existing classes' rows are frozen while the concepts are taught.
+    assert torch.equal(emb[:len(pre.class_map)], start)
     # Resuming the finetune (rerun) keeps the grown map.
     assert main([*argv[:-4], "--max_steps", "4", "--lr", "1e-2"]) == 0
     assert find_checkpoint(run).step == 4 and find_checkpoint(run).class_map.names == cm.names
@@ -211,6 +213,26 @@ def test_finetune_grows_the_embedding_and_samples_the_concept(pretrained, toy_di
     assert sorted(p.name.split("_")[0] for p in list_images(out)) == ["neutrophil-band"] * 2 + \
         ["neutrophil-segmented"] * 2
     assert read_concepts_file(out) == CONCEPTS
+
+
+def test_concept_rows_learn_at_the_concept_lr_scale(pretrained, toy_dir, tmp_path):
+    samples = neutrophil_samples(toy_dir, tmp_path / "samples")
+    mod = assign(samples, concept_feedback(samples, tmp_path / "fb"), tmp_path / "mod", ["neutrophil", "lymphocyte"]).out
+    with (mod / "rewards.csv").open("w") as f:
+        f.write("ID,rewards\n" + "".join(f"{p.name},1\n" for p in list_images(mod)))
+    pre = find_checkpoint(pretrained)
+    parent = pre.weights(ema=True)["unet.class_embedding.weight"][pre.class_map.index("neutrophil")]
+    moved = {}
+    for scale in (1, 25):
+        run = tmp_path / f"ft{scale}"
+        assert main(["finetune", "--resume_checkpoint", str(pretrained), "--data_pre_dir", str(toy_dir),
+                     "--data_mod_dir", str(mod), "--run_dir", str(run), "--batch_size", "4", "--max_steps", "4",
+                     "--lr", "1e-4", "--concept_lr_scale", str(scale)]) == 0
+        ck = find_checkpoint(run)
+        row = ck.weights(ema=False)["unet.class_embedding.weight"][ck.class_map.index("neutrophil-band")]
+        moved[scale] = float((row - parent).norm())
+    # AdamW moves a parameter about lr per step whatever its gradient: 25x the lr, ~25x the distance.
+    assert moved[25] > 10 * moved[1] > 0
 
 
 def test_finetune_refuses_a_concept_without_a_parent(pretrained, toy_dir, tmp_path):

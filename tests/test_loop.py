@@ -111,3 +111,6 @@ def test_demo_smallest_size_writes_report_and_every_metric(tmp_path):
     assert all(row["after"] is not None and row["control"] is not None for row in summary["table"]), summary["table"]
     control = json.loads((cfg.out / "control" / "config.json").read_text())
     assert control["train"]["max_steps"] == cfg.scaled(cfg.pretrain_steps) + cfg.scaled(cfg.finetune_steps)
+    # The feedback run sees as many real images per step as the control, at the demo's beta.
+    feedback = json.loads((cfg.out / "round_1" / "finetune" / "config.json").read_text())
+    assert feedback["beta"] == cfg.beta and feedback["train"]["batch_size"] == control["train"]["batch_size"]
