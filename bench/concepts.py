@@ -269,11 +269,12 @@ def main() -> None:
     p.add_argument("--finetune_lr", type=float, default=2e-4)
     p.add_argument("--beta", type=float, default=1.0,
                    help="weight of the real-data loss (measured: 0.3 cost neutrophils 37 points, 1 kept them)")
-    p.add_argument("--concept_lr_scale", type=float, default=25.0,
+    p.add_argument("--concept_lr_scale", type=float, default=100.0,
                    help="lr multiplier for the concept embedding rows (1: they barely leave the parent's row)")
-    p.add_argument("--per_class", type=int, default=32, help="samples per class before and after")
+    p.add_argument("--per_class", type=int, default=96,
+                   help="samples per class before and after (at 32 one sample is 3 points of a class's rate)")
     p.add_argument("--neutrophils", type=int, default=256, help="extra neutrophil samples for the expert")
-    p.add_argument("--per_concept", type=int, default=64)
+    p.add_argument("--per_concept", type=int, default=128)
     p.add_argument("--sample_steps", type=int, default=20)
     p.add_argument("--expert_epochs", type=int, default=5)
     p.add_argument("--expert_width", type=int, default=16)
