@@ -77,7 +77,7 @@ def train_variant(name: str, spec: dict[str, Any], cfg, demo: Path, train: Path,
         return latest_checkpoint(run_dir).path
     if done is None or done.step < steps:
         rdir = demo / "round_1"
-        objective = spec.get("objective", cfg.objective)
+        objective = spec.get("objective", "reward-weighted")
         rewards = (verdicts_csv(rdir / "feedback", rdir / "samples", out / name) if objective == "kto"
                    else rdir / "samples" / "rewards.csv")
         finetune({
