@@ -61,35 +61,21 @@ def summary_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def train_variant(name: str, spec: dict[str, Any], cfg, demo: Path, train: Path, out: Path, steps: int,
                   lr: float, progress: bool) -> Path:
     from clinalign.checkpoint import latest_checkpoint
-    from clinalign.demo import pretrain_args
-    from clinalign.finetune import finetune
-    from clinalign.loop import verdicts_csv
-    from clinalign.pretrain import pretrain
+    from clinalign.demo import continue_without_feedback
+    from clinalign.loop import RoundConfig, finetune_on_feedback
 
     run_dir = out / name / "run"
-    pre = latest_checkpoint(demo / "pretrain")
-    done = latest_checkpoint(run_dir)
+    pre = demo / "pretrain"
     if spec.get("control"):
-        if done is None or done.step < pre.step + steps:
-            args = pretrain_args(cfg, train, run_dir, pre.step + steps)
-            args.update(resume_checkpoint=str(pre.path), lr=lr)
-            pretrain(args, progress=progress)
-        return latest_checkpoint(run_dir).path
-    if done is None or done.step < steps:
-        rdir = demo / "round_1"
-        objective = spec.get("objective", "reward-weighted")
-        rewards = (verdicts_csv(rdir / "feedback", rdir / "samples", out / name) if objective == "kto"
-                   else rdir / "samples" / "rewards.csv")
-        finetune({
-            "resume_checkpoint": str(pre.path), "data_pre_dir": str(train), "data_mod_dir": str(rdir / "samples"),
-            "rewards": str(rewards), "objective": objective, "beta": spec["beta"],
-            "reward_transform": cfg.reward_transform, "run_dir": str(run_dir), "max_steps": steps,
-            "lr": lr * spec.get("lr_scale", 1.0),
-            "batch_size": cfg.batch_size if spec["batch"] == "full" else cfg.batch_size // 2,
-            "ema_rate": "0.999", "use_fp16": cfg.use_fp16, "seed": cfg.seed + 1,
-            "save_interval": max(50, steps // 4), "log_interval": 25, "device": cfg.device,
-        }, progress=progress)
-    return latest_checkpoint(run_dir).path
+        return continue_without_feedback(cfg, train, pre, run_dir, steps, progress)
+    rcfg = RoundConfig(finetune_steps=steps, finetune_lr=lr * spec.get("lr_scale", 1.0),
+                       finetune_batch=cfg.batch_size if spec["batch"] == "full" else cfg.batch_size // 2,
+                       beta=spec["beta"], reward_transform=cfg.reward_transform,
+                       objective=spec.get("objective", "reward-weighted"), use_fp16=cfg.use_fp16, seed=cfg.seed,
+                       device=cfg.device)
+    rdir = demo / "round_1"
+    return finetune_on_feedback(latest_checkpoint(pre).path, train, rdir / "samples", rdir / "feedback", run_dir,
+                                rcfg, cfg.seed + 1, out / name, progress)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,6 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from clinalign.demo import DemoConfig, prepare_data
     from clinalign.evaluate.oracle import OracleConfig
     from clinalign.evaluate.run import Evaluator
+    from clinalign.loop import RoundConfig
     from clinalign.sample import sample_folder
     from clinalign.sample_cli import reward_acceptor
 
@@ -125,12 +112,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pre = latest_checkpoint(demo / "pretrain").path
     n = cfg.samples_per_class * len(find_checkpoint(pre).class_map)
 
+    sampling = RoundConfig()  # the demo samples with the loop's defaults
+
     def judge(name: str, checkpoint: Path, seconds: dict[str, float], reject: bool = False) -> dict[str, Any]:
         t = time.perf_counter()
         folder = out / name / ("samples-accepted" if reject else "samples")
         accept = reward_acceptor(str(demo / "round_1" / "reward"), args.min_reward, str(checkpoint)) if reject else None
-        drawn = sample_folder(checkpoint, folder, num_samples=n, sampler="dpm++", steps=20, batch_size=64,
-                              seed=cfg.seed + SEED_OFFSET, device=cfg.device, use_fp16=cfg.use_fp16,
+        drawn = sample_folder(checkpoint, folder, num_samples=n, sampler=sampling.sampler, steps=sampling.steps,
+                              batch_size=sampling.sample_batch, seed=cfg.seed + SEED_OFFSET, device=cfg.device, use_fp16=cfg.use_fp16,
                               progress=args.progress, accept=accept)
         seconds["sample"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()

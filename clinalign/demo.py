@@ -106,6 +106,18 @@ def pretrain_args(cfg: DemoConfig, train: Path, run_dir: Path, steps: int) -> di
     }
 
 
+def continue_without_feedback(cfg: DemoConfig, train: Path, pre_run: Path, run_dir: Path, steps: int,
+                              progress: bool = False) -> Path:
+    """The control: the pretraining run itself (optimizer state and all) continued for ``steps`` more
+    steps at the finetune's lr and images per step, on real images only."""
+    from .checkpoint import latest_checkpoint
+    from .pretrain import pretrain
+
+    args = pretrain_args(cfg, train, run_dir, latest_checkpoint(pre_run).step + steps)
+    args.update(resume_checkpoint=str(pre_run), lr=cfg.finetune_lr)
+    return pretrain(args, progress=progress)
+
+
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     from .checkpoint import find_checkpoint
     from .evaluate.oracle import OracleConfig
@@ -156,11 +168,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     control = None
     if cfg.control:
         t = time.perf_counter()
-        # Continue the pretraining run itself (optimizer state and all) for as many steps as the
-        # finetune took, at the finetune's lr and images per step, without any feedback.
-        args = pretrain_args(cfg, train, cfg.out / "control", pre_steps + ft_steps)
-        args.update(resume_checkpoint=str(pre_run), lr=cfg.finetune_lr)
-        control_ck = pretrain(args, progress=progress)
+        control_ck = continue_without_feedback(cfg, train, pre_run, cfg.out / "control", ft_steps, progress)
         seconds["control_train"] = round(time.perf_counter() - t, 1)
         control = sample_and_evaluate(control_ck, "control", None)
     seconds["total"] = round(time.perf_counter() - t0, 1)

@@ -175,8 +175,8 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
              len(real), len(synthetic), raw.mean(), weights.mean(), beta)
 
     # The rows this run adds to the starting model's map (also when resuming: the start is init_path).
-    start_names = set(source.class_map.names if resume is None else find_checkpoint(init_path).class_map.names)
-    new_rows = [class_map.index(n) for n in class_map.names if n not in start_names]
+    start = source if resume is None else find_checkpoint(init_path)
+    new_rows = [class_map.index(n) for n in class_map.names if n not in start.class_map]
     concept_lr_scale = float(values.get("concept_lr_scale", DEFAULT_CONCEPT_LR_SCALE))
     write_run_config(run_dir, model_cfg, diffusion_cfg, train_cfg, source.channels, class_map, {
         "objective": objective, "beta": beta, "reward_transform": mode, "rewards": str(rewards_file),
@@ -195,7 +195,7 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
         progress=progress,
         extra_meta={"objective": objective, "beta": beta, "init_checkpoint": str(init_path)},
         new_class_rows=new_rows, new_class_lr_scale=concept_lr_scale,
-        kto=KTOSpec(find_checkpoint(init_path).weights(ema=values.get("init_ema", True), class_map=class_map),
+        kto=KTOSpec(start.weights(ema=values.get("init_ema", True), class_map=class_map),
                     beta=float(values.get("kto_beta", 5000.0))) if objective == "kto" else None,
     )
     return train(spec)

@@ -143,7 +143,6 @@ def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None,
               feedback_db: str = "", review_timeout_s: float = 0.0) -> RoundResult:
     """One round; each step is skipped when its output is already complete."""
     from .expert import simulate
-    from .finetune import finetune
     from .reward.score import score_folder
     from .reward.train import TrainConfig, train_reward
     from .sample import sample_folder
@@ -189,22 +188,33 @@ def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None,
             score_folder(reward_dir, samples, rewards_csv)
     mean_reward = _mean_reward(rewards_csv)
 
-    run = rdir / "finetune"
     with _timed(secs, "finetune"):
-        done = latest_checkpoint(run)
-        if done is None or done.step < cfg.finetune_steps:
-            finetune({
-                "resume_checkpoint": str(ck.path), "data_pre_dir": str(real_train), "data_mod_dir": str(samples),
-                "objective": cfg.objective, "kto_beta": cfg.kto_beta,
-                "rewards": str(verdicts_csv(fb, samples, rdir) if cfg.objective == "kto" else rewards_csv),
-                "run_dir": str(run), "beta": cfg.beta, "reward_transform": cfg.reward_transform,
-                "max_steps": cfg.finetune_steps, "lr": cfg.finetune_lr, "batch_size": cfg.finetune_batch,
-                "ema_rate": cfg.ema_rate, "use_fp16": cfg.use_fp16, "seed": cfg.seed + k,
-                "save_interval": max(50, cfg.finetune_steps // 4), "log_interval": 25, "device": cfg.device,
-            }, progress=progress)
-    result = RoundResult(k, samples, fb, reward_dir, latest_checkpoint(run).path, expert_rate, mean_reward, secs)
+        tuned = finetune_on_feedback(ck.path, real_train, samples, fb, rdir / "finetune", cfg, cfg.seed + k, rdir,
+                                     progress)
+    result = RoundResult(k, samples, fb, reward_dir, tuned, expert_rate, mean_reward, secs)
     log.info("round %d done: %s", k, {key: v for key, v in asdict(result).items() if key != "seconds"})
     return result
+
+
+def finetune_on_feedback(checkpoint: Path, real_train: Path, samples: Path, feedback: Path, run: Path,
+                         cfg: RoundConfig, seed: int, work_dir: Path, progress: bool = False) -> Path:
+    """Finetune ``checkpoint`` on ``samples`` scored in their ``rewards.csv`` (KTO: on the verdicts in
+    ``feedback``, written to ``work_dir/verdicts.csv``); skipped when ``run`` is already complete."""
+    from .finetune import finetune
+
+    done = latest_checkpoint(run)
+    if done is None or done.step < cfg.finetune_steps:
+        finetune({
+            "resume_checkpoint": str(checkpoint), "data_pre_dir": str(real_train), "data_mod_dir": str(samples),
+            "objective": cfg.objective, "kto_beta": cfg.kto_beta,
+            "rewards": str(verdicts_csv(feedback, samples, work_dir) if cfg.objective == "kto"
+                           else samples / "rewards.csv"),
+            "run_dir": str(run), "beta": cfg.beta, "reward_transform": cfg.reward_transform,
+            "max_steps": cfg.finetune_steps, "lr": cfg.finetune_lr, "batch_size": cfg.finetune_batch,
+            "ema_rate": cfg.ema_rate, "use_fp16": cfg.use_fp16, "seed": seed,
+            "save_interval": max(50, cfg.finetune_steps // 4), "log_interval": 25, "device": cfg.device,
+        }, progress=progress)
+    return latest_checkpoint(run).path
 
 
 def verdicts_csv(feedback: Path, samples: Path, rdir: Path) -> Path:

@@ -135,7 +135,7 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_s
     diffusion = ck.build_diffusion(timestep_respacing="")
     size = int(ck.model_config["image_size"])
     shape_tail = (ck.channels, size, size)
-    drawn, written = 0, 0
+    written = 0
     # Per class, so one class the reward model (almost) never accepts is given up on without using
     # up the draws of the others.
     budget = {n: max_draw_factor * max(1, remaining[n]) for n in names}
@@ -155,7 +155,6 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_s
         images = generate(model, diffusion, labels, (len(batch_names), *shape_tail), sampler=sampler, steps=steps,
                           generator=batch_generator(seed, next_batch), class_cond=class_cond, eta=eta,
                           clip_denoised=clip_denoised, use_fp16=use_fp16)
-        drawn += len(batch_names)
         keep = torch.ones(len(batch_names), dtype=torch.bool)
         scores = None
         if accept is not None:
@@ -191,7 +190,8 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_s
 
         write_concepts_file(out, concepts)
     per_class = {n: sum(1 for r in rows if r["class"] == n) for n in names}
-    return SampleResult(out=out, written=written, drawn=drawn, per_class=per_class, drawn_per_class=drawn_by,
+    return SampleResult(out=out, written=written, drawn=sum(drawn_by.values()), per_class=per_class,
+                        drawn_per_class=drawn_by,
                         short=short)
 
 
