@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
-from .fileio import write_json_atomic  # noqa: F401  (used by the stages that import it from here)
+from .utils.fileio import write_json_atomic  # noqa: F401  (used by the stages that import it from here)
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from .data.classmap import ClassMap, validate_class_name
 from .data.naming import MANIFEST_NAME, declared_classes, is_image_file, list_images
 from .errors import DataError
-from .fileio import atomic_directory, atomic_writer
+from .utils.fileio import atomic_directory, atomic_writer
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ def run_accuracy(args: argparse.Namespace) -> int:
               ("arch", "half", "seed", "n_train", "val_accuracy")}, "groups": concept_report(oracle, groups, targets)}
     text = json.dumps(report, indent=2)
     if args.out:
-        from .fileio import atomic_writer
+        from .utils.fileio import atomic_writer
 
         with atomic_writer(Path(args.out) / "concept_accuracy.json", "w") as f:
             f.write(text + "\n")

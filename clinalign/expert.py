@@ -38,7 +38,7 @@ from torch import nn
 from .data.folder import images_to_tensor
 from .data.layouts import write_feedback_folder
 from .data.toy import subtype_of
-from .fileio import atomic_writer
+from .utils.fileio import atomic_writer
 from .errors import CheckpointError, DataError
 from .evaluate.data import (
     HALF_EXPERT,

@@ -24,7 +24,7 @@ from typing import Any
 from .checkpoint import find_checkpoint, latest_checkpoint
 from .data.layouts import ALIGN, NOTALIGN
 from .errors import ConfigError, DataError
-from .fileio import write_texts_atomic
+from .utils.fileio import write_texts_atomic
 
 log = logging.getLogger(__name__)
 

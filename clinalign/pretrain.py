@@ -11,7 +11,7 @@ import torch
 
 from . import __version__
 from .checkpoint import write_json_atomic
-from .distributed import DistInfo
+from .utils.distributed import DistInfo
 from .errors import ConfigError
 from .flags import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, resolve, typed
 from .train import Batch, TrainSpec, default_run_dir, prepare_resume, train

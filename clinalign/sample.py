@@ -22,9 +22,9 @@ import torch
 from .checkpoint import Checkpoint, find_checkpoint
 from .data.classmap import ClassMap
 from .data.naming import MANIFEST_NAME, list_images
-from .distributed import resolve_device
+from .utils.distributed import resolve_device
 from .errors import ConfigError
-from .fileio import atomic_writer
+from .utils.fileio import atomic_writer
 
 log = logging.getLogger(__name__)
 

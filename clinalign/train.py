@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .distributed import DistInfo, barrier, init_distributed, resolve_device
+from .utils.distributed import DistInfo, barrier, init_distributed, resolve_device
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import atomic_directory
+from ..utils.fileio import atomic_directory
 from .classmap import validate_class_name
 from .folder import _decode_all, _stack
 from .naming import is_image_file

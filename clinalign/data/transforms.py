@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..fileio import atomic_writer  # noqa: F401  (re-exported: the one atomic writer)
+from ..utils.fileio import atomic_writer  # noqa: F401  (re-exported: the one atomic writer)
 
 #: PIL modes that hold one intensity per pixel (an X-ray, a CT slice), alpha aside.
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})

@@ -26,37 +26,9 @@ from ..data.classmap import ClassMap
 from ..data.folder import ImageFolderDataset, load_image
 from ..data.transforms import center_crop_arr
 from ..errors import DataError
+from ..utils.splits import HALF_EXPERT, HALF_ORACLE, derived_seed, half_of, is_held_out, is_validation  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-HALF_EXPERT, HALF_ORACLE = "A", "B"
-
-
-def _hash01(salt: str, name: str) -> float:
-    """A uniform number in [0, 1) from ``salt`` and the file's base name (stable across machines)."""
-    digest = hashlib.sha256(f"{salt}:{Path(name).name}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def half_of(name: str) -> str:
-    """``"A"`` (expert simulator's half) or ``"B"`` (evaluation oracle's half) for a file name."""
-    return HALF_EXPERT if _hash01("clinalign-half", name) < 0.5 else HALF_ORACLE
-
-
-def is_held_out(name: str, fraction: float) -> bool:
-    """Whether a file belongs to the held-out real test split (used when no test folder is given)."""
-    return _hash01("clinalign-test", name) < fraction
-
-
-def is_validation(name: str, fraction: float) -> bool:
-    """Whether a file is kept out of a classifier's training for early stopping."""
-    return _hash01("clinalign-val", name) < fraction
-
-
-def derived_seed(role: str, seed: int) -> int:
-    """A model seed for ``role`` ("oracle", "expert", ...): one user seed, different streams per role."""
-    return int.from_bytes(hashlib.sha256(f"{role}:{seed}".encode()).digest()[:4], "big") & 0x7FFFFFFF
-
 
 def assert_disjoint(first: Sequence[str], second: Sequence[str], what: str) -> None:
     """Raise if any file name is in both training sets (the judges must not share images)."""

@@ -30,7 +30,7 @@ from torch import nn
 from ..data.classmap import ClassMap
 from ..data.folder import images_to_tensor
 from ..errors import CheckpointError, DataError
-from ..fileio import atomic_directory
+from ..utils.fileio import atomic_directory
 from ..models.classifier import build_classifier, load_classifier, save_classifier
 from ..models.fit import balanced_accuracy, fit_classifier
 from .data import (

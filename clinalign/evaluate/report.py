@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ..fileio import atomic_writer  # noqa: E402
+from ..utils.fileio import atomic_writer  # noqa: E402
 from .run import EvaluationResult, SetResult, json_safe  # noqa: E402
 
 # Grid border colours: plausible / recognised but off the real manifold / not recognised.

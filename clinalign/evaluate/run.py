@@ -27,7 +27,7 @@ import torch
 from ..data.classmap import ClassMap
 from ..data.folder import images_to_tensor
 from ..errors import DataError
-from ..fileio import atomic_writer
+from ..utils.fileio import atomic_writer
 from . import bootstrap as bs
 from .data import ImageSet, RealData, as_image_set, class_counts, derived_seed
 from .features import load_feature_checkpoint, load_inception

@@ -20,7 +20,7 @@ import torch
 
 from ..data.classmap import ClassMap
 from ..data.folder import images_to_tensor
-from ..fileio import atomic_writer
+from ..utils.fileio import atomic_writer
 from ..models.fit import balanced_accuracy, fit_classifier, predict_proba
 from .data import ImageSet, derived_seed, stratified_cap
 from .oracle import seeded_classifier

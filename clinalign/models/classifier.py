@@ -110,7 +110,7 @@ def save_classifier(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
     from safetensors.torch import save_file
 
-    from ..fileio import default_file_mode
+    from ..utils.fileio import default_file_mode
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Atomic writes for the reward stage (thin names over :mod:`clinalign.fileio`)."""
+"""Atomic writes for the reward stage (thin names over :mod:`clinalign.utils.fileio`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..fileio import default_file_mode
-from ..fileio import write_texts_atomic as write_texts
+from ..utils.fileio import default_file_mode
+from ..utils.fileio import write_texts_atomic as write_texts
 
 
 def fix_mode(path: str | Path) -> None:

@@ -25,7 +25,7 @@ import torch
 
 from ..data.naming import MANIFEST_NAME
 from ..errors import DataError
-from ..fileio import atomic_directory
+from ..utils.fileio import atomic_directory
 from .score import DEFAULT_BATCH, score_folder_images
 
 log = logging.getLogger(__name__)

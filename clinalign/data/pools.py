@@ -1,0 +1,145 @@
+"""Three disjoint pools of real images: the generator's, the expert's and the oracle's.
+
+A pathologist has seen years of cells the generator never saw, and the evaluation must not be
+judged by anyone who learnt from either. So the real training images are split into
+
+- **G**, the generator's training set: ``per_class`` images of every class, as in the paper's
+  small-data regime (128 per class), chosen by a seeded hash of the file name;
+- **E**, the simulated expert's experience: half of the rest;
+- **O**, the evaluation oracle's: the other half of the rest,
+
+plus the separate test split (FID, TSTR). E and O follow the name-hash halves that the expert and
+the oracle already train on (:func:`clinalign.utils.splits.half_of`), so giving the expert E and
+the oracle O keeps both on their own half. Each pool is written as a folder of links to the
+original files, and ``pools.json`` records every pool's size, class counts and fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+from ..utils.fileio import atomic_directory, write_json_atomic
+from ..utils.splits import HALF_EXPERT, hash01, half_of
+from .naming import check_unique_names, declared_classes, list_images
+
+log = logging.getLogger(__name__)
+
+POOLS_FILE = "pools.json"
+POOL_NAMES = ("G", "E", "O")
+
+
+@dataclass
+class Pools:
+    """The three pools as lists of files (absolute paths to the originals)."""
+
+    G: list[Path]
+    E: list[Path]
+    O: list[Path]  # noqa: E741 - the issue's and the paper's name
+    per_class: int
+    seed: int
+    source: Path
+
+    def folders(self, root: Path) -> dict[str, Path]:
+        return {name: Path(root) / name for name in POOL_NAMES}
+
+    def check_disjoint(self) -> None:
+        """AssertionError if any file name is in two pools (a judge that saw the generator's data)."""
+        names = {p: {f.name for f in getattr(self, p)} for p in POOL_NAMES}
+        for a, b in (("G", "E"), ("G", "O"), ("E", "O")):
+            both = names[a] & names[b]
+            if both:
+                raise AssertionError(f"pools {a} and {b} share {len(both)} image(s), e.g. {sorted(both)[0]}")
+
+    def summary(self) -> dict:
+        out = {"source": str(self.source), "per_class": self.per_class, "seed": self.seed}
+        for name in POOL_NAMES:
+            files = getattr(self, name)
+            out[name] = {"n": len(files), "classes": dict(sorted(Counter(declared_classes(files)).items())),
+                         "fingerprint": fingerprint(files)}
+        return out
+
+
+def fingerprint(files: list[Path]) -> str:
+    """sha256 over the sorted file names and their sizes: the same pool gives the same print anywhere."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda p: p.name):
+        h.update(f"{f.name}\t{f.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def split_pools(train_dir: str | Path, per_class: int, seed: int = 0) -> Pools:
+    """G (``per_class`` per class, stratified and seeded), E and O (the rest, by name-hash half)."""
+    source = Path(train_dir)
+    files = list_images(source)
+    check_unique_names(files, "pools are keyed by file name; rename one of them")
+    classes = declared_classes(files, source)
+    by_class: dict[str, list[Path]] = {}
+    for f, c in zip(files, classes):
+        by_class.setdefault(c, []).append(f)
+    if per_class < 1:
+        raise DataError(f"--real_per_class must be at least 1, got {per_class}")
+    short = {c: len(fs) for c, fs in by_class.items() if len(fs) <= per_class}
+    if short:
+        detail = ", ".join(f"{c} has {n}" for c, n in sorted(short.items()))
+        raise DataError(f"{source}: --real_per_class {per_class} leaves no image of some classes for the expert "
+                        f"and the oracle ({detail}); pass --real_per_class below {min(short.values())}")
+    g: list[Path] = []
+    for c in sorted(by_class):
+        ranked = sorted(by_class[c], key=lambda p: hash01(f"clinalign-pool-G:{seed}", p.name))
+        g += ranked[:per_class]
+    chosen = {p.name for p in g}
+    rest = [f for f in files if f.name not in chosen]
+    e = [f for f in rest if half_of(f.name) == HALF_EXPERT]
+    o = [f for f in rest if half_of(f.name) != HALF_EXPERT]
+    pools = Pools(sorted(g), e, o, per_class, seed, source)
+    pools.check_disjoint()
+    return pools
+
+
+def _link(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:  # another file system, or links not allowed: copy
+        shutil.copyfile(src, dest)
+
+
+def write_pools(pools: Pools, root: str | Path) -> dict[str, Path]:
+    """``root/G``, ``root/E``, ``root/O`` (links to the originals) and ``root/pools.json``.
+
+    An existing set written with the same pools is reused; one from other pools is an error.
+    """
+    root = Path(root)
+    summary = pools.summary()
+    folders = pools.folders(root)
+    record = root / POOLS_FILE
+    if record.exists():
+        old = json.loads(record.read_text())
+        if all(old.get(p, {}).get("fingerprint") == summary[p]["fingerprint"] for p in POOL_NAMES) and all(
+                f.is_dir() for f in folders.values()):
+            return folders
+        raise DataError(f"{root}: holds pools from other data or settings ({record}); "
+                        "use a new output folder or delete this one")
+    root.mkdir(parents=True, exist_ok=True)
+    for name, folder in folders.items():
+        with atomic_directory(folder) as tmp:
+            for f in getattr(pools, name):
+                _link(f, tmp / f.name)
+    write_json_atomic(record, summary)
+    log.info("real pools in %s: G %d, E %d, O %d images", root, len(pools.G), len(pools.E), len(pools.O))
+    return folders
+
+
+def read_pools(root: str | Path) -> dict:
+    """The ``pools.json`` summary of a pool folder (sizes, class counts, fingerprints)."""
+    path = Path(root) / POOLS_FILE
+    if not path.exists():
+        raise DataError(f"{root}: no {POOLS_FILE}; create the pools with clinalign data pools")
+    return json.loads(path.read_text())
