@@ -50,17 +50,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from clinalign.concepts import AssignResult, assign, read_concepts_file
+    from clinalign.data.concepts import read_concepts_file
+    from clinalign.concepts.assign import AssignResult, assign
     from clinalign.evaluate.concepts import SubtypeOracle, subtype_shares
     from clinalign.evaluate.data import ImageSet
     from clinalign.evaluate.oracle import OracleConfig
     from clinalign.evaluate.run import MetricConfig, evaluate
-    from clinalign.expert import ExpertConfig, simulate
-    from clinalign.finetune import finetune
-    from clinalign.pretrain import pretrain
+    from clinalign.expert.simulator import ExpertConfig, simulate
+    from clinalign.training.finetune import finetune
+    from clinalign.training.pretrain import pretrain
     from clinalign.reward.score import score_folder
     from clinalign.reward.train import TrainConfig, train_reward
-    from clinalign.sample import sample_folder
+    from clinalign.sampling.sample import sample_folder
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "beta": args.beta, "concept_lr_scale": args.concept_lr_scale})
     lap("finetune", t)
 
-    from clinalign.checkpoint import find_checkpoint
+    from clinalign.training.checkpoint import find_checkpoint
 
     t = time.perf_counter()
     base = find_checkpoint(pre).class_map.names  # the 8 classes only: concepts are judged separately

@@ -22,7 +22,7 @@ from clinalign.evaluate.oracle import EvaluationModels, OracleConfig
 from clinalign.evaluate.plausibility import RealReference
 from clinalign.evaluate.run import MetricConfig, evaluate_samples
 from clinalign.evaluate.utility import UtilityConfig
-from clinalign.expert import ExpertConfig, ExpertSimulator
+from clinalign.expert.simulator import ExpertConfig, ExpertSimulator
 
 PBC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbc_64"
 

@@ -49,7 +49,7 @@ def emit(**fields) -> None:
 
 
 def summary_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    from clinalign.demo import TABLE_ROWS
+    from clinalign.pipeline.demo import TABLE_ROWS
     from clinalign.evaluate.run import lookup
 
     out = {label: lookup(metrics, path) for label, path in TABLE_ROWS}
@@ -60,9 +60,9 @@ def summary_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def train_variant(name: str, spec: dict[str, Any], cfg, demo: Path, train: Path, out: Path, steps: int,
                   lr: float, progress: bool) -> Path:
-    from clinalign.checkpoint import latest_checkpoint
-    from clinalign.demo import continue_without_feedback
-    from clinalign.loop import RoundConfig, finetune_on_feedback
+    from clinalign.training.checkpoint import latest_checkpoint
+    from clinalign.pipeline.demo import continue_without_feedback
+    from clinalign.pipeline.rounds import RoundConfig, finetune_on_feedback
 
     run_dir = out / name / "run"
     pre = demo / "pretrain"
@@ -81,13 +81,13 @@ def train_variant(name: str, spec: dict[str, Any], cfg, demo: Path, train: Path,
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from clinalign.checkpoint import find_checkpoint, latest_checkpoint
-    from clinalign.demo import DemoConfig, prepare_data
+    from clinalign.training.checkpoint import find_checkpoint, latest_checkpoint
+    from clinalign.pipeline.demo import DemoConfig, prepare_data
     from clinalign.evaluate.oracle import OracleConfig
     from clinalign.evaluate.run import Evaluator
-    from clinalign.loop import RoundConfig
-    from clinalign.sample import sample_folder
-    from clinalign.sample_cli import reward_acceptor
+    from clinalign.pipeline.rounds import RoundConfig
+    from clinalign.sampling.sample import sample_folder
+    from clinalign.sampling.cli import reward_acceptor
 
     if args.threads:
         torch.set_num_threads(args.threads)

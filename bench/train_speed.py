@@ -28,9 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinalign.data.classmap import ClassMap  # noqa: E402
-from clinalign.flags import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, defaults  # noqa: E402
+from clinalign.training.config import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, defaults  # noqa: E402
 from clinalign.models.unet import build_denoiser, count_parameters  # noqa: E402
-from clinalign.train import TrainSpec, train  # noqa: E402
+from clinalign.training.loop import TrainSpec, train  # noqa: E402
 
 CONFIGS = {
     "A": dict(model=dict(image_size=32, num_channels=64, num_res_blocks=2, learn_sigma=True, class_cond=True),

@@ -16,16 +16,14 @@ from .errors import ClinalignError
 # not hidden, so a broken optional stage never masks the others.
 STAGES = [
     "clinalign.data.cli",
-    "clinalign.train_cli",
-    "clinalign.sample_cli",
+    "clinalign.training.cli",
+    "clinalign.sampling.cli",
     "clinalign.review.cli",
     "clinalign.reward.cli",
-    "clinalign.expert_cli",
+    "clinalign.expert.cli",
     "clinalign.evaluate.cli",
-    "clinalign.finetune_cli",
-    "clinalign.concepts_cli",
-    "clinalign.loop_cli",
-    "clinalign.demo",
+    "clinalign.concepts.cli",
+    "clinalign.pipeline.cli",
 ]
 
 

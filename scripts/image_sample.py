@@ -11,11 +11,11 @@ import sys
 
 import _path  # noqa: F401
 
-from clinalign.checkpoint import find_checkpoint
+from clinalign.training.checkpoint import find_checkpoint
 from clinalign.cli import main as clinalign_main
 from clinalign.errors import ConfigError
-from clinalign.flags import DIFFUSION_FLAGS, MODEL_FLAGS, add_flags, str2bool, typed
-from clinalign.train import config_mismatch
+from clinalign.training.config import DIFFUSION_FLAGS, MODEL_FLAGS, add_flags, str2bool, typed
+from clinalign.training.loop import config_mismatch
 
 
 def to_clinalign_argv(argv: list[str]) -> list[str]:

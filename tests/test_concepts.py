@@ -12,17 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from clinalign.checkpoint import find_checkpoint
+from clinalign.training.checkpoint import find_checkpoint
 from clinalign.cli import main
-from clinalign.concepts import (
+from clinalign.data.concepts import (
     CONCEPTS_FILE,
-    assign,
     concept_parents,
     extension_parents,
     grow_class_map,
     parse_concept_specs,
     read_concepts_file,
 )
+from clinalign.concepts.assign import assign
 from clinalign.data.classmap import ClassMap
 from clinalign.data.folder import ImageFolderDataset
 from clinalign.data.layouts import read_feedback_folder, write_feedback_folder
@@ -247,7 +247,7 @@ def test_finetune_refuses_a_concept_without_a_parent(pretrained, toy_dir, tmp_pa
             "--data_mod_dir", str(mod), "--run_dir", str(tmp_path / "ft"), "--batch_size", "4", "--max_steps", "1"]
     with pytest.raises(ClinalignError, match="--concept neutrophil-band=PARENT"):
         from clinalign.cli import build_parser
-        from clinalign.finetune import finetune
+        from clinalign.training.finetune import finetune
 
         finetune(build_parser().parse_args(argv))
     assert main([*argv, "--concept", "neutrophil-band=neutrophil"]) == 0
@@ -259,7 +259,7 @@ def test_finetune_refuses_a_concept_without_a_parent(pretrained, toy_dir, tmp_pa
 
 def test_simulated_expert_assigns_plausible_parents_to_the_concept_of_their_subtype(tmp_path):
     from clinalign.data.toy import generate
-    from clinalign.expert import ExpertConfig, simulate
+    from clinalign.expert.simulator import ExpertConfig, simulate
 
     real = tmp_path / "real"
     generate(real, classes=2, per_class=60, size=16, seed=0)
@@ -334,7 +334,7 @@ def test_concept_accuracy_cli_with_a_subtype_oracle_independent_of_the_expert(tm
 
 
 def test_simulated_reviewer_names_concepts_in_the_review_app_and_the_export_carries_them(tmp_path):
-    from clinalign.expert import ExpertConfig, ExpertSimulator, review_queue
+    from clinalign.expert.simulator import ExpertConfig, ExpertSimulator, review_queue
     from clinalign.evaluate.data import ImageSet
     from clinalign.review.db import Store
     from clinalign.review.export import export_feedback

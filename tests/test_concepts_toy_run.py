@@ -22,11 +22,11 @@ import pytest
 import torch
 from PIL import Image
 
-from clinalign.checkpoint import find_checkpoint
+from clinalign.training.checkpoint import find_checkpoint
 from clinalign.cli import main
-from clinalign.concepts import assign
+from clinalign.concepts.assign import assign
 from clinalign.data.naming import list_images
-from clinalign.expert import ExpertConfig, simulate
+from clinalign.expert.simulator import ExpertConfig, simulate
 
 from .conftest import TINY_MODEL
 

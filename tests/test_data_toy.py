@@ -12,15 +12,7 @@ from scipy import ndimage
 
 from clinalign.data import ImageFolderDataset, label_of
 from clinalign.data import cli as data_cli
-from clinalign.data.toy import (
-    CLASS_NAMES,
-    SUBTYPES,
-    generate,
-    render_cell,
-    subtype_of,
-    toy_arrays,
-    toy_class_map,
-)
+from clinalign.data.toy import CLASS_NAMES, SUBTYPES, generate, render_cell, subtype_of, toy_arrays, toy_class_map
 from clinalign.errors import DataError
 
 

@@ -84,7 +84,7 @@ def test_evaluate_and_expert_on_real_pbc_cells(tmp_path):
     from clinalign.evaluate.oracle import EvaluationModels, OracleConfig
     from clinalign.evaluate.run import MetricConfig, evaluate_samples, write_outputs
     from clinalign.evaluate.utility import UtilityConfig
-    from clinalign.expert import ExpertConfig, ExpertSimulator
+    from clinalign.expert.simulator import ExpertConfig, ExpertSimulator
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # see test_evaluate_models.py

@@ -14,7 +14,7 @@ from clinalign.data.toy import generate, toy_class_map
 from clinalign.errors import DataError
 from clinalign.evaluate.data import ImageSet, half_of
 from clinalign.evaluate.oracle import EvaluationModels, OracleConfig, check_independent
-from clinalign.expert import ExpertConfig, ExpertSimulator, simulate
+from clinalign.expert.simulator import ExpertConfig, ExpertSimulator, simulate
 
 SIZE = 24
 
@@ -181,7 +181,7 @@ def test_cli_expert_simulate(folders, capsys):
 def test_simulated_reviewer_works_through_the_review_apps_queue(folders, tmp_path, capsys):
     from sqlalchemy import select
 
-    from clinalign.expert import review_queue
+    from clinalign.expert.simulator import review_queue
     from clinalign.review.db import Store, Verdict
     from clinalign.review.ingest import add_batch, add_user
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from clinalign.checkpoint import find_checkpoint
+from clinalign.training.checkpoint import find_checkpoint
 from clinalign.cli import main
 from clinalign.data.naming import list_images
 from clinalign.errors import DataError
-from clinalign.finetune import read_rewards_csv, transform_rewards
+from clinalign.training.finetune import read_rewards_csv, transform_rewards
 
 from .conftest import REPO, TINY_DIFFUSION, TINY_MODEL, subprocess_env
 
@@ -107,7 +107,7 @@ def test_reward_weighted_finetuning_moves_samples_towards_high_reward(tmp_path):
     """A seeded run where the reward is brightness: rewarding bright images must give brighter samples
     than rewarding dark ones from the same pool (an objective that ignores rewards fails this)."""
     from clinalign.data.toy import generate
-    from clinalign.sample import sample_folder
+    from clinalign.sampling.sample import sample_folder
 
     real = tmp_path / "real"
     generate(real, classes=2, per_class=24, size=16, seed=1)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from clinalign.checkpoint import find_checkpoint
+from clinalign.training.checkpoint import find_checkpoint
 from clinalign.data.naming import list_images
-from clinalign.loop import AwaitingFeedback, RoundConfig, run_loop, split_feedback
+from clinalign.pipeline.rounds import AwaitingFeedback, RoundConfig, run_loop, split_feedback
 
 
 TINY_ROUND = RoundConfig(samples_per_class=4, sampler="ddim", steps=4, sample_batch=16, reward_epochs=2,
@@ -38,8 +38,8 @@ def test_one_round_with_the_simulated_expert_then_rerun_resumes(pretrained, toy_
     assert ck.step == 3 and ck.meta["objective"] == "reward-weighted"
     assert 0.0 <= r.mean_reward <= 1.0 and r.expert_plausible_rate is not None
     # rejection sampling with this round's reward model: everything passes a 0 bar, nothing a 1.01 bar
-    from clinalign.sample_cli import reward_acceptor
-    from clinalign.sample import sample_folder
+    from clinalign.sampling.cli import reward_acceptor
+    from clinalign.sampling.sample import sample_folder
 
     accept_all = reward_acceptor(str(r.reward), 0.0, str(r.checkpoint))
     kept = sample_folder(r.checkpoint, tmp_path / "rs_all", num_samples=4, sampler="ddim", steps=2, batch_size=4,
@@ -96,7 +96,7 @@ def test_split_feedback_is_deterministic(tmp_path):
 
 @pytest.mark.slow
 def test_demo_smallest_size_writes_report_and_every_metric(tmp_path):
-    from clinalign.demo import DemoConfig, run_demo
+    from clinalign.pipeline.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=tmp_path / "demo", minutes=0.2, classes=3, per_class=40, test_per_class=20, image_size=16,
                      samples_per_class=12, reward_epochs=2, device="cpu")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from clinalign.flags import MODEL_FLAGS, defaults
+from clinalign.training.config import MODEL_FLAGS, defaults
 from clinalign.models.unet import build_denoiser, count_parameters, grow_class_rows
 
 

@@ -38,7 +38,7 @@ def test_an_old_run_resumes_from_its_checkpoint(tmp_path, one_thread):
     shutil.copytree(OLD_RUN, run)
     assert main(["train", "--data_dir", str(data), "--run_dir", str(run), "--batch_size", "4",
                  "--max_steps", "3", "--ema_rate", "0.999", "--seed", "3"]) == 0
-    from clinalign.checkpoint import find_checkpoint
+    from clinalign.training.checkpoint import find_checkpoint
 
     ck = find_checkpoint(run)
     assert ck.step == 3

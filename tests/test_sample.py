@@ -13,7 +13,7 @@ from PIL import Image
 from clinalign.cli import main
 from clinalign.data.naming import label_of, list_images
 from clinalign.errors import ConfigError, DataError
-from clinalign.sample import sample_folder
+from clinalign.sampling.sample import sample_folder
 
 from .conftest import REPO, TINY_DIFFUSION, TINY_MODEL, subprocess_env
 
@@ -48,7 +48,7 @@ def test_sample_writes_seed_named_files_manifest_and_npz(tiny_run, tmp_path, sam
 
 
 def test_rejection_sampling_gives_up_on_a_hopeless_class_without_starving_the_others(tiny_run, tmp_path):
-    from clinalign.checkpoint import find_checkpoint
+    from clinalign.training.checkpoint import find_checkpoint
 
     hopeless = find_checkpoint(tiny_run).class_map.index("neutrophil")
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from clinalign.checkpoint import find_checkpoint, list_checkpoints
+from clinalign.training.checkpoint import find_checkpoint, list_checkpoints
 from clinalign.cli import main
 from clinalign.data.classmap import ClassMap
 from clinalign.errors import CheckpointError, ConfigError
-from clinalign.flags import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, defaults
-from clinalign.train import TrainSpec, train
+from clinalign.training.config import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, defaults
+from clinalign.training.loop import TrainSpec, train
 
 from .conftest import REPO, TINY_DIFFUSION, TINY_MODEL, subprocess_env
 
@@ -75,7 +75,7 @@ def test_typed_flags_that_contradict_the_checkpoint_are_refused(toy_dir, tmp_pat
     run = tmp_path / "run"
     assert main(train_argv(toy_dir, run, "--max_steps", "1")) == 0
     with pytest.raises(ConfigError, match="num_channels"):
-        from clinalign.pretrain import pretrain
+        from clinalign.training.pretrain import pretrain
         from clinalign.cli import build_parser
 
         args = build_parser().parse_args(train_argv(toy_dir, run, "--max_steps", "2", "--num_channels", "64"))

@@ -9,8 +9,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from ..flags import str2bool
-from . import medmnist, toy
+from ..training.config import str2bool
+from . import medmnist
+from . import toy
 from .folder import ImageFolderDataset
 
 DEFAULT_DOWNLOAD_DIR = Path("~/.medmnist")  # the medmnist package's own cache: its files are reused

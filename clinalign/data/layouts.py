@@ -134,7 +134,7 @@ def write_feedback_folder(out: str | Path, items: Iterable[tuple[Path, str, bool
             shutil.copyfile(src, dest / Path(src).name)
             counts.setdefault(cls, {ALIGN: 0, NOTALIGN: 0})[sub] += 1
         if concepts:
-            from ..concepts import write_concepts_file
+            from .concepts import write_concepts_file
 
             write_concepts_file(tmp, concepts)
     return counts

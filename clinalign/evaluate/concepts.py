@@ -29,24 +29,9 @@ from ..data.folder import images_to_tensor
 from ..data.toy import subtype_of
 from ..errors import CheckpointError, DataError
 from ..models.fit import fit_classifier
-from .data import (
-    HALF_ORACLE,
-    RealData,
-    as_image_set,
-    derived_seed,
-    half_of,
-    is_validation,
-    stratified_cap,
-)
+from .data import HALF_ORACLE, RealData, as_image_set, derived_seed, half_of, is_validation, stratified_cap
 from .features import as_uint8_images, classifier_proba
-from .oracle import (
-    ORACLE_ARCH,
-    OracleConfig,
-    cache_dir,
-    load_model_dir,
-    save_model_dir,
-    seeded_classifier,
-)
+from .oracle import ORACLE_ARCH, OracleConfig, cache_dir, load_model_dir, save_model_dir, seeded_classifier
 
 log = logging.getLogger(__name__)
 

@@ -44,12 +44,7 @@ from .data import (
     split_real,
     stratified_cap,
 )
-from .features import (
-    FeatureExtractor,
-    as_uint8_images,
-    classifier_features,
-    classifier_proba,
-)
+from .features import FeatureExtractor, as_uint8_images, classifier_features, classifier_proba
 
 log = logging.getLogger(__name__)
 

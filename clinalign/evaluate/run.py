@@ -350,7 +350,7 @@ def read_samples(folder: str | Path, size: int, channels: int, class_map: ClassM
     it is a plausible neutrophil; whether it shows the band subtype is concept accuracy
     (:mod:`clinalign.evaluate.concepts`).
     """
-    from ..concepts import CONCEPTS_FILE, concept_parents
+    from ..data.concepts import CONCEPTS_FILE, concept_parents
     from ..data.naming import declared_classes, list_images
 
     folder = Path(folder)

@@ -212,7 +212,7 @@ def export_feedback(
                 f.flush()
                 os.fsync(f.fileno())
             if exported_concepts:
-                from ..concepts import write_concepts_file
+                from ..data.concepts import write_concepts_file
 
                 write_concepts_file(tmp, exported_concepts)
             _swap_into_place(tmp, out, overwrite)

@@ -343,7 +343,7 @@ def load_reward_data(
                "class, so they teach nothing about the declared class")
         log.warning("%s", msg)
         warnings.append(msg)
-    from ..concepts import read_concepts_file
+    from ..data.concepts import read_concepts_file
 
     recorded = {**(read_concepts_file(paths["val_anno"]) if paths["val_anno"] else {}),
                 **(read_concepts_file(paths["train_anno"]) if paths["train_anno"] else {})}

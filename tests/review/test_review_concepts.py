@@ -8,7 +8,8 @@ import uuid
 from fastapi.testclient import TestClient
 from review_helpers import bearer, make_study
 
-from clinalign.concepts import CONCEPTS_FILE, assign, read_concepts_file
+from clinalign.data.concepts import CONCEPTS_FILE, read_concepts_file
+from clinalign.concepts.assign import assign
 from clinalign.data.classmap import ClassMap
 from clinalign.data.folder import ImageFolderDataset
 from clinalign.review.app import create_app

@@ -9,12 +9,12 @@ from typing import Any, Iterator
 
 import torch
 
-from . import __version__
+from .. import __version__
 from .checkpoint import write_json_atomic
-from .utils.distributed import DistInfo
-from .errors import ConfigError
-from .flags import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, resolve, typed
-from .train import Batch, TrainSpec, default_run_dir, prepare_resume, train
+from ..utils.distributed import DistInfo
+from ..errors import ConfigError
+from .config import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, resolve, typed
+from .loop import Batch, TrainSpec, default_run_dir, prepare_resume, train
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def weighted_stream(dataset, batch_size: int, seed: int, dist: DistInfo, start_step: int,
                     weight: float | torch.Tensor = 1.0) -> Iterator[Batch]:
     """Endless (x, y, w) batches of ``dataset``; ``weight`` is a constant or one value per dataset item."""
-    from .data.folder import infinite_batches
+    from ..data.folder import infinite_batches
 
     for x, y, idx in infinite_batches(dataset, batch_size, seed=seed, rank=dist.rank,
                                       world_size=dist.world_size, start_step=start_step, with_indices=True):
@@ -31,7 +31,7 @@ def weighted_stream(dataset, batch_size: int, seed: int, dist: DistInfo, start_s
 
 
 def load_dataset(data_dir: str, image_size: int, class_cond: bool, class_map, train_cfg: dict[str, Any]):
-    from .data.folder import ImageFolderDataset
+    from ..data.folder import ImageFolderDataset
 
     if not data_dir:
         raise ConfigError("--data_dir is required: the folder of training images (searched recursively)")
@@ -82,14 +82,14 @@ def write_run_config(run_dir: Path, model_cfg, diffusion_cfg, train_cfg, channel
         "clinalign_version": __version__, "model": model_cfg, "diffusion": diffusion_cfg, "train": train_cfg,
         "channels": channels, "class_map": class_map.to_dict(), **(extra or {}),
     })
-    from .data.classmap import CLASS_MAP_FILE
+    from ..data.classmap import CLASS_MAP_FILE
 
     class_map.save(run_dir / CLASS_MAP_FILE)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The seed's flags: model and diffusion ones inherit from a checkpoint when not typed."""
-    from .flags import add_flags
+    from .config import add_flags
 
     add_flags(parser.add_argument_group("model (from the checkpoint when resuming)"), MODEL_FLAGS, inherit=True)
     add_flags(parser.add_argument_group("diffusion (from the checkpoint when resuming)"), DIFFUSION_FLAGS, inherit=True)

@@ -1,4 +1,6 @@
-"""Clinical concepts: finer classes an expert names while reviewing (Sun et al. 2023, Algorithm 4).
+"""Concept classes on disk: a class map whose new classes have parents, and ``concepts.json``.
+
+Clinical concepts are finer classes an expert names while reviewing (Sun et al. 2023, Algorithm 4).
 
 A concept is a new class with a parent (``neutrophil-band`` under ``neutrophil``). It has no real
 images: the expert teaches it by assigning synthetic images of the parent to it, which in the
@@ -10,7 +12,7 @@ cannot say whether ``neutrophil-band`` is a concept or a class whose real images
 The path through the stages:
 
 1. feedback folder with concept folders + ``concepts.json`` (review export, simulated expert);
-2. :func:`assign`: a copy of the sample folder whose ``manifest.csv`` declares each assigned image
+2. :func:`clinalign.concepts.assign.assign`: a copy of the sample folder whose ``manifest.csv`` declares each assigned image
    as its concept (file names, the IDs, are kept), plus ``concepts.json``;
 3. reward model trained on the feedback folder learns Γ(x, concept) like any class; scoring the
    assigned folder gives r(x, concept) for the assigned images;
@@ -20,18 +22,15 @@ The path through the stages:
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.classmap import ClassMap, validate_class_name
-from .data.naming import MANIFEST_NAME, declared_classes, is_image_file, list_images
-from .errors import DataError
-from .utils.fileio import atomic_directory, atomic_writer
+from .classmap import ClassMap, validate_class_name
+from .naming import is_image_file
+from ..errors import DataError
+from ..utils.fileio import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -187,79 +186,3 @@ def concept_assignments(feedback: str | Path, concepts: Iterable[str]) -> dict[s
                                     "keep the image in one concept folder")
                 out[p.name] = (concept, plausible)
     return out
-
-
-@dataclass
-class AssignResult:
-    out: Path
-    parents: dict[str, str]
-    assigned: dict[str, int] = field(default_factory=dict)  # concept -> images relabelled
-    n: int = 0
-
-
-def assign(samples: str | Path, feedback: str | Path, out: str | Path, known: Iterable[str],
-           given: Mapping[str, str] | None = None, overwrite: bool = False,
-           only_assigned: bool = False) -> AssignResult:
-    """Copy ``samples`` to ``out`` declaring each image the expert assigned to a concept as that concept.
-
-    ``known``: the classes of the model the samples came from. File names are kept (they are the
-    IDs of rewards CSVs and votes); ``out/manifest.csv`` (``ID,class``) gives every image's class and
-    ``out/concepts.json`` the concepts' parents. An assigned image must have been sampled as the
-    concept's parent (or one of its ancestors): a concept refines its parent, it does not replace it.
-    ``only_assigned``: copy only the images assigned to a concept, so that a finetune on the folder
-    spends its whole synthetic batch on the concepts (the real-data term still covers every class).
-    """
-    samples, feedback, out = Path(samples), Path(feedback), Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"{out}: already exists and is not empty; pass a new --out or --overwrite True")
-    known = set(known)
-    parents = concept_parents(feedback, known, given)
-    if not parents:
-        raise DataError(f"{feedback}: assigns no image to a concept (every class folder is one of the model's "
-                        f"classes); name concepts in the review app or with expert simulate --concept")
-    assigned = concept_assignments(feedback, parents)
-    paths = list_images(samples)
-    classes = declared_classes(paths, samples)
-    by_id = {}
-    for p, c in zip(paths, classes):
-        if p.name in by_id:
-            raise DataError(f"{p}: file name also used by {by_id[p.name][0]}; sample IDs must be unique")
-        by_id[p.name] = (p, c)
-    missing = sorted(set(assigned) - set(by_id))
-    if missing:
-        raise DataError(f"{feedback}: {len(missing)} assigned image(s) are not in {samples}, e.g. {missing[0]}; "
-                        "pass the sample folder the feedback was collected on")
-
-    def ancestors(name: str) -> set[str]:
-        found = set()
-        while name in parents:
-            name = parents[name]
-            found.add(name)
-        return found
-
-    rows, counts = [], {}
-    for file_id, (path, cls) in sorted(by_id.items()):
-        label = cls
-        if file_id in assigned:
-            concept = assigned[file_id][0]
-            if cls not in ancestors(concept):
-                raise DataError(f"{feedback / concept}: {file_id} was sampled as {cls!r}, not as {concept!r}'s "
-                                f"parent {parents[concept]!r}; move it back to {cls}/")
-            label = concept
-            counts[concept] = counts.get(concept, 0) + 1
-        elif only_assigned:
-            continue
-        rows.append((file_id, label, path))
-
-    with atomic_directory(out) as tmp:
-        for file_id, _, path in rows:
-            shutil.copyfile(path, tmp / file_id)
-        # No rewards.csv is copied: its scores are for the old declared classes; rescore this folder.
-        with open(tmp / MANIFEST_NAME, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["ID", "class"])
-            w.writerows((file_id, label) for file_id, label, _ in rows)
-        write_concepts_file(tmp, parents)
-    log.info("declared %s in %s (%d images)", ", ".join(f"{n} as {c}" for c, n in sorted(counts.items())),
-             out, len(rows))
-    return AssignResult(out, parents, counts, len(rows))

@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .utils.distributed import DistInfo, barrier, init_distributed, resolve_device
-from .errors import ConfigError
+from ..utils.distributed import DistInfo, barrier, init_distributed, resolve_device
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def param_groups(model: nn.Module, spec: TrainSpec) -> list[dict[str, Any]]:
     """All parameters in one group, or, when the run adds concept rows, the class embedding apart."""
     if not spec.new_class_rows:
         return [{"params": list(model.parameters())}]
-    from .models.unet import CLASS_EMBEDDING_KEY
+    from ..models.unet import CLASS_EMBEDDING_KEY
 
     emb = model.get_parameter(CLASS_EMBEDDING_KEY)
     trained = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
@@ -157,7 +157,7 @@ class _Meter:
 
 def train(spec: TrainSpec) -> Path:
     """Run (or resume) training until the step budget is spent; returns the final checkpoint path."""
-    from .diffusion import create_diffusion, create_named_schedule_sampler
+    from ..diffusion import create_diffusion, create_named_schedule_sampler
 
     cfg = spec.train_cfg
     device = resolve_device(cfg.get("device", "auto"))
@@ -167,7 +167,7 @@ def train(spec: TrainSpec) -> Path:
     model_cfg, diff_cfg = spec.model_cfg, spec.diffusion_cfg
 
     torch.manual_seed(seed)  # identical initial weights on every rank
-    from .models.unet import build_denoiser
+    from ..models.unet import build_denoiser
 
     model = build_denoiser(model_cfg, spec.channels, len(spec.class_map)).to(device)
     diffusion = create_diffusion(

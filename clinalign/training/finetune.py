@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from .checkpoint import find_checkpoint, latest_checkpoint
-from .errors import ConfigError, DataError
-from .flags import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, resolve, typed
+from ..errors import ConfigError, DataError
+from .config import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, resolve, typed
 from .pretrain import check_channels, load_dataset, weighted_stream, write_run_config
-from .train import KTOSpec, TrainSpec, config_mismatch, default_run_dir, train
+from .loop import KTOSpec, TrainSpec, config_mismatch, default_run_dir, train
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ def grow_for_concepts(class_map, mod_dir: Path, specs: list[str] | None) -> tupl
     Parents come from ``--concept NAME=PARENT`` or ``MOD_DIR/concepts.json`` (written by
     ``clinalign concepts assign``); a class the checkpoint lacks with neither is a DataError.
     """
-    from .concepts import concept_parents, grow_class_map, parse_concept_specs
-    from .data.naming import declared_classes, list_images
+    from ..data.concepts import concept_parents, grow_class_map, parse_concept_specs
+    from ..data.naming import declared_classes, list_images
 
     classes = set(declared_classes(list_images(mod_dir), mod_dir))
     parents = concept_parents(mod_dir, class_map.names, parse_concept_specs(specs), classes=classes)
@@ -202,7 +202,7 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    from .flags import add_flags, str2bool
+    from .config import add_flags, str2bool
 
     group = parser.add_argument_group("finetuning")
     group.add_argument("--data_pre_dir", default="", help="real pretraining images (the beta-weighted anchor)")

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError
-from .utils.fileio import write_json_atomic  # noqa: F401  (used by the stages that import it from here)
+from ..errors import CheckpointError
+from ..utils.fileio import write_json_atomic  # noqa: F401  (used by the stages that import it from here)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Checkpoint:
 
     @property
     def class_map(self):
-        from .data.classmap import ClassMap
+        from ..data.classmap import ClassMap
 
         return ClassMap.from_dict(self.meta["class_map"])
 
@@ -78,9 +78,9 @@ class Checkpoint:
         weights = self._load_weights(ema)
         if class_map is None or class_map.names == self.class_map.names:
             return weights
-        from .concepts import extension_parents
-        from .errors import DataError
-        from .models.unet import grow_class_rows
+        from ..data.concepts import extension_parents
+        from ..errors import DataError
+        from ..models.unet import grow_class_rows
 
         try:
             rows = extension_parents(self.class_map, class_map)
@@ -107,7 +107,7 @@ class Checkpoint:
 
     def build_model(self, ema: bool | str = True, device: str | torch.device = "cpu", class_map=None):
         """The denoiser; with ``class_map`` (the checkpoint's grown by concepts) it embeds every class."""
-        from .models.unet import build_denoiser
+        from ..models.unet import build_denoiser
 
         classes = class_map if class_map is not None else self.class_map
         model = build_denoiser(self.model_config, self.channels, len(classes))
@@ -115,7 +115,7 @@ class Checkpoint:
         return model.to(device)
 
     def build_diffusion(self, timestep_respacing: str | None = None):
-        from .diffusion import create_diffusion
+        from ..diffusion import create_diffusion
 
         cfg = dict(self.diffusion_config)
         return create_diffusion(

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from .flags import str2bool
+from ..training.config import str2bool
 from .sample import SAMPLERS, sample_folder
 
 
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
 def reward_acceptor(reward_dir: str, min_reward: float, checkpoint: str):
     """Accept a sample when the reward model scores it at least ``min_reward`` for its declared class."""
-    from .checkpoint import find_checkpoint
-    from .reward import RewardModel
+    from ..training.checkpoint import find_checkpoint
+    from ..reward import RewardModel
 
     reward = RewardModel.load(reward_dir)
     names = find_checkpoint(checkpoint).class_map.names

@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.folder import images_to_tensor
-from .data.layouts import write_feedback_folder
-from .data.toy import subtype_of
-from .utils.fileio import atomic_writer
-from .errors import CheckpointError, DataError
-from .evaluate.data import (
+from ..data.folder import images_to_tensor
+from ..data.layouts import write_feedback_folder
+from ..data.toy import subtype_of
+from ..utils.fileio import atomic_writer
+from ..errors import CheckpointError, DataError
+from ..evaluate.data import (
     HALF_EXPERT,
     ImageSet,
     RealData,
@@ -50,9 +50,9 @@ from .evaluate.data import (
     is_validation,
     stratified_cap,
 )
-from .evaluate.features import as_uint8_images, classifier_proba
-from .evaluate.oracle import cache_dir, load_model_dir, save_model_dir, seeded_classifier
-from .models.fit import fit_classifier
+from ..evaluate.features import as_uint8_images, classifier_proba
+from ..evaluate.oracle import cache_dir, load_model_dir, save_model_dir, seeded_classifier
+from ..models.fit import fit_classifier
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class ExpertSimulator:
         return plausible, p
 
     def features(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        from .models.fit import extract_features
+        from ..models.fit import extract_features
 
         x = images_to_tensor(as_uint8_images(images, self.image_size, self.channels))
         return extract_features(self.model, x).numpy()
@@ -267,7 +267,7 @@ class ExpertSimulator:
                  info["fit_seconds"])
         expert = cls(model, labels, real.channels, config, info, classes=sorted(set(real.classes)))
         if config.manifold_k and len(fit_set) > config.manifold_k:
-            from .evaluate.prdc import knn_radii
+            from ..evaluate.prdc import knn_radii
 
             expert.reference = expert.features(fit_set.images)
             expert.radii = knn_radii(expert.reference, config.manifold_k)
@@ -389,8 +389,8 @@ class ReviewResult:
 def _decode_blob(data: bytes, channels: int) -> np.ndarray:
     from PIL import Image
 
-    from .data.transforms import to_8bit
-    from .evaluate.data import match_channels
+    from ..data.transforms import to_8bit
+    from ..evaluate.data import match_channels
 
     with Image.open(io.BytesIO(data)) as img:
         arr = np.asarray(to_8bit(img.convert("RGB") if img.mode not in ("L", "RGB") else img))
@@ -400,7 +400,7 @@ def _decode_blob(data: bytes, channels: int) -> np.ndarray:
 def _reviewer_id(store, reviewer: str) -> int:
     from sqlalchemy import select
 
-    from .review.db import User
+    from ..review.db import User
 
     with store.read() as s:
         user_id = s.scalar(select(User.id).where(User.name == reviewer))
@@ -412,7 +412,7 @@ def _reviewer_id(store, reviewer: str) -> int:
 
 def check_reviewer(db: str, reviewer: str) -> None:
     """Raise DataError unless the review database ``db`` exists and has the reviewer ``reviewer``."""
-    from .review.db import Store
+    from ..review.db import Store
 
     store = Store(db, create=False, must_exist=True)
     try:
@@ -435,8 +435,8 @@ def review_queue(db: str, reviewer: str, expert: ExpertSimulator, tau: float = 0
     """
     from sqlalchemy import select
 
-    from .review import db as review_db
-    from .review.queue import next_image, record_verdict
+    from ..review import db as review_db
+    from ..review.queue import next_image, record_verdict
 
     store = review_db.Store(db, create=False, must_exist=True)
     rng = np.random.default_rng(derived_seed(f"expert-noise:{reviewer}", seed))

@@ -7,7 +7,6 @@ individual commands run; the demo only picks small sizes and wires the folders.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -16,8 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .flags import str2bool
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +62,9 @@ class DemoConfig:
 
 def prepare_data(cfg: DemoConfig) -> tuple[Path, Path | None, Path]:
     """(train, val or None, test) folders in the seed's naming under OUT/data."""
-    from .data.medmnist import export_npz
-    from .data.naming import list_images
-    from .data.toy import generate
+    from ..data.medmnist import export_npz
+    from ..data.naming import list_images
+    from ..data.toy import generate
 
     root = cfg.out / "data"
     train, val, test = root / "train", root / "val", root / "test"
@@ -110,8 +108,8 @@ def continue_without_feedback(cfg: DemoConfig, train: Path, pre_run: Path, run_d
                               progress: bool = False) -> Path:
     """The control: the pretraining run itself (optimizer state and all) continued for ``steps`` more
     steps at the finetune's lr and images per step, on real images only."""
-    from .checkpoint import latest_checkpoint
-    from .pretrain import pretrain
+    from ..training.checkpoint import latest_checkpoint
+    from ..training.pretrain import pretrain
 
     args = pretrain_args(cfg, train, run_dir, latest_checkpoint(pre_run).step + steps)
     args.update(resume_checkpoint=str(pre_run), lr=cfg.finetune_lr)
@@ -119,12 +117,12 @@ def continue_without_feedback(cfg: DemoConfig, train: Path, pre_run: Path, run_d
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
-    from .checkpoint import find_checkpoint
-    from .evaluate.oracle import OracleConfig
-    from .evaluate.run import Evaluator, write_outputs
-    from .loop import RoundConfig, run_round
-    from .pretrain import pretrain
-    from .sample import sample_folder
+    from ..training.checkpoint import find_checkpoint
+    from ..evaluate.oracle import OracleConfig
+    from ..evaluate.run import Evaluator, write_outputs
+    from .rounds import RoundConfig, run_round
+    from ..training.pretrain import pretrain
+    from ..sampling.sample import sample_folder
 
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -191,7 +189,7 @@ TABLE_ROWS = [
 
 def before_after_table(result, control=None) -> list[dict[str, Any]]:
     """Rows of (metric, before, after[, control]): baseline = before finetuning; control = no feedback."""
-    from .evaluate.run import lookup
+    from ..evaluate.run import lookup
 
     rows = []
     for label, path in TABLE_ROWS:
@@ -214,32 +212,3 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'metric':<28}" + "".join(f" {COLUMN_TITLES[c]:>12}" for c in columns)]
     lines += [f"{r['metric']:<28}" + "".join(f" {fmt(r[c]):>12}" for c in columns) for r in rows]
     return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = DemoConfig(out=Path(args.out), data=args.data, minutes=args.minutes, seed=args.seed, device=args.device,
-                     tau=args.tau, objective=args.objective, control=args.control, beta=args.beta)
-    summary = run_demo(cfg, progress=True)
-    print()
-    print(format_table(summary["table"]))
-    print(f"\nwall time: {summary['seconds']['total']:.0f} s   report: {summary['report']}")
-    return 0
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="run the whole loop on toy cells (or your data) and print a before/after table",
-        description="pretrain -> sample -> simulated expert -> reward model -> finetune -> evaluate, "
-        "on 2 CPU cores in about 9 minutes with the default toy cells.")
-    parser.add_argument("--out", default="clinalign-demo")
-    parser.add_argument("--data", default="", help="a MedMNIST .npz, or a folder with train/ and test/ (default: toy cells)")
-    parser.add_argument("--minutes", type=float, default=10.0, help="scales the number of training steps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    d = DemoConfig()
-    parser.add_argument("--tau", type=float, default=d.tau, help="the simulated expert's strictness")
-    parser.add_argument("--beta", type=float, default=d.beta, help="weight of the real-data loss in the finetune")
-    parser.add_argument("--objective", default=d.objective, choices=("reward-weighted", "kto"))
-    parser.add_argument("--control", type=str2bool, default=d.control, metavar="BOOL",
-                        help="also continue pretraining without feedback for as many steps (the fair comparison)")
-    parser.set_defaults(func=run)

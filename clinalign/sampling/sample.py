@@ -19,12 +19,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, find_checkpoint
-from .data.classmap import ClassMap
-from .data.naming import MANIFEST_NAME, list_images
-from .utils.distributed import resolve_device
-from .errors import ConfigError
-from .utils.fileio import atomic_writer
+from ..training.checkpoint import Checkpoint, find_checkpoint
+from ..data.classmap import ClassMap
+from ..data.naming import MANIFEST_NAME, list_images
+from ..utils.distributed import resolve_device
+from ..errors import ConfigError
+from ..utils.fileio import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def generate(model, diffusion, labels: torch.Tensor, shape: tuple[int, ...], *, 
              generator: torch.Generator, class_cond: bool, eta: float = 0.0, clip_denoised: bool = True,
              use_fp16: bool = False) -> torch.Tensor:
     """One batch of images in [-1, 1] (N, C, H, W) on the CPU."""
-    from .diffusion import sample_images
+    from ..diffusion import sample_images
 
     device = next(model.parameters()).device
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_fp16 else nullcontext()
@@ -102,7 +102,7 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_s
                   batch_size: int = 16, seed: int = 0, ema: bool = True, clip_denoised: bool = True,
                   eta: float = 0.0, device: str = "auto", use_fp16: bool = False, progress: bool = False,
                   accept: AcceptFn | None = None, max_draw_factor: int = 50) -> SampleResult:
-    from .data.transforms import save_png, to_uint8
+    from ..data.transforms import save_png, to_uint8
 
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -186,7 +186,7 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_s
     write_npz(out, rows, class_map)
     concepts = {n: class_map.parents[n] for n in {r["class"] for r in rows} if class_map.parents.get(n)}
     if concepts:  # evaluation judges a concept's samples as its parent class
-        from .concepts import write_concepts_file
+        from ..data.concepts import write_concepts_file
 
         write_concepts_file(out, concepts)
     per_class = {n: sum(1 for r in rows if r["class"] == n) for n in names}

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import find_checkpoint, latest_checkpoint
-from .data.layouts import ALIGN, NOTALIGN
-from .errors import ConfigError, DataError
-from .utils.fileio import write_texts_atomic
+from ..training.checkpoint import find_checkpoint, latest_checkpoint
+from ..data.layouts import ALIGN, NOTALIGN
+from ..errors import ConfigError, DataError
+from ..utils.fileio import write_texts_atomic
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,10 @@ def review_feedback(db_url: str, batch: str, samples: Path, reference: Path, out
                     poll_s: float = 10.0, timeout_s: float = 0.0) -> Path:
     """Load ``samples`` into the review app as ``batch`` (once), wait until every image is judged,
     then export the majority verdicts into ``out`` (CLASS/align|notalign)."""
-    from .review.db import Store
-    from .review.export import export_feedback
-    from .review.ingest import add_batch
-    from .review.stats import dashboard
+    from ..review.db import Store
+    from ..review.export import export_feedback
+    from ..review.ingest import add_batch
+    from ..review.stats import dashboard
 
     store = Store(db_url)
     with store.read() as s:
@@ -142,10 +142,10 @@ def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None,
               feedback: Path | None = None, expert_dir: Path | None = None, progress: bool = False,
               feedback_db: str = "", review_timeout_s: float = 0.0) -> RoundResult:
     """One round; each step is skipped when its output is already complete."""
-    from .expert import simulate
-    from .reward.score import score_folder
-    from .reward.train import TrainConfig, train_reward
-    from .sample import sample_folder
+    from ..expert.simulator import simulate
+    from ..reward.score import score_folder
+    from ..reward.train import TrainConfig, train_reward
+    from ..sampling.sample import sample_folder
 
     rdir = out / f"round_{k}"
     rdir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,7 @@ def finetune_on_feedback(checkpoint: Path, real_train: Path, samples: Path, feed
                          cfg: RoundConfig, seed: int, work_dir: Path, progress: bool = False) -> Path:
     """Finetune ``checkpoint`` on ``samples`` scored in their ``rewards.csv`` (KTO: on the verdicts in
     ``feedback``, written to ``work_dir/verdicts.csv``); skipped when ``run`` is already complete."""
-    from .finetune import finetune
+    from ..training.finetune import finetune
 
     done = latest_checkpoint(run)
     if done is None or done.step < cfg.finetune_steps:
@@ -222,7 +222,7 @@ def verdicts_csv(feedback: Path, samples: Path, rdir: Path) -> Path:
 
     Every sample must have been judged; KTO uses the judgements directly, not the reward model.
     """
-    from .data.naming import list_images
+    from ..data.naming import list_images
 
     verdict = {p.name: 1 for p in feedback.rglob("align/*") if p.is_file()}
     verdict |= {p.name: 0 for p in feedback.rglob("notalign/*") if p.is_file()}
@@ -237,7 +237,7 @@ def verdicts_csv(feedback: Path, samples: Path, rdir: Path) -> Path:
 
 
 def _mean_reward(path: Path) -> float:
-    from .finetune import read_rewards_csv
+    from ..training.finetune import read_rewards_csv
 
     values = list(read_rewards_csv(path).values())
     return sum(values) / len(values) if values else float("nan")

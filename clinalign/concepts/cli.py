@@ -6,17 +6,18 @@ import argparse
 import json
 from pathlib import Path
 
-from .errors import ConfigError
-from .flags import str2bool
+from ..errors import ConfigError
+from ..training.config import str2bool
 
 
 def run_assign(args: argparse.Namespace) -> int:
-    from .concepts import assign, parse_concept_specs
-    from .data.naming import declared_classes, list_images
+    from ..data.concepts import parse_concept_specs
+    from .assign import assign
+    from ..data.naming import declared_classes, list_images
 
     known = set(declared_classes(list_images(args.samples), args.samples))
     if args.checkpoint:
-        from .checkpoint import find_checkpoint
+        from ..training.checkpoint import find_checkpoint
 
         known |= set(find_checkpoint(args.checkpoint).class_map.names)
     result = assign(args.samples, args.feedback, args.out, known, parse_concept_specs(args.concept),
@@ -27,10 +28,10 @@ def run_assign(args: argparse.Namespace) -> int:
 
 
 def run_accuracy(args: argparse.Namespace) -> int:
-    from .concepts import parse_concept_specs
-    from .evaluate.concepts import SubtypeOracle, concept_report
-    from .evaluate.data import ImageSet
-    from .evaluate.oracle import OracleConfig
+    from ..data.concepts import parse_concept_specs
+    from ..evaluate.concepts import SubtypeOracle, concept_report
+    from ..evaluate.data import ImageSet
+    from ..evaluate.oracle import OracleConfig
 
     targets = parse_concept_specs(args.concept)
     if not targets:
@@ -49,7 +50,7 @@ def run_accuracy(args: argparse.Namespace) -> int:
               ("arch", "half", "seed", "n_train", "val_accuracy")}, "groups": concept_report(oracle, groups, targets)}
     text = json.dumps(report, indent=2)
     if args.out:
-        from .utils.fileio import atomic_writer
+        from ..utils.fileio import atomic_writer
 
         with atomic_writer(Path(args.out) / "concept_accuracy.json", "w") as f:
             f.write(text + "\n")
