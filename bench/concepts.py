@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from clinalign.training.pretrain import pretrain
     from clinalign.reward.score import score_folder
     from clinalign.reward.train import TrainConfig, train_reward
-    from clinalign.sampling.sample import sample_folder
+    from clinalign.sampling.sample import SampleConfig, sample_folder
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,8 +95,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lap("pretrain", t)
 
     def sample(checkpoint: Path, folder: Path, n: int, classes: list[str] | None, s: int) -> Path:
-        sample_folder(checkpoint, folder, num_samples=n, classes=classes, sampler="dpm++", steps=args.sample_steps,
-                      batch_size=64, seed=s, device=args.device)
+        sample_folder(checkpoint, folder, SampleConfig(num_samples=n, classes=",".join(classes or []), sampler="dpm++",
+                                                       steps=args.sample_steps, batch_size=64, seed=s,
+                                                       device=args.device))
         return folder
 
     t = time.perf_counter()

@@ -20,6 +20,7 @@ Prints one JSON line per variant (train/sample seconds and the metrics) and a fi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from clinalign.evaluate.run import Evaluator
     from clinalign.pipeline.rounds import RoundConfig
     from clinalign.sampling.sample import sample_folder
-    from clinalign.sampling.cli import reward_acceptor
+    from clinalign.sampling.rejection import reward_acceptor
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not (demo / "demo.json").is_file() or not (demo / "round_1" / "samples" / "rewards.csv").is_file():
         raise SystemExit(f"{demo}: not a finished demo run; run `clinalign demo --out {demo}` first")
     saved = json.loads((demo / "demo.json").read_text())["config"]
-    cfg = DemoConfig(**{**saved, "out": demo, "device": args.device})
+    cfg = DemoConfig(**{**saved, "out": str(demo), "device": args.device})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     steps = args.steps or cfg.scaled(cfg.finetune_steps)
@@ -118,9 +119,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         folder = out / name / ("samples-accepted" if reject else "samples")
         accept = reward_acceptor(str(demo / "round_1" / "reward"), args.min_reward, str(checkpoint)) if reject else None
-        drawn = sample_folder(checkpoint, folder, num_samples=n, sampler=sampling.sampler, steps=sampling.steps,
-                              batch_size=sampling.sample_batch, seed=cfg.seed + SEED_OFFSET, device=cfg.device, use_fp16=cfg.use_fp16,
-                              progress=args.progress, accept=accept)
+        scfg = dataclasses.replace(sampling.sample_config(n, cfg.seed + SEED_OFFSET), device=cfg.device,
+                                   use_fp16=cfg.use_fp16)
+        drawn = sample_folder(checkpoint, folder, scfg, accept=accept, progress=args.progress)
         seconds["sample"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
         result = evaluator.judge(folder)

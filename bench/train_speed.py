@@ -28,8 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinalign.data.classmap import ClassMap  # noqa: E402
-from clinalign.training.config import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, defaults  # noqa: E402
-from clinalign.models.unet import build_denoiser, count_parameters  # noqa: E402
+from clinalign.diffusion import DiffusionConfig, diffusion_from_config  # noqa: E402
+from clinalign.models.unet import ModelConfig, build_denoiser, count_parameters  # noqa: E402
+from clinalign.training.config import TrainConfig  # noqa: E402
 from clinalign.training.loop import TrainSpec, train  # noqa: E402
 
 CONFIGS = {
@@ -49,15 +50,15 @@ def random_stream(batch: int, size: int, classes: int):
 
 def bench_train(name: str, precision: str, steps: int, warmup: int, device: str) -> dict:
     conf = CONFIGS[name]
-    model_cfg = {**defaults(MODEL_FLAGS), **conf["model"]}
-    diffusion_cfg = {**defaults(DIFFUSION_FLAGS), **conf["diffusion"]}
-    train_cfg = {**defaults(TRAIN_FLAGS), "batch_size": conf["batch_size"], "lr": 1e-4, "max_steps": steps,
-                 "log_interval": 1, "save_interval": 10**9, "use_fp16": precision == "bf16", "device": device}
+    model_cfg = ModelConfig(**conf["model"])
+    diffusion_cfg = DiffusionConfig(**conf["diffusion"])
+    train_cfg = TrainConfig(batch_size=conf["batch_size"], lr=1e-4, max_steps=steps, log_interval=1,
+                            save_interval=10**9, use_fp16=precision == "bf16", device=device)
     class_map = ClassMap.from_labels([f"c{i}" for i in range(conf["classes"])])
     with tempfile.TemporaryDirectory() as tmp:
-        spec = TrainSpec(run_dir=Path(tmp), model_cfg=model_cfg, diffusion_cfg=diffusion_cfg, train_cfg=train_cfg,
+        spec = TrainSpec(run_dir=Path(tmp), model=model_cfg, diffusion=diffusion_cfg, train=train_cfg,
                          channels=3, class_map=class_map,
-                         streams=lambda d, s: [random_stream(conf["batch_size"], model_cfg["image_size"], conf["classes"])])
+                         streams=lambda d, s: [random_stream(conf["batch_size"], model_cfg.image_size, conf["classes"])])
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         train(spec)
@@ -72,21 +73,21 @@ def bench_train(name: str, precision: str, steps: int, warmup: int, device: str)
 
 
 def bench_sample(name: str, precision: str, steps: int, device: str, batch: int = 16) -> dict:
-    from clinalign.diffusion import create_diffusion, sample_images
+    from clinalign.diffusion import sample_images
 
     conf = CONFIGS[name]
-    model_cfg = {**defaults(MODEL_FLAGS), **conf["model"]}
+    model_cfg = ModelConfig(**conf["model"])
     model = build_denoiser(model_cfg, 3, conf["classes"]).to(device).eval()
-    diffusion = create_diffusion(steps=conf["diffusion"]["diffusion_steps"], learn_sigma=model_cfg["learn_sigma"],
-                                 noise_schedule=conf["diffusion"]["noise_schedule"], rescale_timesteps=True)
+    diffusion = diffusion_from_config(DiffusionConfig(**conf["diffusion"]), learn_sigma=model_cfg.learn_sigma,
+                                      sigma_small=model_cfg.sigma_small)
     y = torch.arange(batch) % conf["classes"]
     results = {}
     for sampler in ("ddim", "dpm++"):
         amp = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
         with torch.inference_mode(), amp:
             t0 = time.perf_counter()
-            sample_images(model, diffusion, (batch, 3, model_cfg["image_size"], model_cfg["image_size"]),
-                          sampler=sampler, steps=steps, model_kwargs={"y": y.to(device)} if model_cfg["class_cond"] else None,
+            sample_images(model, diffusion, (batch, 3, model_cfg.image_size, model_cfg.image_size),
+                          sampler=sampler, steps=steps, model_kwargs={"y": y.to(device)} if model_cfg.class_cond else None,
                           generator=torch.Generator().manual_seed(0))
             if device.startswith("cuda"):
                 torch.cuda.synchronize()

@@ -11,17 +11,19 @@ import sys
 
 import _path  # noqa: F401
 
-from clinalign.training.checkpoint import find_checkpoint
 from clinalign.cli import main as clinalign_main
+from clinalign.diffusion import DiffusionConfig
 from clinalign.errors import ConfigError
-from clinalign.training.config import DIFFUSION_FLAGS, MODEL_FLAGS, add_flags, str2bool, typed
-from clinalign.training.loop import config_mismatch
+from clinalign.models.unet import ModelConfig
+from clinalign.training.checkpoint import find_checkpoint
+from clinalign.training.loop import check_flags
+from clinalign.utils.config import add_flags, str2bool, typed
 
 
 def to_clinalign_argv(argv: list[str]) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__)
-    add_flags(parser, MODEL_FLAGS, inherit=True)
-    add_flags(parser, DIFFUSION_FLAGS, inherit=True)
+    add_flags(parser, ModelConfig, inherit=True)
+    add_flags(parser, DiffusionConfig, inherit=True)
     parser.add_argument("--model_path", required=True)
     parser.add_argument("--num_samples", type=int, default=10000)
     parser.add_argument("--batch_size", type=int, default=16)
@@ -32,10 +34,9 @@ def to_clinalign_argv(argv: list[str]) -> list[str]:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     ck = find_checkpoint(args.model_path)
-    problems = config_mismatch(ck.model_config, typed(args, MODEL_FLAGS)) + config_mismatch(
-        ck.diffusion_config, {k: v for k, v in typed(args, DIFFUSION_FLAGS).items() if k != "timestep_respacing"})
-    if problems:
-        raise ConfigError(f"{ck.path}: flags disagree with the checkpoint: {', '.join(problems)}; drop them")
+    check_flags(ck, typed(args, ModelConfig),
+                {k: v for k, v in typed(args, DiffusionConfig).items() if k != "timestep_respacing"},
+                hint="drop them")
     respacing = args.timestep_respacing or ""
     sampler = "ddim" if args.use_ddim or respacing.startswith("ddim") else "ancestral"
     steps = respacing.removeprefix("ddim")

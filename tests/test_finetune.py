@@ -107,7 +107,7 @@ def test_reward_weighted_finetuning_moves_samples_towards_high_reward(tmp_path):
     """A seeded run where the reward is brightness: rewarding bright images must give brighter samples
     than rewarding dark ones from the same pool (an objective that ignores rewards fails this)."""
     from clinalign.data.toy import generate
-    from clinalign.sampling.sample import sample_folder
+    from clinalign.sampling.sample import SampleConfig, sample_folder
 
     real = tmp_path / "real"
     generate(real, classes=2, per_class=24, size=16, seed=1)
@@ -134,7 +134,7 @@ def test_reward_weighted_finetuning_moves_samples_towards_high_reward(tmp_path):
         assert main(finetune_argv(pre, real, mod, run, "--max_steps", "300", "--batch_size", "8", "--lr", "1e-3",
                                   "--beta", "0.1", "--ema_rate", "0.99", "--log_interval", "50")) == 0
         out = tmp_path / f"samples_{name}"
-        sample_folder(run, out, num_samples=32, sampler="ddim", steps=20, batch_size=32, seed=0)
+        sample_folder(run, out, SampleConfig(num_samples=32, sampler="ddim", steps=20, batch_size=32, seed=0))
         means[name] = float(np.mean([brightness(p) for p in list_images(out)]))
     # An objective that ignores the rewards makes the two runs identical (same seeds): a difference of 0.
     assert means["bright"] > means["dark"] + 0.05, means

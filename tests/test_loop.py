@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -38,18 +40,18 @@ def test_one_round_with_the_simulated_expert_then_rerun_resumes(pretrained, toy_
     assert ck.step == 3 and ck.meta["objective"] == "reward-weighted"
     assert 0.0 <= r.mean_reward <= 1.0 and r.expert_plausible_rate is not None
     # rejection sampling with this round's reward model: everything passes a 0 bar, nothing a 1.01 bar
-    from clinalign.sampling.cli import reward_acceptor
-    from clinalign.sampling.sample import sample_folder
+    from clinalign.sampling.rejection import reward_acceptor
+    from clinalign.sampling.sample import SampleConfig, sample_folder
 
     accept_all = reward_acceptor(str(r.reward), 0.0, str(r.checkpoint))
-    kept = sample_folder(r.checkpoint, tmp_path / "rs_all", num_samples=4, sampler="ddim", steps=2, batch_size=4,
-                         accept=accept_all)
+    cfg = SampleConfig(num_samples=4, sampler="ddim", steps=2, batch_size=4)
+    kept = sample_folder(r.checkpoint, tmp_path / "rs_all", cfg, accept=accept_all)
     assert kept.written == 4 and kept.acceptance_rate == 1.0
     rows = (tmp_path / "rs_all" / "manifest.csv").read_text().splitlines()
     assert all(row.split(",")[-1] for row in rows[1:]), "the reward of each kept sample is recorded"
     accept_none = reward_acceptor(str(r.reward), 1.01, str(r.checkpoint))
-    none = sample_folder(r.checkpoint, tmp_path / "rs_none", num_samples=4, sampler="ddim", steps=2, batch_size=4,
-                         accept=accept_none, max_draw_factor=2)
+    none = sample_folder(r.checkpoint, tmp_path / "rs_none", dataclasses.replace(cfg, max_draw_factor=2),
+                         accept=accept_none)
     assert none.written == 0 and none.drawn == 8
     # a rerun finds every step complete and does no work again
     again = run_loop(pretrained, toy_dir, out, rounds=1, cfg=TINY_ROUND)

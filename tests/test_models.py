@@ -6,13 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from clinalign.training.config import MODEL_FLAGS, defaults
-from clinalign.models.unet import build_denoiser, count_parameters, grow_class_rows
+from clinalign.models.unet import ModelConfig, build_denoiser, count_parameters, grow_class_rows
 
 
 def tiny(**over):
-    return {**defaults(MODEL_FLAGS), "image_size": 16, "num_channels": 32, "num_res_blocks": 1,
-            "attention_resolutions": "8", "num_heads": 2, "class_cond": True, **over}
+    return ModelConfig(**{"image_size": 16, "num_channels": 32, "num_res_blocks": 1, "attention_resolutions": "8",
+                          "num_heads": 2, "class_cond": True, **over})
 
 
 @pytest.mark.parametrize("channels", [16, 32, 48, 64, 128])
@@ -27,8 +26,7 @@ def test_group_norms_never_degenerate_to_instance_norm(channels):
 
 
 def test_config_a_size_and_learned_sigma_output():
-    cfg = {**defaults(MODEL_FLAGS), "image_size": 32, "num_channels": 64, "num_res_blocks": 2,
-           "learn_sigma": True, "class_cond": True}
+    cfg = ModelConfig(image_size=32, num_channels=64, num_res_blocks=2, learn_sigma=True, class_cond=True)
     model = build_denoiser(cfg, 3, 4)
     assert 9.5e6 < count_parameters(model) < 10.5e6  # improved-diffusion: 10.18 M
     out = model(torch.randn(2, 3, 32, 32), torch.tensor([1.0, 500.0]), y=torch.tensor([0, 3]))

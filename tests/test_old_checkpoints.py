@@ -42,4 +42,4 @@ def test_an_old_run_resumes_from_its_checkpoint(tmp_path, one_thread):
 
     ck = find_checkpoint(run)
     assert ck.step == 3
-    assert ck.model_config["learn_sigma"] is True and ck.model_config["num_channels"] == 8
+    assert ck.model.learn_sigma is True and ck.model.num_channels == 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from PIL import Image
 from clinalign.cli import main
 from clinalign.data.naming import label_of, list_images
 from clinalign.errors import ConfigError, DataError
-from clinalign.sampling.sample import sample_folder
+from clinalign.sampling.sample import SampleConfig, sample_folder
 
 from .conftest import REPO, TINY_DIFFUSION, TINY_MODEL, subprocess_env
 
@@ -56,8 +57,9 @@ def test_rejection_sampling_gives_up_on_a_hopeless_class_without_starving_the_ot
         keep = labels != hopeless
         return keep, keep.float()
 
-    result = sample_folder(tiny_run, tmp_path / "rs", num_samples=6, classes=["lymphocyte", "neutrophil"],
-                           sampler="ddim", steps=2, batch_size=4, accept=accept, max_draw_factor=3)
+    cfg = SampleConfig(num_samples=6, classes="lymphocyte,neutrophil", sampler="ddim", steps=2, batch_size=4,
+                       max_draw_factor=3)
+    result = sample_folder(tiny_run, tmp_path / "rs", cfg, accept=accept)
     assert result.per_class == {"lymphocyte": 3, "neutrophil": 0}
     assert result.short == {"neutrophil": 3}
     assert result.drawn_per_class["neutrophil"] == 9  # its own budget: 3 x its quota of 3, no more
@@ -67,8 +69,8 @@ def test_rejection_sampling_gives_up_on_a_hopeless_class_without_starving_the_ot
 def test_same_seed_same_images_and_interrupted_run_resumes_exactly(tiny_run, tmp_path):
     import shutil
 
-    kwargs = dict(num_samples=5, sampler="ddim", steps=4, batch_size=2, seed=3)
-    a = sample_folder(tiny_run, tmp_path / "a", **kwargs)
+    cfg = SampleConfig(num_samples=5, sampler="ddim", steps=4, batch_size=2, seed=3)
+    a = sample_folder(tiny_run, tmp_path / "a", cfg)
     assert a.written == 5
     # Simulate a crash: the last batch never written, the one before written but not in the manifest.
     b_dir = tmp_path / "b"
@@ -83,14 +85,14 @@ def test_same_seed_same_images_and_interrupted_run_resumes_exactly(tiny_run, tmp
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(kept)
-    b = sample_folder(tiny_run, b_dir, **kwargs)
+    b = sample_folder(tiny_run, b_dir, cfg)
     assert b.written == len(rows) - len(kept)
     assert a.per_class == b.per_class
     assert (b_dir / "manifest.csv").read_text() == (tmp_path / "a" / "manifest.csv").read_text()
     for f in list_images(tmp_path / "a"):
         assert np.array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(b_dir / f.name))), f.name
     # a different seed gives different images
-    c = sample_folder(tiny_run, tmp_path / "c", **{**kwargs, "seed": 4})
+    c = sample_folder(tiny_run, tmp_path / "c", dataclasses.replace(cfg, seed=4))
     first = sorted(list_images(tmp_path / "a"))[0]
     assert not np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(tmp_path / "c" / first.name)))
     assert c.written == 5
@@ -98,12 +100,12 @@ def test_same_seed_same_images_and_interrupted_run_resumes_exactly(tiny_run, tmp
 
 def test_unknown_class_and_foreign_folder_are_refused(tiny_run, tmp_path):
     with pytest.raises(DataError, match="basophil"):
-        sample_folder(tiny_run, tmp_path / "x", num_samples=1, classes=["basophil"], sampler="ddim", steps=2)
+        sample_folder(tiny_run, tmp_path / "x", SampleConfig(num_samples=1, classes="basophil", sampler="ddim", steps=2))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     Image.new("RGB", (4, 4)).save(foreign / "cat_1.png")
     with pytest.raises(ConfigError, match="did not write"):
-        sample_folder(tiny_run, foreign, num_samples=1, sampler="ddim", steps=2)
+        sample_folder(tiny_run, foreign, SampleConfig(num_samples=1, sampler="ddim", steps=2))
 
 
 def test_seed_sample_script(tiny_run, tmp_path):

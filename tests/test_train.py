@@ -16,7 +16,9 @@ from clinalign.training.checkpoint import find_checkpoint, list_checkpoints
 from clinalign.cli import main
 from clinalign.data.classmap import ClassMap
 from clinalign.errors import CheckpointError, ConfigError
-from clinalign.training.config import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, defaults
+from clinalign.diffusion import DiffusionConfig
+from clinalign.models.unet import ModelConfig
+from clinalign.training.config import TrainConfig
 from clinalign.training.loop import TrainSpec, train
 
 from .conftest import REPO, TINY_DIFFUSION, TINY_MODEL, subprocess_env
@@ -36,8 +38,8 @@ def test_checkpoint_round_trip_carries_config(toy_dir, tmp_path):
     assert main(train_argv(toy_dir, run, "--max_steps", "2", "--learn_sigma", "True")) == 0
     ck = find_checkpoint(run)
     assert ck.step == 2
-    assert ck.model_config["image_size"] == 16 and ck.model_config["learn_sigma"] is True
-    assert ck.diffusion_config["diffusion_steps"] == 100
+    assert ck.model.image_size == 16 and ck.model.learn_sigma is True
+    assert ck.diffusion.diffusion_steps == 100
     assert ck.class_map.names == ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
     assert ck.channels == 3
     model = ck.build_model(ema=False)
@@ -46,7 +48,7 @@ def test_checkpoint_round_trip_carries_config(toy_dir, tmp_path):
         assert torch.equal(p, saved[name]), name
     # the same checkpoint is found from its directory and from its weights file
     assert find_checkpoint(ck.path).step == 2
-    assert find_checkpoint(ck.path / "model.safetensors").meta["model"] == ck.model_config
+    assert find_checkpoint(ck.path / "model.safetensors").meta["model"] == ck.meta["model"]
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2]
     for key in ("loss", "grad_norm", "images_per_s", "lr", "mse", "vb"):
@@ -97,11 +99,10 @@ def test_bad_checkpoint_paths_are_named(tmp_path):
 
 
 def _tiny_spec(run: Path, stream, **train_over) -> TrainSpec:
-    model_cfg = {**defaults(MODEL_FLAGS), "image_size": 16, "num_channels": 32, "num_res_blocks": 1,
-                 "attention_resolutions": "8", "num_heads": 2, "class_cond": True}
-    diffusion_cfg = {**defaults(DIFFUSION_FLAGS), "diffusion_steps": 50}
-    train_cfg = {**defaults(TRAIN_FLAGS), "batch_size": 2, "log_interval": 1, "save_interval": 100, **train_over}
-    return TrainSpec(run_dir=run, model_cfg=model_cfg, diffusion_cfg=diffusion_cfg, train_cfg=train_cfg, channels=3,
+    model = ModelConfig(image_size=16, num_channels=32, num_res_blocks=1, attention_resolutions="8", num_heads=2,
+                        class_cond=True)
+    train_cfg = TrainConfig(**{"batch_size": 2, "log_interval": 1, "save_interval": 100, **train_over})
+    return TrainSpec(run_dir=run, model=model, diffusion=DiffusionConfig(diffusion_steps=50), train=train_cfg, channels=3,
                      class_map=ClassMap.from_labels(["a", "b"]), streams=lambda d, s: [stream()])
 
 
@@ -140,7 +141,7 @@ def test_zero_weights_leave_the_model_unchanged(tmp_path):
     torch.manual_seed(0)
     from clinalign.models.unet import build_denoiser
 
-    init = build_denoiser(spec.model_cfg, 3, 2).state_dict()
+    init = build_denoiser(spec.model, 3, 2).state_dict()
     final = find_checkpoint(run).weights(ema=False)
     for name in init:
         torch.testing.assert_close(init[name], final[name], msg=name)
@@ -156,7 +157,7 @@ def test_seed_script_runs_with_the_seed_flags(toy_dir, tmp_path):
     res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     ck = find_checkpoint(run)
-    assert ck.step == 3 and ck.diffusion_config["use_kl"] is True
+    assert ck.step == 3 and ck.diffusion.use_kl is True
     assert ck.state()["schedule_sampler"], "loss-second-moment history is checkpointed"
 
 

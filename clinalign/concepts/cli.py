@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..training.config import str2bool
+from ..utils.config import str2bool
 
 
 def run_assign(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from ..training.config import str2bool
+from ..utils.config import str2bool
 from . import medmnist
 from . import toy
 from .folder import ImageFolderDataset

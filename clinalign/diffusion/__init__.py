@@ -1,7 +1,7 @@
 """The diffusion process: schedules, forward noising, losses, timestep samplers, respacing and
 samplers, with the semantics of openai/improved-diffusion (Nichol & Dhariwal 2021)."""
 
-from .factory import create_diffusion
+from .factory import DiffusionConfig, create_diffusion, diffusion_from_config
 from .gaussian import GaussianDiffusion, LossType, ModelMeanType, ModelVarType
 from .losses import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .respace import SpacedDiffusion, base_betas, respace, space_timesteps
@@ -16,6 +16,7 @@ from .timestep_samplers import (
 )
 
 __all__ = [
+    "DiffusionConfig",
     "GaussianDiffusion",
     "LossAwareSampler",
     "LossSecondMomentResampler",
@@ -31,6 +32,7 @@ __all__ = [
     "betas_for_alpha_bar",
     "create_diffusion",
     "create_named_schedule_sampler",
+    "diffusion_from_config",
     "discretized_gaussian_log_likelihood",
     "dpm_solver_pp_sample_loop",
     "get_named_beta_schedule",

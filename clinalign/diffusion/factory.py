@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from ..utils.config import option
 from .gaussian import LossType, ModelMeanType, ModelVarType
 from .respace import SpacedDiffusion, space_timesteps
 from .schedules import get_named_beta_schedule
 
-__all__ = ["create_diffusion"]
+__all__ = ["DiffusionConfig", "create_diffusion", "diffusion_from_config"]
+
+
+@dataclass
+class DiffusionConfig:
+    """The diffusion process: improved-diffusion's diffusion flags, names and defaults (stored in checkpoints)."""
+
+    diffusion_steps: int = option(1000, "number of forward-process steps T")
+    noise_schedule: str = option("linear", "beta schedule", choices=("linear", "cosine"))
+    timestep_respacing: str = option("", "sample with fewer steps, e.g. '250' or 'ddim50'")
+    use_kl: bool = option(False, "train on the variational bound only (L_vlb)")
+    predict_xstart: bool = option(False, "predict x_0 instead of the noise")
+    rescale_timesteps: bool = option(True, "feed timesteps to the model scaled to [0, 1000)")
+    rescale_learned_sigmas: bool = option(True, "hybrid loss (L_simple + lambda L_vlb) when learn_sigma")
+
+
+def diffusion_from_config(cfg: DiffusionConfig, *, learn_sigma: bool, sigma_small: bool,
+                          timestep_respacing: str | None = None) -> SpacedDiffusion:
+    """The one place a config becomes a diffusion (training: respacing ""; sampling: the config's or given)."""
+    return create_diffusion(
+        steps=cfg.diffusion_steps, learn_sigma=learn_sigma, sigma_small=sigma_small, noise_schedule=cfg.noise_schedule,
+        use_kl=cfg.use_kl, predict_xstart=cfg.predict_xstart, rescale_timesteps=cfg.rescale_timesteps,
+        rescale_learned_sigmas=cfg.rescale_learned_sigmas,
+        timestep_respacing=cfg.timestep_respacing if timestep_respacing is None else timestep_respacing)
 
 
 def create_diffusion(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..training.config import str2bool
+from ..utils.config import str2bool
 from .oracle import OracleConfig
 from .run import MetricConfig, evaluate, json_safe
 from .utility import UtilityConfig

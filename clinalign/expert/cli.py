@@ -10,7 +10,7 @@ import torch
 from ..data.concepts import parse_concept_specs
 from ..errors import ConfigError
 from .simulator import LABEL_FUNCTIONS, ExpertConfig, check_reviewer, expert_for, review_queue, simulate
-from ..training.config import str2bool
+from ..utils.config import str2bool
 
 
 def run_simulate(args: argparse.Namespace) -> int:

@@ -14,12 +14,13 @@ Mapping of improved-diffusion's architecture flags onto UNet2DModel:
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..utils.config import option
 
 _DEFAULT_MULT = {256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2), 28: (1, 2, 2)}
 
@@ -61,42 +62,68 @@ class Denoiser(nn.Module):
         return self.unet(x, t, class_labels=y if self.num_classes else None).sample
 
 
-def build_denoiser(model_cfg: dict[str, Any], in_channels: int, num_classes: int) -> Denoiser:
+@dataclass
+class ModelConfig:
+    """The denoiser's architecture: improved-diffusion's model flags, names and defaults.
+
+    Stored in every checkpoint; a checkpoint's values win over defaults when it is resumed,
+    finetuned or sampled. ``learn_sigma`` and ``sigma_small`` shape the diffusion's variance but
+    are model flags in the seed, so they stay here.
+    """
+
+    image_size: int = option(64, "side of the square images the model sees (images are scaled and centre-cropped)")
+    num_channels: int = option(128, "base channel width of the UNet")
+    num_res_blocks: int = option(2, "residual blocks per resolution")
+    num_heads: int = option(4, "attention heads (at the first attention resolution)")
+    num_heads_upsample: int = option(-1, "accepted for compatibility; diffusers' UNet uses num_heads everywhere")
+    attention_resolutions: str = option("16,8", "resolutions (in pixels) at which self-attention is used")
+    channel_mult: str = option("", "comma list of per-level channel multipliers; empty = improved-diffusion's "
+                                   "choice for image_size")
+    dropout: float = option(0.0, "dropout in residual blocks")
+    learn_sigma: bool = option(False, "learn the reverse-process variance (hybrid loss L_simple + 0.001 L_vlb)")
+    sigma_small: bool = option(False, "fixed small variance (posterior) instead of beta_t when sigma is not learned")
+    class_cond: bool = option(False, "condition on the class (file-name prefix before the first '_')")
+    use_checkpoint: bool = option(False, "gradient checkpointing: less memory, slower")
+    use_scale_shift_norm: bool = option(True, "FiLM-style scale/shift of the time+class embedding in residual "
+                                              "blocks")
+
+
+def build_denoiser(model_cfg: ModelConfig, in_channels: int, num_classes: int) -> Denoiser:
     from diffusers import UNet2DModel  # heavy import, only when a model is built
 
-    size = int(model_cfg["image_size"])
-    mult = channel_mult_for(size, model_cfg.get("channel_mult", ""))
-    ch = int(model_cfg["num_channels"])
+    size = int(model_cfg.image_size)
+    mult = channel_mult_for(size, model_cfg.channel_mult)
+    ch = int(model_cfg.num_channels)
     if size % (2 ** (len(mult) - 1)):
         raise ConfigError(f"image_size {size} is not divisible by 2^{len(mult) - 1} for channel_mult {mult}; "
                           "pick another --image_size or --channel_mult")
-    attn_px = {int(r) for r in str(model_cfg["attention_resolutions"]).split(",") if r.strip()}
+    attn_px = {int(r) for r in str(model_cfg.attention_resolutions).split(",") if r.strip()}
     widths = tuple(ch * m for m in mult)
     resolutions = [size // 2**i for i in range(len(mult))]
     down = tuple("AttnDownBlock2D" if r in attn_px else "DownBlock2D" for r in resolutions)
     up = tuple("AttnUpBlock2D" if r in attn_px else "UpBlock2D" for r in reversed(resolutions))
     attn_widths = [w for w, r in zip(widths, resolutions) if r in attn_px] or [widths[-1]]
-    head_dim = max(1, attn_widths[0] // int(model_cfg["num_heads"]))
-    out_channels = in_channels * (2 if model_cfg["learn_sigma"] else 1)
+    head_dim = max(1, attn_widths[0] // int(model_cfg.num_heads))
+    out_channels = in_channels * (2 if model_cfg.learn_sigma else 1)
     unet = UNet2DModel(
         sample_size=size,
         in_channels=in_channels,
         out_channels=out_channels,
         block_out_channels=widths,
-        layers_per_block=int(model_cfg["num_res_blocks"]),
+        layers_per_block=int(model_cfg.num_res_blocks),
         down_block_types=down,
         up_block_types=up,
         attention_head_dim=head_dim,
         norm_num_groups=_groups(ch),
-        dropout=float(model_cfg["dropout"]),
-        resnet_time_scale_shift="scale_shift" if model_cfg["use_scale_shift_norm"] else "default",
-        num_class_embeds=num_classes if (model_cfg["class_cond"] and num_classes) else None,
+        dropout=float(model_cfg.dropout),
+        resnet_time_scale_shift="scale_shift" if model_cfg.use_scale_shift_norm else "default",
+        num_class_embeds=num_classes if (model_cfg.class_cond and num_classes) else None,
         flip_sin_to_cos=False,  # improved-diffusion's embedding order: [cos, sin]
         freq_shift=0,
     )
-    if model_cfg.get("use_checkpoint"):
+    if model_cfg.use_checkpoint:
         unet.enable_gradient_checkpointing()
-    return Denoiser(unet, num_classes if model_cfg["class_cond"] else 0)
+    return Denoiser(unet, num_classes if model_cfg.class_cond else 0)
 
 
 CLASS_EMBEDDING_KEY = "unet.class_embedding.weight"

@@ -16,45 +16,49 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..training.config import OBJECTIVES
+from ..utils.config import option
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DemoConfig:
-    out: Path = Path("clinalign-demo")
-    data: str = ""  # "" = toy cells; a MedMNIST-format .npz; or an image folder (with train/ and test/ inside, or not)
-    minutes: float = 10.0
-    seed: int = 0
-    classes: int = 4
-    per_class: int = 300
-    test_per_class: int = 100
-    image_size: int = 32
-    num_channels: int = 32
+    out: str = option("clinalign-demo", "output folder")
+    data: str = option("", "a MedMNIST .npz, or a folder with train/ and test/ (default: toy cells)")
+    minutes: float = option(10.0, "scales the number of training steps")
+    seed: int = option(0, "seeds every stage")
+    classes: int = option(4, "toy classes", flag=False)
+    per_class: int = option(300, "toy training images per class", flag=False)
+    test_per_class: int = option(100, "toy test images per class", flag=False)
+    image_size: int = option(32, flag=False)
+    num_channels: int = option(32, flag=False)
     # Short on purpose: a model that still makes implausible cells, so the expert has something to
     # reject (measured on toy cells: 73 % oracle-plausible after 200 steps, 96 % after 1000).
-    pretrain_steps: int = 200  # at --minutes 10; every step count scales linearly with the budget
-    batch_size: int = 32
-    lr: float = 1e-3
+    pretrain_steps: int = option(200, "at --minutes 10; every step count scales linearly with the budget",
+                                 flag=False)
+    batch_size: int = option(32, flag=False)
+    lr: float = option(1e-3, flag=False)
     # x0-prediction: an eps-predicting net this small, trained this briefly, gets the global stain
     # colour wrong (its x0 error at high noise is amplified by 1/sqrt(alpha_bar)); predicting x0
     # directly gets colour right within a few hundred steps (measured: 2.6 % vs 96 % plausible).
-    predict_xstart: bool = True
-    samples_per_class: int = 96
-    finetune_steps: int = 300
-    finetune_lr: float = 5e-4
+    predict_xstart: bool = option(True, flag=False)
+    samples_per_class: int = option(96, flag=False)
+    finetune_steps: int = option(300, flag=False)
+    finetune_lr: float = option(5e-4, flag=False)
     # beta 1 with as many real images per step as pretraining: the feedback term comes on top of
     # what training on without feedback gets (measured on toy cells, same base, 300 steps:
     # +20 points at beta 1, +15 at beta 1 with half the real images, +15 at the published 0.3).
-    beta: float = 1.0
-    reward_transform: str = "threshold"
-    objective: str = "reward-weighted"
-    reward_epochs: int = 15
-    tau: float = 0.9  # a strict expert: at 0.5 it accepted 99.7 % of the samples and taught nothing
+    beta: float = option(1.0, "weight of the real-data loss in the finetune")
+    reward_transform: str = option("threshold", flag=False)
+    objective: str = option("reward-weighted", "reward-weighted or Diffusion-KTO", choices=OBJECTIVES)
+    reward_epochs: int = option(15, flag=False)
+    tau: float = option(0.9, "the simulated expert's strictness (at 0.5 it accepted 99.7 % and taught nothing)")
     # The honest comparison: the same number of extra steps on real data only, no feedback.
-    control: bool = True
-    use_fp16: bool = True
-    device: str = "auto"
+    control: bool = option(True, "also continue pretraining without feedback for as many steps (the fair "
+                                 "comparison)")
+    use_fp16: bool = option(True, flag=False)
+    device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
 
     def scaled(self, steps: int) -> int:
         return max(20, round(steps * self.minutes / 10.0))
@@ -66,7 +70,7 @@ def prepare_data(cfg: DemoConfig) -> tuple[Path, Path | None, Path]:
     from ..data.naming import list_images
     from ..data.toy import generate
 
-    root = cfg.out / "data"
+    root = Path(cfg.out) / "data"
     train, val, test = root / "train", root / "val", root / "test"
     if not cfg.data:
         if not train.exists():
@@ -126,12 +130,13 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     train, val, test = prepare_data(cfg)
     seconds["data"] = round(time.perf_counter() - t0, 1)
 
     t = time.perf_counter()
-    pre_run = cfg.out / "pretrain"
+    pre_run = Path(cfg.out) / "pretrain"
     pre_steps, ft_steps = cfg.scaled(cfg.pretrain_steps), cfg.scaled(cfg.finetune_steps)
     pretrain(pretrain_args(cfg, train, pre_run, pre_steps), progress=progress)
     seconds["pretrain"] = round(time.perf_counter() - t, 1)
@@ -140,25 +145,24 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
                        finetune_batch=cfg.batch_size, beta=cfg.beta, reward_epochs=cfg.reward_epochs, tau=cfg.tau,
                        reward_transform=cfg.reward_transform, objective=cfg.objective, use_fp16=cfg.use_fp16,
                        seed=cfg.seed, device=cfg.device)
-    round1 = run_round(1, pre_run, train, val, cfg.out, rcfg, progress=progress)
+    round1 = run_round(1, pre_run, train, val, Path(cfg.out), rcfg, progress=progress)
     n_classes = len(find_checkpoint(pre_run).class_map)  # the data's, not cfg.classes (toy only)
     seconds.update({f"round1_{k}": v for k, v in round1.seconds.items()})
 
     # One evaluator: the real reference is embedded once for the feedback and the control sets.
-    evaluator = Evaluator(train, test, models_dir=cfg.out / "evaluation-models",
+    evaluator = Evaluator(train, test, models_dir=Path(cfg.out) / "evaluation-models",
                           oracle_config=OracleConfig(image_size=cfg.image_size), reward_checkpoint=round1.reward,
                           progress=progress)
 
     def sample_and_evaluate(checkpoint: Path, name: str, baseline: Path | None):
         t = time.perf_counter()
-        samples = cfg.out / name / "samples"
-        sample_folder(checkpoint, samples, num_samples=cfg.samples_per_class * n_classes, sampler=rcfg.sampler,
-                      steps=rcfg.steps, batch_size=rcfg.sample_batch, seed=cfg.seed + 7, device=cfg.device,
-                      use_fp16=cfg.use_fp16, progress=progress)
+        samples = Path(cfg.out) / name / "samples"
+        sample_folder(checkpoint, samples, rcfg.sample_config(cfg.samples_per_class * n_classes, cfg.seed + 7),
+                      progress=progress)
         seconds[f"sample_{name}"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
         result = evaluator.judge(samples, baseline)
-        write_outputs(result, cfg.out / ("evaluation" if name == "after" else f"evaluation-{name}"))
+        write_outputs(result, Path(cfg.out) / ("evaluation" if name == "after" else f"evaluation-{name}"))
         seconds[f"evaluate_{name}"] = round(time.perf_counter() - t, 1)
         return result
 
@@ -166,14 +170,14 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     control = None
     if cfg.control:
         t = time.perf_counter()
-        control_ck = continue_without_feedback(cfg, train, pre_run, cfg.out / "control", ft_steps, progress)
+        control_ck = continue_without_feedback(cfg, train, pre_run, Path(cfg.out) / "control", ft_steps, progress)
         seconds["control_train"] = round(time.perf_counter() - t, 1)
         control = sample_and_evaluate(control_ck, "control", None)
     seconds["total"] = round(time.perf_counter() - t0, 1)
     summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-               "seconds": seconds, "report": str(cfg.out / "evaluation" / "report.html"),
+               "seconds": seconds, "report": str(Path(cfg.out) / "evaluation" / "report.html"),
                "table": before_after_table(result, control)}
-    (cfg.out / "demo.json").write_text(json.dumps(summary, indent=2))
+    (Path(cfg.out) / "demo.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

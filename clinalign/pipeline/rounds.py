@@ -23,7 +23,11 @@ from typing import Any
 
 from ..training.checkpoint import find_checkpoint, latest_checkpoint
 from ..data.layouts import ALIGN, NOTALIGN
+from ..diffusion.samplers import SAMPLERS
 from ..errors import ConfigError, DataError
+from ..sampling.sample import SampleConfig
+from ..training.config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig
+from ..utils.config import option
 from ..utils.fileio import write_texts_atomic
 
 log = logging.getLogger(__name__)
@@ -31,26 +35,34 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RoundConfig:
-    samples_per_class: int = 64
-    sampler: str = "dpm++"
-    steps: int = 20
-    sample_batch: int = 64
-    tau: float = 0.5  # simulated expert's strictness
-    noise: float = 0.0  # simulated expert's label-noise rate
-    val_share: float = 0.2  # feedback held out to calibrate / early-stop the reward model
-    reward_epochs: int = 20
-    reward_image_size: int | None = None
-    finetune_steps: int = 300
-    finetune_lr: float = 1e-4
-    finetune_batch: int = 16
-    beta: float = 0.3
-    reward_transform: str = "raw"
-    objective: str = "reward-weighted"  # or "kto": the expert's verdicts as likes / dislikes
-    kto_beta: float = 5000.0
-    ema_rate: str = "0.999"
-    use_fp16: bool = False
-    seed: int = 0
-    device: str = "auto"
+    """One round's settings (``clinalign loop`` flags; the demo builds one too)."""
+
+    samples_per_class: int = option(64, "samples drawn per class for the expert to judge")
+    sampler: str = option("dpm++", "sampler for the samples the expert judges", choices=SAMPLERS)
+    steps: int = option(20, "denoising steps per sample")
+    sample_batch: int = option(64, "images per sampling forward pass")
+    tau: float = option(0.5, "simulated expert's strictness")
+    noise: float = option(0.0, "simulated expert's label-noise rate")
+    val_share: float = option(0.2, "share of the feedback held out to calibrate / early-stop the reward model")
+    reward_epochs: int = option(20, "reward model training epochs")
+    reward_image_size: int = option(0, "reward model input size (0 = the generator's image size)")
+    finetune_steps: int = option(300, "finetuning steps per round")
+    finetune_lr: float = option(1e-4, "finetuning learning rate")
+    finetune_batch: int = option(16, "real and synthetic images per finetuning step (each)")
+    beta: float = option(FinetuneConfig.beta, "weight of the real-data loss in the finetune")
+    reward_transform: str = option(FinetuneConfig.reward_transform, "how rewards become loss weights",
+                                   choices=REWARD_TRANSFORMS)
+    objective: str = option(FinetuneConfig.objective, "reward-weighted (the paper's) or Diffusion-KTO on the "
+                            "expert's likes/dislikes", choices=OBJECTIVES)
+    kto_beta: float = option(FinetuneConfig.kto_beta, "KTO's scale on the loss difference to the start model")
+    ema_rate: str = option("0.999", "EMA rate of the finetune")
+    use_fp16: bool = option(False, "bf16 autocast for sampling and finetuning")
+    seed: int = option(0, "seeds sampling, the expert, the reward model and the finetune")
+    device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
+
+    def sample_config(self, num_samples: int, seed: int) -> SampleConfig:
+        return SampleConfig(num_samples=num_samples, sampler=self.sampler, steps=self.steps,
+                            batch_size=self.sample_batch, seed=seed, device=self.device, use_fp16=self.use_fp16)
 
 
 @dataclass
@@ -155,8 +167,7 @@ def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None,
 
     samples = rdir / "samples"
     with _timed(secs, "sample"):
-        sample_folder(ck, samples, num_samples=n, sampler=cfg.sampler, steps=cfg.steps, batch_size=cfg.sample_batch,
-                      seed=cfg.seed + 1000 * k, device=cfg.device, use_fp16=cfg.use_fp16, progress=progress)
+        sample_folder(ck, samples, cfg.sample_config(n, cfg.seed + 1000 * k), progress=progress)
 
     fb = rdir / "feedback"
     expert_rate = None
@@ -181,7 +192,7 @@ def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None,
         if not (reward_dir / "reward.safetensors").exists():
             train_reward(TrainConfig(train_dir=real_train, train_anno_dir=fb_train, val_dir=real_val,
                                      val_anno_dir=fb_val if any(fb_val.iterdir()) else None, save_dir=reward_dir,
-                                     epochs=cfg.reward_epochs, image_size=cfg.reward_image_size, seed=cfg.seed,
+                                     epochs=cfg.reward_epochs, image_size=cfg.reward_image_size or None, seed=cfg.seed,
                                      device="cpu" if cfg.device == "cpu" else "auto"))
         rewards_csv = samples / "rewards.csv"
         if not rewards_csv.exists():

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..training.config import str2bool
+from ..utils.config import str2bool
 
 log = logging.getLogger(__name__)
 

@@ -19,16 +19,49 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..training.checkpoint import Checkpoint, find_checkpoint
 from ..data.classmap import ClassMap
 from ..data.naming import MANIFEST_NAME, list_images
-from ..utils.distributed import resolve_device
+from ..diffusion.samplers import SAMPLERS
 from ..errors import ConfigError
+from ..training.checkpoint import Checkpoint, find_checkpoint
+from ..utils.config import option
+from ..utils.distributed import resolve_device
 from ..utils.fileio import atomic_writer
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("ancestral", "ddim", "dpm++")
+# Steps when --steps is 0: every training step for ancestral sampling; the usual counts for the others.
+DEFAULT_STEPS = {"ancestral": None, "ddim": 50, "dpm++": 20}
+
+
+@dataclass
+class SampleConfig:
+    """How to draw samples (``clinalign sample`` flags; the loop and the demo build one too)."""
+
+    num_samples: int = option(16, "images in total, spread evenly over --classes")
+    classes: str = option("", "comma-separated class names (default: every class of the run)")
+    sampler: str = option("ancestral", "ancestral (DDPM), ddim, or dpm++ (DPM-Solver++(2M), good at 10-25 steps)",
+                          choices=SAMPLERS)
+    steps: int = option(0, "denoising steps (0 = all training steps for ancestral, 50 for ddim, 20 for dpm++)")
+    eta: float = option(0.0, "DDIM eta (0 = deterministic)")
+    batch_size: int = option(16, "images per forward pass")
+    seed: int = option(0, "each batch's noise depends only on (seed, batch index)")
+    ema: bool = option(True, "use the EMA weights")
+    clip_denoised: bool = option(True, "clip predicted x_0 to [-1, 1] while sampling")
+    use_fp16: bool = option(False, "bf16 autocast")
+    device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
+    max_draw_factor: int = option(50, "rejection sampling: give up on a class after drawing this many times its "
+                                      "quota")
+
+    @property
+    def class_list(self) -> list[str] | None:
+        return [c.strip() for c in self.classes.split(",") if c.strip()] or None
+
+    @property
+    def resolved_steps(self) -> int | None:
+        return self.steps or DEFAULT_STEPS[self.sampler]
+
+
 UNCONDITIONAL = "sample"  # file-name prefix of an unconditional model's samples
 MANIFEST_FIELDS = ["ID", "class", "seed", "batch", "checkpoint", "sampler", "steps", "reward"]
 
@@ -97,102 +130,126 @@ def generate(model, diffusion, labels: torch.Tensor, shape: tuple[int, ...], *, 
     return x.float().clamp(-1, 1).cpu()
 
 
-def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, *, num_samples: int,
-                  classes: list[str] | None = None, sampler: str = "ancestral", steps: int | None = None,
-                  batch_size: int = 16, seed: int = 0, ema: bool = True, clip_denoised: bool = True,
-                  eta: float = 0.0, device: str = "auto", use_fp16: bool = False, progress: bool = False,
-                  accept: AcceptFn | None = None, max_draw_factor: int = 50) -> SampleResult:
-    from ..data.transforms import save_png, to_uint8
+def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, cfg: SampleConfig,
+                  accept: AcceptFn | None = None, progress: bool = False) -> SampleResult:
+    """Draw ``cfg.num_samples`` images (split evenly over the classes) into ``out``; resumable.
 
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    ``accept`` (rejection sampling): keeps only the images it accepts, drawing more until every
+    class has its quota or has used ``cfg.max_draw_factor`` times its quota in draws.
+    """
+    if cfg.sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else find_checkpoint(checkpoint)
+    class_map, names = _classes_to_draw(ck, cfg.class_list)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"checkpoint": str(ck.path), "sampler": cfg.sampler, "steps": str(cfg.resolved_steps or ""),
+                "seed": str(cfg.seed)}
+    rows = _resume_rows(out, out / MANIFEST_NAME, settings)
+    if rows:
+        log.info("%s: resuming, %d of %d samples already there", out, len(rows), cfg.num_samples)
+    draw = _Drawer(ck, cfg, class_map, names, rows, settings, accept)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.num_samples, initial=len(rows), unit="img", dynamic_ncols=True)
+    while draw.needs_more():
+        written = draw.batch(out)
+        if bar is not None:
+            bar.update(written)
+    if bar is not None:
+        bar.close()
+    write_npz(out, draw.rows, class_map)
+    concepts = {n: class_map.parents[n] for n in {r["class"] for r in draw.rows} if class_map.parents.get(n)}
+    if concepts:  # evaluation judges a concept's samples as its parent class
+        from ..data.concepts import write_concepts_file
+
+        write_concepts_file(out, concepts)
+    per_class = {n: sum(1 for r in draw.rows if r["class"] == n) for n in names}
+    return SampleResult(out=out, written=draw.written, drawn=sum(draw.drawn_by.values()), per_class=per_class,
+                        drawn_per_class=draw.drawn_by, short=draw.short)
+
+
+def _classes_to_draw(ck: Checkpoint, classes: list[str] | None) -> tuple[ClassMap, list[str]]:
     class_map = ck.class_map
-    class_cond = bool(ck.model_config["class_cond"])
-    if not class_cond:
+    if not ck.model.class_cond:
         if classes:
             raise ConfigError(f"{ck.path}: the model is unconditional (class_cond False); drop --classes")
         class_map = ClassMap([UNCONDITIONAL])
     names = list(classes) if classes else list(class_map.names)
     for name in names:
         class_map.index(name)  # unknown class -> DataError naming the known ones
-    quotas = class_quotas(names, num_samples)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = out / MANIFEST_NAME
-    settings = {"checkpoint": str(ck.path), "sampler": sampler, "steps": str(steps or ""), "seed": str(seed)}
-    rows = _resume_rows(out, manifest, settings)
-    done = {n: 0 for n in names}
-    for row in rows:
-        done[row["class"]] = done.get(row["class"], 0) + 1
-    next_batch = max((int(r["batch"]) for r in rows), default=-1) + 1
-    remaining = {n: max(0, quotas[n] - done.get(n, 0)) for n in names}
-    if rows:
-        log.info("%s: resuming, %d of %d samples already there", out, len(rows), num_samples)
+    return class_map, names
 
-    dev = resolve_device(device)
-    model = ck.build_model(ema=ema, device=dev).eval()
-    diffusion = ck.build_diffusion(timestep_respacing="")
-    size = int(ck.model_config["image_size"])
-    shape_tail = (ck.channels, size, size)
-    written = 0
-    # Per class, so one class the reward model (almost) never accepts is given up on without using
-    # up the draws of the others.
-    budget = {n: max_draw_factor * max(1, remaining[n]) for n in names}
-    drawn_by = dict.fromkeys(names, 0)
-    short: dict[str, int] = {}
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=num_samples, initial=len(rows), unit="img", dynamic_ncols=True)
-    counter = len(rows)
-    while any(remaining.values()):
-        batch_names = _batch_labels(remaining, batch_size)
-        if accept is not None:  # draw a full batch even near the end: rejects are expected
-            batch_names = (batch_names * batch_size)[:batch_size]
-        labels = torch.tensor([class_map.index(n) for n in batch_names])
-        images = generate(model, diffusion, labels, (len(batch_names), *shape_tail), sampler=sampler, steps=steps,
-                          generator=batch_generator(seed, next_batch), class_cond=class_cond, eta=eta,
-                          clip_denoised=clip_denoised, use_fp16=use_fp16)
-        keep = torch.ones(len(batch_names), dtype=torch.bool)
-        scores = None
-        if accept is not None:
-            keep, scores = accept(images, labels)
-        pixels = to_uint8(images)
+class _Drawer:
+    """The state of one sampling run: quotas left, rows written, draws per class, the model."""
+
+    def __init__(self, ck: Checkpoint, cfg: SampleConfig, class_map: ClassMap, names: list[str],
+                 rows: list[dict[str, str]], settings: dict[str, str], accept: AcceptFn | None):
+        self.cfg, self.class_map, self.names, self.rows, self.settings, self.accept = (
+            cfg, class_map, names, rows, settings, accept)
+        quotas = class_quotas(names, cfg.num_samples)
+        done = {n: sum(1 for r in rows if r["class"] == n) for n in names}
+        self.remaining = {n: max(0, quotas[n] - done[n]) for n in names}
+        self.next_batch = max((int(r["batch"]) for r in rows), default=-1) + 1
+        # Per class, so one class the reward model (almost) never accepts is given up on without using
+        # up the draws of the others.
+        self.budget = {n: cfg.max_draw_factor * max(1, self.remaining[n]) for n in names}
+        self.drawn_by = dict.fromkeys(names, 0)
+        self.short: dict[str, int] = {}
+        self.written, self.counter = 0, len(rows)
+        self.class_cond = bool(ck.model.class_cond)
+        self.model = ck.build_model(ema=cfg.ema, device=resolve_device(cfg.device)).eval()
+        self.diffusion = ck.build_diffusion(timestep_respacing="")
+        size = int(ck.model.image_size)
+        self.shape_tail = (ck.channels, size, size)
+
+    def needs_more(self) -> bool:
+        return any(self.remaining.values())
+
+    def batch(self, out: Path) -> int:
+        """Draw one batch, write what is kept, update the manifest; returns the number written."""
+        from ..data.transforms import save_png, to_uint8
+
+        cfg = self.cfg
+        batch_names = _batch_labels(self.remaining, cfg.batch_size)
+        if self.accept is not None:  # draw a full batch even near the end: rejects are expected
+            batch_names = (batch_names * cfg.batch_size)[:cfg.batch_size]
+        labels = torch.tensor([self.class_map.index(n) for n in batch_names])
+        images = generate(self.model, self.diffusion, labels, (len(batch_names), *self.shape_tail),
+                          sampler=cfg.sampler, steps=cfg.resolved_steps,
+                          generator=batch_generator(cfg.seed, self.next_batch), class_cond=self.class_cond,
+                          eta=cfg.eta, clip_denoised=cfg.clip_denoised, use_fp16=cfg.use_fp16)
+        keep, scores = (torch.ones(len(batch_names), dtype=torch.bool), None)
+        if self.accept is not None:
+            keep, scores = self.accept(images, labels)
+        pixels, written = to_uint8(images), 0
         for j, name in enumerate(batch_names):
-            drawn_by[name] += 1
-            if not keep[j] or remaining[name] == 0:
+            self.drawn_by[name] += 1
+            if not keep[j] or self.remaining[name] == 0:
                 continue
-            file_id = f"{name}_{counter:06d}.png"
+            file_id = f"{name}_{self.counter:06d}.png"
             save_png(pixels[j], out / file_id)
-            rows.append({"ID": file_id, "class": name, "batch": str(next_batch),
-                         "reward": f"{float(scores[j]):.6f}" if scores is not None else "", **settings})
-            remaining[name] -= 1
-            counter += 1
+            self.rows.append({"ID": file_id, "class": name, "batch": str(self.next_batch),
+                              "reward": f"{float(scores[j]):.6f}" if scores is not None else "", **self.settings})
+            self.remaining[name] -= 1
+            self.counter += 1
             written += 1
-            if bar is not None:
-                bar.update(1)
-        _write_rows_atomic(manifest, rows)
-        next_batch += 1
-        for name in names:
-            if remaining[name] and drawn_by[name] >= budget[name]:
-                log.warning("%s: gave up after drawing %d images, %d short of the quota: too few pass the reward "
-                            "bar (raise --max_draw_factor or lower --min_reward)", name, drawn_by[name],
-                            remaining[name])
-                short[name], remaining[name] = remaining[name], 0
-    if bar is not None:
-        bar.close()
-    write_npz(out, rows, class_map)
-    concepts = {n: class_map.parents[n] for n in {r["class"] for r in rows} if class_map.parents.get(n)}
-    if concepts:  # evaluation judges a concept's samples as its parent class
-        from ..data.concepts import write_concepts_file
+        _write_rows_atomic(out / MANIFEST_NAME, self.rows)
+        self.next_batch += 1
+        self.written += written
+        self._give_up_on_hopeless_classes()
+        return written
 
-        write_concepts_file(out, concepts)
-    per_class = {n: sum(1 for r in rows if r["class"] == n) for n in names}
-    return SampleResult(out=out, written=written, drawn=sum(drawn_by.values()), per_class=per_class,
-                        drawn_per_class=drawn_by,
-                        short=short)
+    def _give_up_on_hopeless_classes(self) -> None:
+        for name in self.names:
+            if self.remaining[name] and self.drawn_by[name] >= self.budget[name]:
+                log.warning("%s: gave up after drawing %d images, %d short of the quota: too few pass the reward "
+                            "bar (raise --max_draw_factor or lower --min_reward)", name, self.drawn_by[name],
+                            self.remaining[name])
+                self.short[name], self.remaining[name] = self.remaining[name], 0
 
 
 def _resume_rows(out: Path, manifest: Path, settings: dict[str, str]) -> list[dict[str, str]]:

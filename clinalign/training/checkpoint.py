@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..diffusion.factory import DiffusionConfig, diffusion_from_config
 from ..errors import CheckpointError
-from ..utils.fileio import write_json_atomic  # noqa: F401  (used by the stages that import it from here)
+from ..models.unet import ModelConfig
+from ..utils.config import from_dict
+from ..utils.fileio import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,12 @@ class Checkpoint:
         return int(self.meta["step"])
 
     @property
-    def model_config(self) -> dict[str, Any]:
-        return self.meta["model"]
+    def model(self) -> ModelConfig:
+        return from_dict(ModelConfig, self.meta["model"], f"{self.path}: model config")
 
     @property
-    def diffusion_config(self) -> dict[str, Any]:
-        return self.meta["diffusion"]
+    def diffusion(self) -> DiffusionConfig:
+        return from_dict(DiffusionConfig, self.meta["diffusion"], f"{self.path}: diffusion config")
 
     @property
     def channels(self) -> int:
@@ -110,21 +111,15 @@ class Checkpoint:
         from ..models.unet import build_denoiser
 
         classes = class_map if class_map is not None else self.class_map
-        model = build_denoiser(self.model_config, self.channels, len(classes))
+        model = build_denoiser(self.model, self.channels, len(classes))
         load_weights(model, self.weights(ema, class_map), self.path)
         return model.to(device)
 
     def build_diffusion(self, timestep_respacing: str | None = None):
-        from ..diffusion import create_diffusion
-
-        cfg = dict(self.diffusion_config)
-        return create_diffusion(
-            steps=cfg["diffusion_steps"], learn_sigma=self.model_config["learn_sigma"],
-            sigma_small=self.model_config.get("sigma_small", False), noise_schedule=cfg["noise_schedule"],
-            use_kl=cfg["use_kl"], predict_xstart=cfg["predict_xstart"], rescale_timesteps=cfg["rescale_timesteps"],
-            rescale_learned_sigmas=cfg["rescale_learned_sigmas"],
-            timestep_respacing=cfg["timestep_respacing"] if timestep_respacing is None else timestep_respacing,
-        )
+        """The run's diffusion; ``timestep_respacing`` None keeps the config's own respacing."""
+        model = self.model
+        return diffusion_from_config(self.diffusion, learn_sigma=model.learn_sigma, sigma_small=model.sigma_small,
+                                     timestep_respacing=timestep_respacing)
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
@@ -136,27 +131,14 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
             "architecture or version — retrain, or pass the checkpoint that matches these flags")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(run_dir: Path, meta: dict[str, Any], model_state: dict[str, torch.Tensor],
                     ema_states: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> Path:
-    """Write a checkpoint directory atomically (temp dir, fsync, rename)."""
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{int(meta['step']):06d}"
+    """Write a checkpoint directory atomically and durably (temp dir, fsync, rename)."""
+    final = Path(run_dir) / "checkpoints" / f"step_{int(meta['step']):06d}"
     meta = {**meta, "format": FORMAT_VERSION, "ema_rates": list(ema_states)}
     header = {META_KEY: json.dumps(meta)}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    # The same step saved again (the final save after a periodic one) replaces the earlier copy.
+    with atomic_directory(final, durable=True) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()},
                   str(tmp / "model.safetensors"), metadata=header)
         for rate, ema in ema_states.items():
@@ -164,16 +146,6 @@ def save_checkpoint(run_dir: Path, meta: dict[str, Any], model_state: dict[str, 
                       str(tmp / f"ema_{rate}.safetensors"), metadata=header)
         torch.save(state, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        for f in tmp.iterdir():
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():  # the same step saved again (e.g. the final save after a periodic one)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("saved checkpoint %s", final)
     return final
 

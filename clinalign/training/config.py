@@ -1,136 +1,97 @@
-"""The one flag table.
+"""Training settings: the seed's training flags (improved-diffusion's ``image_train.py``) plus
+clinalign's additions, and the finetuning settings of the seed's ``image_finetuned.py``.
 
-Names and defaults are improved-diffusion's (``script_util.model_and_diffusion_defaults`` and
-``image_train.py``), so the seed's command lines keep working; clinalign's additions are marked.
-Every entry point (``clinalign train``, ``scripts/image_train.py``, finetuning, sampling) builds
-its parser from these tables, and a run's ``config.json`` stores exactly these keys.
+The architecture and diffusion settings live beside the code they configure
+(:class:`clinalign.models.unet.ModelConfig`, :class:`clinalign.diffusion.DiffusionConfig`); every
+command and seed script builds its flags from these dataclasses (:mod:`clinalign.utils.config`).
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+
+from ..diffusion.timestep_samplers import SCHEDULE_SAMPLERS
+from ..utils.config import option, repeated
+
+REWARD_TRANSFORMS = ("raw", "threshold", "class_norm")
+OBJECTIVES = ("reward-weighted", "kto")
 
 
-@dataclass(frozen=True)
-class Flag:
-    default: Any
-    help: str
-    choices: tuple | None = None
-
-
-# The denoiser's architecture. Stored in every checkpoint; a checkpoint's values win over defaults.
-MODEL_FLAGS: dict[str, Flag] = {
-    "image_size": Flag(64, "side of the square images the model sees (images are scaled and centre-cropped)"),
-    "num_channels": Flag(128, "base channel width of the UNet"),
-    "num_res_blocks": Flag(2, "residual blocks per resolution"),
-    "num_heads": Flag(4, "attention heads (at the first attention resolution)"),
-    "num_heads_upsample": Flag(-1, "accepted for compatibility; diffusers' UNet uses num_heads everywhere"),
-    "attention_resolutions": Flag("16,8", "resolutions (in pixels) at which self-attention is used"),
-    "channel_mult": Flag("", "comma list of per-level channel multipliers; empty = improved-diffusion's choice for image_size"),
-    "dropout": Flag(0.0, "dropout in residual blocks"),
-    "learn_sigma": Flag(False, "learn the reverse-process variance (hybrid loss L_simple + 0.001 L_vlb)"),
-    "sigma_small": Flag(False, "fixed small variance (posterior) instead of beta_t when sigma is not learned"),
-    "class_cond": Flag(False, "condition on the class (file-name prefix before the first '_')"),
-    "use_checkpoint": Flag(False, "gradient checkpointing: less memory, slower"),
-    "use_scale_shift_norm": Flag(True, "FiLM-style scale/shift of the time+class embedding in residual blocks"),
-}
-
-DIFFUSION_FLAGS: dict[str, Flag] = {
-    "diffusion_steps": Flag(1000, "number of forward-process steps T"),
-    "noise_schedule": Flag("linear", "beta schedule", ("linear", "cosine")),
-    "timestep_respacing": Flag("", "sample with fewer steps, e.g. '250' or 'ddim50'"),
-    "use_kl": Flag(False, "train on the variational bound only (L_vlb)"),
-    "predict_xstart": Flag(False, "predict x_0 instead of the noise"),
-    "rescale_timesteps": Flag(True, "feed timesteps to the model scaled to [0, 1000)"),
-    "rescale_learned_sigmas": Flag(True, "hybrid loss (L_simple + lambda L_vlb) when learn_sigma"),
-}
-
-TRAIN_FLAGS: dict[str, Flag] = {
-    "data_dir": Flag("", "folder of training images, searched recursively"),
-    "schedule_sampler": Flag("uniform", "timestep sampler", ("uniform", "loss-second-moment")),
-    "lr": Flag(1e-4, "learning rate (AdamW)"),
-    "weight_decay": Flag(0.0, "AdamW weight decay"),
-    "lr_anneal_steps": Flag(0, "linearly anneal the learning rate to 0 over this many steps, then stop (0 = off)"),
-    "batch_size": Flag(1, "images per step (per process)"),
-    "microbatch": Flag(-1, "split each batch into chunks of this size, accumulating gradients (-1 = off)"),
-    "ema_rate": Flag("0.9999", "comma-separated EMA rates; sampling uses the first"),
-    "log_interval": Flag(10, "steps between metrics.jsonl lines"),
-    "save_interval": Flag(10000, "steps between checkpoints"),
-    "resume_checkpoint": Flag("", "checkpoint (file or directory) to start from; a run dir's own latest checkpoint wins"),
-    "use_fp16": Flag(False, "mixed precision: bf16 autocast where supported (CPU, recent GPUs), else fp16 with loss scaling"),
-    "fp16_scale_growth": Flag(1e-3, "accepted for compatibility (loss scaling is dynamic)"),
+@dataclass
+class TrainConfig:
+    data_dir: str = option("", "folder of training images, searched recursively")
+    schedule_sampler: str = option("uniform", "timestep sampler", choices=tuple(SCHEDULE_SAMPLERS))
+    lr: float = option(1e-4, "learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    lr_anneal_steps: int = option(0, "linearly anneal the learning rate to 0 over this many steps, then stop "
+                                     "(0 = off)")
+    batch_size: int = option(1, "images per step (per process)")
+    microbatch: int = option(-1, "split each batch into chunks of this size, accumulating gradients (-1 = off)")
+    ema_rate: str = option("0.9999", "comma-separated EMA rates; sampling uses the first")
+    log_interval: int = option(10, "steps between metrics.jsonl lines")
+    save_interval: int = option(10000, "steps between checkpoints")
+    resume_checkpoint: str = option("", "checkpoint (file or directory) to start from; a run dir's own latest "
+                                        "checkpoint wins")
+    use_fp16: bool = option(False, "mixed precision: bf16 autocast where supported (CPU, recent GPUs), else fp16 "
+                                   "with loss scaling")
+    fp16_scale_growth: float = option(1e-3, "accepted for compatibility (loss scaling is dynamic)")
     # clinalign additions
-    "max_steps": Flag(0, "stop after this many optimizer steps in total (0 = no limit) [clinalign]"),
-    "run_dir": Flag("", "where config, checkpoints and metrics go; rerunning with the same run_dir resumes "
-                        "(default: $OPENAI_LOGDIR or runs/default) [clinalign]"),
-    "grad_clip": Flag(1.0, "clip the global gradient norm to this value (0 = off) [clinalign]"),
-    "seed": Flag(0, "seed for data order, timesteps and noise [clinalign]"),
-    "skip_bad_images": Flag(False, "skip undecodable images (reporting the count) instead of stopping [clinalign]"),
-    "rgb": Flag(False, "force 3 channels even if every image is grayscale [clinalign]"),
-    "keep_checkpoints": Flag(0, "keep only the newest N checkpoints (0 = keep all) [clinalign]"),
-    "device": Flag("auto", "torch device: auto, cpu, cuda, cuda:1, mps [clinalign]"),
-}
+    max_steps: int = option(0, "stop after this many optimizer steps in total (0 = no limit) [clinalign]")
+    run_dir: str = option("", "where config, checkpoints and metrics go; rerunning with the same run_dir resumes "
+                              "(default: $OPENAI_LOGDIR or runs/default) [clinalign]")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this value (0 = off) [clinalign]")
+    seed: int = option(0, "seed for data order, timesteps and noise [clinalign]")
+    skip_bad_images: bool = option(False, "skip undecodable images (reporting the count) instead of stopping "
+                                          "[clinalign]")
+    rgb: bool = option(False, "force 3 channels even if every image is grayscale [clinalign]")
+    keep_checkpoints: int = option(0, "keep only the newest N checkpoints (0 = keep all) [clinalign]")
+    device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps [clinalign]")
 
-SAMPLE_FLAGS: dict[str, Flag] = {
-    "clip_denoised": Flag(True, "clip predicted x_0 to [-1, 1] while sampling"),
-    "num_samples": Flag(16, "how many images to draw in total (spread evenly over --classes)"),
-    "batch_size": Flag(16, "images per forward pass"),
-    "use_ddim": Flag(False, "DDIM sampling (same as --sampler ddim)"),
-    "model_path": Flag("", "checkpoint to sample from (same as --checkpoint)"),
-}
+    @property
+    def ema_rates(self) -> list[str]:
+        return [r.strip() for r in str(self.ema_rate).split(",") if r.strip()]
 
+    @property
+    def total_steps(self) -> int:
+        """The step budget: the smaller of max_steps and lr_anneal_steps (0 = no limit)."""
+        limits = [int(v) for v in (self.max_steps, self.lr_anneal_steps) if int(v or 0) > 0]
+        return min(limits) if limits else 0
 
-def str2bool(value: str | bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    lowered = value.lower()
-    if lowered in ("yes", "true", "t", "y", "1"):
-        return True
-    if lowered in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
+    def lr_at(self, step: int) -> float:
+        if not self.lr_anneal_steps:
+            return self.lr
+        return self.lr * (1.0 - step / self.lr_anneal_steps)
 
-
-def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, table: dict[str, Flag],
-              skip: tuple[str, ...] = (), inherit: bool = False) -> None:
-    """Add ``--name`` options in improved-diffusion's style (``--learn_sigma True``).
-
-    With ``inherit=True`` an option the user does not type stays ``None`` so that ``resolve`` can
-    take the value from a checkpoint's config first and the table's default last: resuming,
-    finetuning and sampling then never need the architecture flags repeated.
-    """
-    for name, flag in table.items():
-        if name in skip:
-            continue
-        kind = type(flag.default)
-        default = None if inherit else flag.default
-        text = f"{flag.help} (default: {flag.default!r}{', or the checkpoint' if inherit else ''})"
-        if kind is bool:
-            parser.add_argument(f"--{name}", type=str2bool, default=default, metavar="BOOL", help=text)
-        else:
-            parser.add_argument(f"--{name}", type=kind, default=default, choices=flag.choices, help=text)
+    def run_path(self) -> Path:
+        return Path(self.run_dir or os.environ.get("OPENAI_LOGDIR") or "runs/default")
 
 
-def pick(args: argparse.Namespace | dict, table: dict[str, Flag]) -> dict[str, Any]:
-    values = vars(args) if isinstance(args, argparse.Namespace) else args
-    return {name: values[name] for name in table if name in values}
+# lr multiplier for new concept rows (the job textual inversion does with a high embedding lr).
+# Measured on PBC (bench/concepts.py, 200 steps at lr 2e-4): x1 band/segmented accuracy 0.67/0.27
+# against the parent's 0.66/0.34; x25 0.80/0.42; x100 0.85/0.50 with no class losing 5 points.
+DEFAULT_CONCEPT_LR_SCALE = 100.0
 
 
-def defaults(table: dict[str, Flag]) -> dict[str, Any]:
-    return {name: flag.default for name, flag in table.items()}
+@dataclass
+class FinetuneConfig:
+    """The seed's ``image_finetuned.py`` inputs and the finetuning objective."""
 
-
-def typed(args: argparse.Namespace | dict, table: dict[str, Flag]) -> dict[str, Any]:
-    """The options of ``table`` the user typed (those left ``None`` by ``add_flags(inherit=True)``)."""
-    return {k: v for k, v in pick(args, table).items() if v is not None}
-
-
-def resolve(args: argparse.Namespace | dict, table: dict[str, Flag],
-            base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Typed value, else ``base`` (a checkpoint's config), else the table's default."""
-    out = defaults(table)
-    out.update({k: v for k, v in (base or {}).items() if k in table})
-    out.update(typed(args, table))
-    return out
+    data_pre_dir: str = option("", "real pretraining images (the beta-weighted anchor)")
+    data_mod_dir: str = option("", "scored synthetic images (LABEL_xxx.png + rewards.csv)")
+    rewards: str = option("", "rewards CSV (ID,rewards); default: DATA_MOD_DIR/rewards.csv")
+    beta: float = option(0.3, "weight of the real-data diffusion loss (0.3: the published code's value)")
+    reward_transform: str = option("raw", "raw rewards, a hard threshold, or min-max normalised per class",
+                                   choices=REWARD_TRANSFORMS)
+    reward_threshold: float = option(0.5, "for --reward_transform threshold, and KTO's liked/disliked split")
+    objective: str = option("reward-weighted", "reward-weighted likelihood (the paper's), or Diffusion-KTO on "
+                                               "liked/disliked images (reward >= --reward_threshold is liked)",
+                            choices=OBJECTIVES)
+    kto_beta: float = option(5000.0, "KTO's scale on the loss difference to the frozen starting model")
+    concept: list[str] = repeated("a concept the synthetic images declare and the checkpoint lacks (default: "
+                                  "DATA_MOD_DIR/concepts.json); its embedding row starts as the parent's",
+                                  metavar="NAME=PARENT")
+    concept_lr_scale: float = option(DEFAULT_CONCEPT_LR_SCALE, "learning-rate multiplier for the embedding rows of "
+                                     "new concepts; the existing classes' rows stay frozen while concepts are taught")
+    init_ema: bool = option(True, "start from the pretrained EMA weights (else the raw weights)")

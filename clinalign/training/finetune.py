@@ -11,7 +11,7 @@ synthetic images the experts (or the reward model) reject get weight ~0, so the 
 putting mass there; the beta term keeps it close to the real data so nothing is forgotten.
 
 ``--objective kto`` uses the judgements as likes/dislikes instead (Diffusion-KTO, Li et al. 2024;
-see :mod:`clinalign.train`), for comparison with the reward-weighted objective.
+see :mod:`clinalign.training.objectives`), for comparison with the reward-weighted objective.
 """
 
 from __future__ import annotations
@@ -19,27 +19,26 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .checkpoint import find_checkpoint, latest_checkpoint
+from ..diffusion import DiffusionConfig
 from ..errors import ConfigError, DataError
-from .config import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, resolve, typed
-from .pretrain import check_channels, load_dataset, weighted_stream, write_run_config
-from .loop import KTOSpec, TrainSpec, config_mismatch, default_run_dir, train
+from ..models.unet import ModelConfig
+from ..utils.config import add_flags, resolve, typed
+from .checkpoint import Checkpoint, find_checkpoint, latest_checkpoint
+from .config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig, TrainConfig
+from .loop import TrainSpec, check_flags, train
+from .objectives import DiffusionObjective, KTOObjective
+from .pretrain import add_model_flags, check_channels, load_dataset, weighted_stream, write_run_config
 
 log = logging.getLogger(__name__)
 
-REWARD_TRANSFORMS = ("raw", "threshold", "class_norm")
-OBJECTIVES = ("reward-weighted", "kto")
 REWARDS_FILE = "rewards.csv"
-# lr multiplier for new concept rows (the job textual inversion does with a high embedding lr).
-# Measured on PBC (bench/concepts.py, 200 steps at lr 2e-4): x1 band/segmented accuracy 0.67/0.27
-# against the parent's 0.66/0.34; x25 0.80/0.42; x100 0.85/0.50 with no class losing 5 points.
-DEFAULT_CONCEPT_LR_SCALE = 100.0
 
 
 def read_rewards_csv(path: str | Path) -> dict[str, float]:
@@ -120,111 +119,89 @@ def grow_for_concepts(class_map, mod_dir: Path, specs: list[str] | None) -> tupl
     return grown, {n: grown.parents[n] for n in grown.names if grown.parents.get(n)}
 
 
-def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) -> Path:
-    """Finetune a pretrained checkpoint on scored synthetic images plus the real data."""
-    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    train_cfg = resolve(values, TRAIN_FLAGS)
-    typed_model, typed_diffusion = typed(values, MODEL_FLAGS), typed(values, DIFFUSION_FLAGS)
-    run_dir = default_run_dir(train_cfg)
+@dataclass
+class Start:
+    """Where a finetune starts: the checkpoint whose weights it loads, and the model it started from."""
+
+    source: Checkpoint  # the run's own latest checkpoint when resuming, else --resume_checkpoint
+    resume: Checkpoint | None
+    init: Checkpoint  # the model finetuning started from (KTO's frozen reference), also when resuming
+
+
+def find_start(run_dir: Path, train_cfg: TrainConfig, args) -> Start:
     resume = latest_checkpoint(run_dir)
     if resume is not None:
-        source = resume
         log.info("resuming finetuning run %s at step %d", run_dir, resume.step)
+        init = find_checkpoint(resume.meta.get("init_checkpoint") or resume.path)
+        source = resume
     else:
-        if not train_cfg["resume_checkpoint"]:
+        if not train_cfg.resume_checkpoint:
             raise ConfigError("--resume_checkpoint is required: the pretrained checkpoint to finetune")
-        source = find_checkpoint(train_cfg["resume_checkpoint"])
-    problems = config_mismatch(source.model_config, typed_model) + config_mismatch(source.diffusion_config, typed_diffusion)
-    if problems:
-        raise ConfigError(f"{source.path}: flags disagree with the checkpoint's config: {', '.join(problems)}; "
-                          "drop them (the checkpoint's values are used)")
-    # KTO's frozen reference is the model finetuning started from, also when resuming.
-    init_path = Path(source.meta.get("init_checkpoint") or source.path) if resume is not None else source.path
-    model_cfg = resolve(values, MODEL_FLAGS, source.model_config)
-    diffusion_cfg = resolve(values, DIFFUSION_FLAGS, source.diffusion_config)
-    size = model_cfg["image_size"]
+        source = init = find_checkpoint(train_cfg.resume_checkpoint)
+    check_flags(source, typed(args, ModelConfig), typed(args, DiffusionConfig),
+                hint="drop them (the checkpoint's values are used)")
+    return Start(source, resume, init)
 
-    pre_dir, mod_dir = values.get("data_pre_dir") or train_cfg["data_dir"], values.get("data_mod_dir")
-    if not mod_dir:
-        raise ConfigError("--data_mod_dir is required: the folder of scored synthetic images")
-    class_map, concepts = grow_for_concepts(source.class_map, Path(mod_dir), values.get("concept"))
-    real = load_dataset(pre_dir, size, model_cfg["class_cond"], class_map, train_cfg)
-    synthetic = load_dataset(mod_dir, size, model_cfg["class_cond"], class_map, train_cfg)
-    check_channels(real, source.channels, source.path)
-    check_channels(synthetic, source.channels, source.path)
 
-    rewards_file = find_rewards_file(Path(mod_dir), values.get("rewards", ""))
+def synthetic_weights(ft: FinetuneConfig, synthetic, mod_dir: Path) -> tuple[np.ndarray, np.ndarray, str, Path]:
+    """(raw rewards, per-image loss weights, the transform used, the rewards file) for the synthetic images."""
+    rewards_file = find_rewards_file(mod_dir, ft.rewards)
     table = read_rewards_csv(rewards_file)
     missing = [p.name for p in synthetic.paths if p.name not in table]
     if missing:
         raise DataError(f"{rewards_file}: no reward for {len(missing)} image(s) of {mod_dir}, e.g. {missing[0]}; "
                         "rescore the folder (clinalign reward score) so every image has a row")
     raw = np.array([table[p.name] for p in synthetic.paths])
-    mode = values.get("reward_transform", "raw")
-    threshold = float(values.get("reward_threshold", 0.5))
-    objective = values.get("objective", "reward-weighted")
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"unknown --objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if objective == "kto":  # liked (+1) / disliked (-1): the judgements themselves, not their strength
-        mode = "sign"
-        weights = np.where(raw >= threshold, 1.0, -1.0)
-    else:
-        weights = transform_rewards(raw, np.asarray(synthetic.labels), mode, threshold)
-    beta = float(values.get("beta", 0.3))
-    log.info("finetuning on %d real + %d synthetic images (mean reward %.3f, mean weight %.3f, beta %.2f)",
-             len(real), len(synthetic), raw.mean(), weights.mean(), beta)
+    if ft.objective not in OBJECTIVES:
+        raise ConfigError(f"unknown --objective {ft.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if ft.objective == "kto":  # liked (+1) / disliked (-1): the judgements themselves, not their strength
+        return raw, np.where(raw >= ft.reward_threshold, 1.0, -1.0), "sign", rewards_file
+    weights = transform_rewards(raw, np.asarray(synthetic.labels), ft.reward_transform, ft.reward_threshold)
+    return raw, weights, ft.reward_transform, rewards_file
 
-    # The rows this run adds to the starting model's map (also when resuming: the start is init_path).
-    start = source if resume is None else find_checkpoint(init_path)
-    new_rows = [class_map.index(n) for n in class_map.names if n not in start.class_map]
-    concept_lr_scale = float(values.get("concept_lr_scale", DEFAULT_CONCEPT_LR_SCALE))
+
+def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) -> Path:
+    """Finetune a pretrained checkpoint on scored synthetic images plus the real data."""
+    train_cfg, ft = resolve(TrainConfig, args), resolve(FinetuneConfig, args)
+    run_dir = train_cfg.run_path()
+    start = find_start(run_dir, train_cfg, args)
+    source = start.source
+    model_cfg = resolve(ModelConfig, args, source.model)
+    diffusion_cfg = resolve(DiffusionConfig, args, source.diffusion)
+    pre_dir, mod_dir = ft.data_pre_dir or train_cfg.data_dir, ft.data_mod_dir
+    if not mod_dir:
+        raise ConfigError("--data_mod_dir is required: the folder of scored synthetic images")
+    class_map, concepts = grow_for_concepts(source.class_map, Path(mod_dir), ft.concept)
+    real = load_dataset(pre_dir, model_cfg, class_map, train_cfg)
+    synthetic = load_dataset(mod_dir, model_cfg, class_map, train_cfg)
+    check_channels(real, source.channels, source.path)
+    check_channels(synthetic, source.channels, source.path)
+    raw, weights, mode, rewards_file = synthetic_weights(ft, synthetic, Path(mod_dir))
+    log.info("finetuning on %d real + %d synthetic images (mean reward %.3f, mean weight %.3f, beta %.2f)",
+             len(real), len(synthetic), raw.mean(), weights.mean(), ft.beta)
+    # The rows this run adds to the starting model's map (also when resuming).
+    new_rows = [class_map.index(n) for n in class_map.names if n not in start.init.class_map]
     write_run_config(run_dir, model_cfg, diffusion_cfg, train_cfg, source.channels, class_map, {
-        "objective": objective, "beta": beta, "reward_transform": mode, "rewards": str(rewards_file),
-        "data_pre_dir": str(pre_dir), "data_mod_dir": str(mod_dir), "init_checkpoint": str(init_path),
-        "n_real": len(real), "n_synthetic": len(synthetic), "concepts": concepts,
-        "concept_lr_scale": concept_lr_scale if new_rows else None})
-    batch, seed = int(train_cfg["batch_size"]), int(train_cfg["seed"])
-    w = torch.tensor(weights, dtype=torch.float32)
+        **asdict(ft), "reward_transform": mode, "rewards": str(rewards_file), "data_pre_dir": str(pre_dir),
+        "init_checkpoint": str(start.init.path), "n_real": len(real), "n_synthetic": len(synthetic),
+        "concepts": concepts, "concept_lr_scale": ft.concept_lr_scale if new_rows else None})
+    batch, seed, w = int(train_cfg.batch_size), int(train_cfg.seed), torch.tensor(weights, dtype=torch.float32)
+    needs_init = start.resume is None or ft.objective == "kto"  # a resumed plain finetune loads its own weights
+    init_weights = start.init.weights(ema=ft.init_ema, class_map=class_map) if needs_init else None
     spec = TrainSpec(
-        run_dir=run_dir, model_cfg=model_cfg, diffusion_cfg=diffusion_cfg, train_cfg=train_cfg,
+        run_dir=run_dir, model=model_cfg, diffusion=diffusion_cfg, train=train_cfg,
         channels=source.channels, class_map=class_map,
-        streams=lambda dist, start: [weighted_stream(real, batch, seed, dist, start, weight=beta),
-                                     weighted_stream(synthetic, batch, seed + 1, dist, start, weight=w)],
-        resume=resume,
-        init_weights=None if resume else source.weights(ema=values.get("init_ema", True), class_map=class_map),
-        progress=progress,
-        extra_meta={"objective": objective, "beta": beta, "init_checkpoint": str(init_path)},
-        new_class_rows=new_rows, new_class_lr_scale=concept_lr_scale,
-        kto=KTOSpec(start.weights(ema=values.get("init_ema", True), class_map=class_map),
-                    beta=float(values.get("kto_beta", 5000.0))) if objective == "kto" else None,
+        streams=lambda dist, s: [weighted_stream(real, batch, seed, dist, s, weight=ft.beta),
+                                 weighted_stream(synthetic, batch, seed + 1, dist, s, weight=w)],
+        resume=start.resume, init_weights=None if start.resume else init_weights, progress=progress,
+        objective=KTOObjective(init_weights, beta=ft.kto_beta) if ft.objective == "kto" else DiffusionObjective(),
+        extra_meta={"objective": ft.objective, "beta": ft.beta, "init_checkpoint": str(start.init.path)},
+        new_class_rows=new_rows, new_class_lr_scale=ft.concept_lr_scale,
     )
     return train(spec)
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    from .config import add_flags, str2bool
-
-    group = parser.add_argument_group("finetuning")
-    group.add_argument("--data_pre_dir", default="", help="real pretraining images (the beta-weighted anchor)")
-    group.add_argument("--data_mod_dir", default="", help="scored synthetic images (LABEL_xxx.png + rewards.csv)")
-    group.add_argument("--rewards", default="", help="rewards CSV (ID,rewards); default: DATA_MOD_DIR/rewards.csv")
-    group.add_argument("--beta", type=float, default=0.3, help="weight of the real-data diffusion loss")
-    group.add_argument("--reward_transform", default="raw", choices=REWARD_TRANSFORMS,
-                       help="raw rewards, a hard threshold, or min-max normalised per class")
-    group.add_argument("--reward_threshold", type=float, default=0.5, help="for --reward_transform threshold")
-    group.add_argument("--objective", default="reward-weighted", choices=OBJECTIVES,
-                       help="reward-weighted likelihood (the paper's), or Diffusion-KTO on liked/disliked "
-                       "images (reward >= --reward_threshold is liked)")
-    group.add_argument("--kto_beta", type=float, default=5000.0,
-                       help="KTO's scale on the loss difference to the frozen starting model")
-    group.add_argument("--concept", action="append", default=[], metavar="NAME=PARENT",
-                       help="a concept the synthetic images declare and the checkpoint lacks (repeatable; "
-                            "default: DATA_MOD_DIR/concepts.json); its embedding row starts as the parent's")
-    group.add_argument("--concept_lr_scale", type=float, default=DEFAULT_CONCEPT_LR_SCALE,
-                       help="learning-rate multiplier for the embedding rows of new concepts; the existing "
-                            "classes' rows stay frozen while concepts are taught")
-    group.add_argument("--init_ema", type=str2bool, default=True, metavar="BOOL",
-                       help="start from the pretrained EMA weights (else the raw weights)")
-    add_flags(parser.add_argument_group("model (from the checkpoint)"), MODEL_FLAGS, inherit=True)
-    add_flags(parser.add_argument_group("diffusion (from the checkpoint)"), DIFFUSION_FLAGS, inherit=True)
-    add_flags(parser.add_argument_group("training"), TRAIN_FLAGS)
+    add_flags(parser.add_argument_group("finetuning"), FinetuneConfig)
+    add_model_flags(parser, when="")
+    add_flags(parser.add_argument_group("training"), TrainConfig)

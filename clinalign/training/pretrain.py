@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from .. import __version__
-from .checkpoint import write_json_atomic
-from ..utils.distributed import DistInfo
+from ..diffusion import DiffusionConfig
 from ..errors import ConfigError
-from .config import DIFFUSION_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, resolve, typed
-from .loop import Batch, TrainSpec, default_run_dir, prepare_resume, train
+from ..models.unet import ModelConfig
+from ..utils.config import add_flags, resolve, typed
+from ..utils.distributed import DistInfo
+from ..utils.fileio import write_json_atomic
+from .config import TrainConfig
+from .loop import Batch, TrainSpec, prepare_resume, train
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +34,13 @@ def weighted_stream(dataset, batch_size: int, seed: int, dist: DistInfo, start_s
         yield x, y, w
 
 
-def load_dataset(data_dir: str, image_size: int, class_cond: bool, class_map, train_cfg: dict[str, Any]):
+def load_dataset(data_dir: str, model: ModelConfig, class_map, train_cfg: TrainConfig):
     from ..data.folder import ImageFolderDataset
 
     if not data_dir:
         raise ConfigError("--data_dir is required: the folder of training images (searched recursively)")
-    return ImageFolderDataset(data_dir, image_size, class_cond=class_cond, class_map=class_map,
-                              rgb=bool(train_cfg.get("rgb")), skip_bad_images=bool(train_cfg.get("skip_bad_images")))
+    return ImageFolderDataset(data_dir, model.image_size, class_cond=model.class_cond, class_map=class_map,
+                              rgb=train_cfg.rgb, skip_bad_images=train_cfg.skip_bad_images)
 
 
 def check_channels(dataset, expected: int, source: Path) -> None:
@@ -48,26 +52,24 @@ def check_channels(dataset, expected: int, source: Path) -> None:
 
 def pretrain(args: argparse.Namespace | dict[str, Any], progress: bool = False) -> Path:
     """Train (or resume) a diffusion model on an image folder. Returns the last checkpoint."""
-    train_cfg = resolve(args, TRAIN_FLAGS)
-    typed_model, typed_diffusion = typed(args, MODEL_FLAGS), typed(args, DIFFUSION_FLAGS)
-    run_dir = default_run_dir(train_cfg)
-    resume = prepare_resume(run_dir, typed_model, typed_diffusion, train_cfg["resume_checkpoint"])
-    model_cfg = resolve(args, MODEL_FLAGS, resume.model_config if resume else None)
-    diffusion_cfg = resolve(args, DIFFUSION_FLAGS, resume.diffusion_config if resume else None)
+    train_cfg = resolve(TrainConfig, args)
+    run_dir = train_cfg.run_path()
+    resume = prepare_resume(run_dir, typed(args, ModelConfig), typed(args, DiffusionConfig),
+                            train_cfg.resume_checkpoint)
+    model_cfg = resolve(ModelConfig, args, resume.model if resume else None)
+    diffusion_cfg = resolve(DiffusionConfig, args, resume.diffusion if resume else None)
 
-    dataset = load_dataset(train_cfg["data_dir"], model_cfg["image_size"], model_cfg["class_cond"],
-                           resume.class_map if resume else None, train_cfg)
+    dataset = load_dataset(train_cfg.data_dir, model_cfg, resume.class_map if resume else None, train_cfg)
     if resume:
         check_channels(dataset, resume.channels, resume.path)
         log.info("resuming from %s (step %d)", resume.path, resume.step)
     log.info("%d images, %d classes, %d channel(s) from %s", len(dataset), len(dataset.class_map),
-             dataset.channels, train_cfg["data_dir"])
+             dataset.channels, train_cfg.data_dir)
     write_run_config(run_dir, model_cfg, diffusion_cfg, train_cfg, dataset.channels, dataset.class_map,
                      {"n_images": len(dataset), "n_skipped": dataset.n_skipped})
-    batch = int(train_cfg["batch_size"])
-    seed = int(train_cfg["seed"])
+    batch, seed = int(train_cfg.batch_size), int(train_cfg.seed)
     spec = TrainSpec(
-        run_dir=run_dir, model_cfg=model_cfg, diffusion_cfg=diffusion_cfg, train_cfg=train_cfg,
+        run_dir=run_dir, model=model_cfg, diffusion=diffusion_cfg, train=train_cfg,
         channels=dataset.channels, class_map=dataset.class_map,
         streams=lambda dist, start: [weighted_stream(dataset, batch, seed, dist, start)],
         resume=resume, progress=progress, extra_meta={"objective": "pretrain"},
@@ -75,22 +77,25 @@ def pretrain(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
     return train(spec)
 
 
-def write_run_config(run_dir: Path, model_cfg, diffusion_cfg, train_cfg, channels, class_map,
-                     extra: dict[str, Any] | None = None) -> None:
+def write_run_config(run_dir: Path, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, train_cfg,
+                     channels: int, class_map, extra: dict[str, Any] | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", {
-        "clinalign_version": __version__, "model": model_cfg, "diffusion": diffusion_cfg, "train": train_cfg,
-        "channels": channels, "class_map": class_map.to_dict(), **(extra or {}),
+        "clinalign_version": __version__, "model": asdict(model_cfg), "diffusion": asdict(diffusion_cfg),
+        "train": asdict(train_cfg), "channels": channels, "class_map": class_map.to_dict(), **(extra or {}),
     })
     from ..data.classmap import CLASS_MAP_FILE
 
     class_map.save(run_dir / CLASS_MAP_FILE)
 
 
+def add_model_flags(parser: argparse.ArgumentParser, when: str = "when resuming") -> None:
+    """The seed's model and diffusion flags; untyped ones come from the checkpoint."""
+    add_flags(parser.add_argument_group(f"model (from the checkpoint {when})"), ModelConfig, inherit=True)
+    add_flags(parser.add_argument_group(f"diffusion (from the checkpoint {when})"), DiffusionConfig, inherit=True)
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The seed's flags: model and diffusion ones inherit from a checkpoint when not typed."""
-    from .config import add_flags
-
-    add_flags(parser.add_argument_group("model (from the checkpoint when resuming)"), MODEL_FLAGS, inherit=True)
-    add_flags(parser.add_argument_group("diffusion (from the checkpoint when resuming)"), DIFFUSION_FLAGS, inherit=True)
-    add_flags(parser.add_argument_group("training"), TRAIN_FLAGS)
+    add_model_flags(parser)
+    add_flags(parser.add_argument_group("training"), TrainConfig)

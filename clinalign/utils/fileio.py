@@ -19,22 +19,42 @@ from typing import IO, Any
 
 
 @contextmanager
-def atomic_directory(out: str | Path) -> Iterator[Path]:
+def atomic_directory(out: str | Path, durable: bool = False) -> Iterator[Path]:
     """A temp folder beside ``out`` to fill; it replaces ``out`` only when the block completes.
 
-    On an exception the temp folder is removed and ``out`` is left as it was.
+    On an exception the temp folder is removed and ``out`` is left as it was. ``durable``: fsync
+    every file and the parent folder, so that after a power cut the folder is whole or absent
+    (checkpoints; cheaper outputs that can be recomputed skip it).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield tmp
+        if durable:
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    with f.open("rb") as fh:
+                        os.fsync(fh.fileno())
         if out.exists():
             shutil.rmtree(out)  # os.replace cannot replace a non-empty directory
         os.rename(tmp, out)
+        if durable:
+            fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def default_file_mode() -> int:

@@ -1,0 +1,116 @@
+"""One config path: every stage's settings are a dataclass, and everything else derives from it.
+
+A field declared with :func:`option` carries its default and its help text; :func:`add_flags`
+turns a dataclass into ``--name`` options in improved-diffusion's style (``--learn_sigma True``),
+:func:`resolve` builds the dataclass from what the user typed, a checkpoint's saved values and the
+defaults (in that order of precedence), and ``dataclasses.asdict`` is what checkpoints and run
+configs store. So a default lives in exactly one place: the dataclass field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C")
+_MISSING = dataclasses.MISSING
+
+
+def option(default: Any, help: str = "", *, choices: tuple | None = None, metavar: str | None = None,
+           flag: bool = True) -> Any:
+    """A dataclass field with its command-line help; ``flag=False`` keeps it off the command line."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "metavar": metavar,
+                                                        "flag": flag})
+
+
+def repeated(help: str = "", *, metavar: str | None = None) -> Any:
+    """A list field filled by a repeatable flag (``--concept A=B --concept C=D``)."""
+    return dataclasses.field(default_factory=list, metadata={"help": help, "metavar": metavar, "repeat": True,
+                                                             "flag": True})
+
+
+def str2bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = value.lower()
+    if lowered in ("yes", "true", "t", "y", "1"):
+        return True
+    if lowered in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is _MISSING else f.default
+
+
+def flag_fields(cls) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("flag", False)]
+
+
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, *, inherit: bool = False,
+              skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
+              defaults: Mapping[str, Any] | None = None) -> None:
+    """``--name`` options for the fields of dataclass ``cls``.
+
+    ``inherit=True``: an option the user does not type stays ``None``, so that :func:`resolve` can
+    take the value from a checkpoint first and the default last (resuming, finetuning and sampling
+    never need the architecture flags repeated). ``defaults`` overrides a default for this parser
+    only (e.g. a command whose natural batch size differs); the dataclass keeps its own.
+    """
+    for f in flag_fields(cls):
+        if f.name in skip or (only is not None and f.name not in only):
+            continue
+        meta = f.metadata
+        default = (defaults or {}).get(f.name, default_of(f))
+        help_text = meta["help"]
+        if meta.get("repeat"):
+            parser.add_argument(f"--{f.name}", action="append", default=[], metavar=meta.get("metavar"),
+                                help=f"{help_text} (repeatable)")
+            continue
+        shown = f"{default!r}{', or the checkpoint' if inherit else ''}"
+        text = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
+        value = None if inherit else default
+        if isinstance(default, bool):
+            parser.add_argument(f"--{f.name}", type=str2bool, default=value, metavar=meta.get("metavar") or "BOOL",
+                                help=text)
+        else:
+            parser.add_argument(f"--{f.name}", type=type(default) if default is not None else str, default=value,
+                                choices=meta.get("choices"), metavar=meta.get("metavar"), help=text)
+
+
+def _values(args: argparse.Namespace | Mapping[str, Any]) -> Mapping[str, Any]:
+    return vars(args) if isinstance(args, argparse.Namespace) else args
+
+
+def typed(args: argparse.Namespace | Mapping[str, Any], cls) -> dict[str, Any]:
+    """The fields of ``cls`` given in ``args`` (an option left ``None`` by ``inherit=True`` is not given)."""
+    values = _values(args)
+    return {f.name: values[f.name] for f in dataclasses.fields(cls) if values.get(f.name) is not None}
+
+
+def from_dict(cls: type[C], values: Mapping[str, Any] | None, what: str = "") -> C:
+    """``cls`` from a stored dict: unknown keys (from a newer version) are ignored, missing ones defaulted."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values or {}) - names)
+    if unknown:
+        log.debug("%s: ignoring unknown setting(s) %s", what or cls.__name__, ", ".join(unknown))
+    return cls(**{k: v for k, v in (values or {}).items() if k in names})
+
+
+def resolve(cls: type[C], args: argparse.Namespace | Mapping[str, Any], base: Any = None) -> C:
+    """Typed value, else ``base`` (a checkpoint's saved config, dict or dataclass), else the default."""
+    if dataclasses.is_dataclass(base):
+        base = dataclasses.asdict(base)
+    return from_dict(cls, {**(base or {}), **typed(args, cls)})
+
+
+def mismatches(saved: Any, given: Mapping[str, Any]) -> list[str]:
+    """``--name value (checkpoint has other)`` for every given value that differs from the saved config."""
+    saved = dataclasses.asdict(saved) if dataclasses.is_dataclass(saved) else dict(saved)
+    return [f"--{k} {v!r} (checkpoint has {saved[k]!r})" for k, v in given.items() if k in saved and saved[k] != v]
