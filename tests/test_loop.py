@@ -116,3 +116,25 @@ def test_demo_smallest_size_writes_report_and_every_metric(tmp_path):
     # The feedback run sees as many real images per step as the control, at the demo's beta.
     feedback = json.loads((cfg.out / "round_1" / "finetune" / "config.json").read_text())
     assert feedback["beta"] == cfg.beta and feedback["train"]["batch_size"] == control["train"]["batch_size"]
+
+
+def test_reward_model_sees_real_and_synthetic_images_at_the_generators_resolution(tmp_path):
+    """Real files at 32 px, a 16 px generator: the reward model must train and score at 16 px, so that
+    sharpness alone (real downscaled from 32 px vs synthetic drawn at 16 px) cannot tell them apart."""
+    from clinalign.cli import main
+    from clinalign.data.toy import generate
+    from clinalign.reward import RewardModel
+
+    from .conftest import TINY_DIFFUSION, TINY_MODEL
+
+    real = tmp_path / "real32"
+    generate(real, classes=2, per_class=20, size=32, seed=0)
+    pre = tmp_path / "pre"
+    assert main(["train", "--data_dir", str(real), "--run_dir", str(pre), *TINY_MODEL, *TINY_DIFFUSION,
+                 "--class_cond", "True", "--batch_size", "4", "--max_steps", "2"]) == 0
+    assert find_checkpoint(pre).model.image_size == 16
+    r = run_loop(pre, real, tmp_path / "loop", rounds=1, cfg=TINY_ROUND)[0]
+    reward = RewardModel.load(r.reward)
+    assert reward.image_size == 16, "real images must be downscaled to the generator's size, not kept at 32 px"
+    report = json.loads((r.reward / "report.json").read_text()) if (r.reward / "report.json").exists() else {}
+    assert report.get("data", {}).get("image_size", 16) == 16

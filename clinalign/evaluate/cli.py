@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument("--out", type=Path, required=True, help="where metrics.json, per_sample.csv, report.html go")
     io.add_argument("--real_test", type=Path,
                     help="real held-out images (default: a file-name-hash split of --real, see --test_fraction)")
+    io.add_argument("--generator_data", type=Path,
+                    help="the generator's training images, when --real is another pool: memorisation is measured "
+                         "against them (default: --real)")
     io.add_argument("--models_dir", type=Path,
                     help="cache of the trained oracle / feature extractor (default: OUT/models); reused when the "
                          "real data and model flags match")
@@ -73,18 +76,21 @@ def run(args: argparse.Namespace) -> int:
     metrics = MetricConfig(tau=args.tau, k=args.k, max_reference=args.max_reference, bootstrap=args.bootstrap,
                            seed=args.seed, utility=utility)
     result = evaluate(args.real, args.samples, args.out, baseline=args.baseline, real_test=args.real_test,
-                      models_dir=args.models_dir, oracle_config=oracle, metric_config=metrics,
+                      models_dir=args.models_dir, generator_data=args.generator_data, oracle_config=oracle, metric_config=metrics,
                       reward_checkpoint=args.reward_checkpoint, inception=args.inception,
                       feature_checkpoint=args.feature_checkpoint, skip_bad_images=args.skip_bad_images,
                       progress=True)
     m = json_safe(result.metrics)
     real = m["real"]
+    for warning in real.get("warnings", []):
+        print(f"WARNING: {warning}")
     print(f"oracle: real test accuracy {_num(real['oracle']['test_accuracy'])}; real test plausible "
           f"{_num(real['real_test']['plausibility']['rate'])}")
     for name, s in m["sets"].items():
         p = s["plausibility"]
-        line = (f"{name}: {s['n']} images, plausible {_num(p['rate'])} (oracle {_num(p['oracle_rate'])}, manifold "
-                f"{_num(p['manifold_rate'])}), FID {_num(s['fid'])} (domain features), precision "
+        line = (f"{name}: {s['n']} images, plausible {_num(p['rate'])} (class-consistent {_num(p['oracle_rate'])}, "
+                f"on-manifold {_num(p['manifold_rate'])}; oracle accuracy {_num(real['oracle']['test_accuracy'])}), "
+                f"clinical checklist {_num(s['checklist']['all'])}, FID {_num(s['fid'])} (domain features), precision "
                 f"{_num(s['prdc']['precision'])}, recall {_num(s['prdc']['recall'])}, "
                 f"near copies {_num(s['memorisation']['feature']['near_copy_fraction'])}")
         if "reward" in s:

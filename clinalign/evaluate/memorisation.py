@@ -38,7 +38,8 @@ def copy_threshold(real_nn: np.ndarray, percentile: float = 1.0) -> float:
 
 @dataclass
 class CopyReference:
-    """Real-to-real nearest-neighbour distances (test -> train) in both spaces, and the thresholds."""
+    """Real-to-real nearest-neighbour distances (test -> the generator's training set) in both spaces,
+    and the thresholds."""
 
     train_pixels: np.ndarray
     real_nn_feature: np.ndarray
@@ -49,8 +50,8 @@ class CopyReference:
 
     @classmethod
     def build(cls, reference: RealReference, percentile: float = 1.0) -> CopyReference:
-        train_pixels = pixel_vectors(reference.train.images)
-        nn_f = nearest_neighbours(reference.test_features, reference.train_features).distance
+        train_pixels = pixel_vectors(reference.generator.images)
+        nn_f = nearest_neighbours(reference.test_features, reference.generator_features).distance
         nn_p = nearest_neighbours(pixel_vectors(reference.test.images), train_pixels).distance
         return cls(train_pixels, nn_f, nn_p, copy_threshold(nn_f, percentile), copy_threshold(nn_p, percentile),
                    percentile)
@@ -79,7 +80,8 @@ class Memorisation:
 
 def memorisation(sample_features: np.ndarray, sample_images: np.ndarray, reference: RealReference,
                  copies: CopyReference) -> Memorisation:
-    """Nearest real training image of each sample and whether it is closer than the copy threshold."""
-    nn_f = nearest_neighbours(sample_features, reference.train_features)
+    """Nearest image of the generator's training set to each sample, and whether it is closer than the
+    copy threshold."""
+    nn_f = nearest_neighbours(sample_features, reference.generator_features)
     nn_p = nearest_neighbours(pixel_vectors(sample_images), copies.train_pixels)
     return Memorisation(nn_f, nn_p, nn_f.distance < copies.threshold_feature, nn_p.distance < copies.threshold_pixel)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import ImageSet, RealData, as_image_set, split_real, stratified_cap
+from .checklist import Checklist
 from .fid import gaussian_stats
 from .oracle import EvaluationModels
 from .prdc import ManifoldResult, knn_radii, prdc
@@ -44,6 +45,14 @@ class RealReference:
     test_proba: np.ndarray
     test_manifold: ManifoldResult  # real held-out vs real train: what "good" looks like
     inception_stats: tuple[np.ndarray, np.ndarray] | None = None
+    # The generator's own training images: what a sample could be a copy of (default: ``train``).
+    generator: ImageSet | None = None
+    generator_features: np.ndarray | None = None
+    checklist: Checklist | None = None  # clinical feature ranges calibrated on ``train``
+
+    def __post_init__(self) -> None:
+        if self.generator is None:
+            self.generator, self.generator_features = self.train, self.train_features
 
     @property
     def reference_features(self) -> np.ndarray:
@@ -51,8 +60,12 @@ class RealReference:
 
     @classmethod
     def build(cls, models: EvaluationModels, real: RealData, test: RealData | None = None, k: int = 5,
-              max_reference: int = 10000, seed: int = 0) -> RealReference:
-        """Embed the real data once; ``real``/``test`` must be what ``models`` was fitted with."""
+              max_reference: int = 10000, seed: int = 0, generator: RealData | None = None) -> RealReference:
+        """Embed the real data once; ``real``/``test`` must be what ``models`` was fitted with.
+
+        ``generator``: the generator's training images, when they are not ``real`` (memorisation is
+        measured against them; plausibility and FID against ``real``, which the generator never saw).
+        """
         real = as_image_set(real).at(models.image_size, models.channels)
         test = None if test is None else as_image_set(test).at(models.image_size, models.channels)
         if models.info.get("real_fingerprint") not in (None, real.fingerprint()):
@@ -69,8 +82,11 @@ class RealReference:
                        if (classes == c).sum() >= 2}
         test_feats = models.embed(held.images)
         inception_stats = gaussian_stats(models.inception(train.images)) if models.inception else None
+        gen = None if generator is None else as_image_set(generator).at(models.image_size, models.channels)
         return cls(train, held, feats, ref_idx, radii, k, gaussian_stats(feats), class_stats, test_feats,
-                   models.oracle_proba(held.images), prdc(feats[ref_idx], test_feats, k, radii), inception_stats)
+                   models.oracle_proba(held.images), prdc(feats[ref_idx], test_feats, k, radii), inception_stats,
+                   gen, None if gen is None else models.embed(gen.images),
+                   Checklist.calibrate(train.images, train.classes))
 
 
 @dataclass

@@ -37,6 +37,7 @@ h1{margin-bottom:0}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em;
 text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .note{background:#f7f7ff;border-left:4px solid #88a;padding:.5em 1em;margin:1em 0}
+.warn{background:#fff0f0;border-left:6px solid #c62828;padding:.6em 1em;margin:1em 0;font-size:1.05em}
 .muted{color:#777;font-size:.85em}.good{color:#1a7f37}.bad{color:#c62828}
 .grid{display:flex;flex-wrap:wrap;gap:1.2em}.grid figure{margin:0}figcaption{font-size:.85em;color:#555}
 img.px{image-rendering:pixelated}details{margin:1em 0}code{background:#f4f4f4;padding:0 .2em}
@@ -134,10 +135,14 @@ def _headline(result: EvaluationResult) -> str:
 
     row("plausible (oracle AND manifold)", lambda m: m["plausibility"]["rate"], real["plausibility"]["rate"],
         "plausibility.rate")
-    row("  oracle recognises declared class", lambda m: m["plausibility"]["oracle_rate"],
+    row("  class-consistent (oracle recognises the declared class)", lambda m: m["plausibility"]["oracle_rate"],
         real["plausibility"]["oracle_rate"], "plausibility.oracle_rate")
-    row("  inside real manifold", lambda m: m["plausibility"]["manifold_rate"], real["plausibility"]["manifold_rate"],
+    row("  on-manifold (inside the real data's k-NN balls)", lambda m: m["plausibility"]["manifold_rate"],
+        real["plausibility"]["manifold_rate"],
         "plausibility.manifold_rate")
+    if "checklist" in real:
+        row("clinical checklist: every criterion", lambda m: m["checklist"]["all"], real["checklist"]["all"],
+            "checklist.all")
     row("mean P(declared class)", lambda m: m["plausibility"]["mean_p_declared"],
         real["plausibility"]["mean_p_declared"], "plausibility.mean_p_declared")
     row("FID (domain features)", lambda m: m["fid"], real["fid_vs_train"], "fid")
@@ -188,7 +193,8 @@ def _per_class(result: EvaluationResult) -> str:
     names = result.models.class_map.names
     header = ["class"]
     for name in result.sets:
-        header += [f"{name}: n", f"{name}: plausible", f"{name}: oracle", f"{name}: manifold", f"{name}: FID"]
+        header += [f"{name}: n", f"{name}: plausible", f"{name}: class-consistent", f"{name}: on-manifold",
+                   f"{name}: FID"]
         if result.sets[name].reward is not None:
             header.append(f"{name}: reward")
     header += ["real test: plausible"]
@@ -204,6 +210,26 @@ def _per_class(result: EvaluationResult) -> str:
         row.append(real_pc.get(c, {}).get("rate"))
         rows.append(row)
     return "<h2>Per class</h2>" + _table(header, rows)
+
+
+def _checklist(result: EvaluationResult) -> str:
+    """Pass rate of every clinical criterion, per declared class, for each set and real held-out images."""
+    real = result.metrics["real"]["real_test"].get("checklist")
+    if real is None:
+        return ""
+    from .checklist import CRITERIA
+
+    header = ["class", "set", "all"] + list(CRITERIA)
+    rows = []
+    for c in result.models.class_map.names:
+        for name, r in list(result.sets.items()) + [("real test", None)]:
+            per = (real if r is None else r.metrics["checklist"])["per_class"].get(c)
+            if per:
+                rows.append([c, f"{name} (n {per['n']})", per["all"]] + [per[k] for k in CRITERIA])
+    return ("<h2>Clinical checklist</h2><p class='muted'>Share of images whose feature lies within the range real "
+            "cells of the declared class show (1st..99th percentile of the real training images): cell size, "
+            "nucleus/cell ratio, nucleus lobes, chromatin brightness, cytoplasm hue, cytoplasm granules. The real "
+            "test rows are the ceiling.</p>" + _table(header, rows))
 
 
 def _bar_per_class(result: EvaluationResult) -> str:
@@ -305,7 +331,7 @@ def _nearest_pairs(result: EvaluationResult, r: SetResult, count: int = 8) -> st
     order = np.argsort(r.memorisation.feature.distance)[:count]
     if not len(order):
         return ""
-    train = result.reference.train
+    train = result.reference.generator
     cells = []
     for i in order:
         pair = np.concatenate([r.samples.images[i], train.images[r.memorisation.feature.index[i]]], axis=1)
@@ -358,8 +384,9 @@ def render_report(result: EvaluationResult, title: str = "clinalign evaluation")
         "<div class='note'><b>FID uses domain features</b>: "
         f"{_esc(real['feature_extractor'])}, not Inception-v3 (no pretrained weights are downloaded). Values are "
         "comparable between sets scored with the same models, not with published FIDs.</div>")
-    body = [f"<h1>{_esc(title)}</h1>", intro, "<h2>Summary</h2>", _headline(result), _comparison(result),
-            _per_class(result), _plots(result), _sample_grids(result), "<h2>Memorisation</h2>",
+    warnings = "".join(f"<div class='warn'><b>Warning:</b> {_esc(w)}</div>" for w in real.get("warnings", []))
+    body = [f"<h1>{_esc(title)}</h1>", warnings, intro, "<h2>Summary</h2>", _headline(result), _comparison(result),
+            _per_class(result), _checklist(result), _plots(result), _sample_grids(result), "<h2>Memorisation</h2>",
             "<p>Near copy: closer to its nearest real training image than the "
             f"{_fmt(result.copies.percentile)}st percentile of real held-out → real training distances "
             f"(feature threshold {_fmt(result.copies.threshold_feature)}, pixel threshold "

@@ -29,6 +29,7 @@ from ..data.folder import images_to_tensor
 from ..errors import DataError
 from ..utils.fileio import atomic_writer
 from . import bootstrap as bs
+from .checklist import CRITERIA, ChecklistVerdict
 from .data import ImageSet, RealData, as_image_set, class_counts, derived_seed
 from .features import load_feature_checkpoint, load_inception
 from .fid import FrechetReference, fid, fid_to_stats
@@ -40,12 +41,19 @@ from .utility import UtilityConfig, real_only, tstr
 
 log = logging.getLogger(__name__)
 
+# Below this real held-out accuracy the oracle is too weak an instrument to tell samples apart.
+ORACLE_MIN_ACCURACY = 0.9
+
 RewardFn = Callable[[ImageSet], np.ndarray]
 
 DEFINITIONS = {
     "plausible": "the evaluation oracle gives the declared class probability >= tau AND the sample's domain "
                  "features lie inside the k-NN ball (k = 5) of at least one real training image; "
-                 "'oracle_rate' and 'manifold_rate' are the two conditions alone",
+                 "'oracle_rate' (class-consistent) and 'manifold_rate' (on-manifold) are the two conditions alone",
+    "checklist": "clinical criteria measured from the pixels (cell size, nucleus/cell ratio, nucleus lobes, "
+                 "chromatin brightness, cytoplasm hue, cytoplasm granules), each within the range real cells of the "
+                 "declared class show (their 1st..99th percentiles, calibrated on the real training images); 'all' "
+                 "is every criterion at once",
     "oracle": "an independent classifier (VGG, its own seed) trained on real half B only; the simulated "
               "expert is a ResNet trained on half A (halves by a hash of the file name)",
     "fid": "Fréchet distance computed on domain features (the oracle's penultimate layer, or a given "
@@ -92,6 +100,7 @@ class SetResult:
     memorisation: Memorisation
     reward: np.ndarray | None
     metrics: dict[str, Any]
+    checklist: ChecklistVerdict | None = None
     # Bootstrap replicates by metric path, e.g. ("plausibility", "per_class", "neutrophil", "rate").
     replicates: dict[tuple[str, ...], np.ndarray] = field(repr=False, default_factory=dict)
 
@@ -143,6 +152,8 @@ def _score_set(name: str, samples: ImageSet, models: EvaluationModels, ref: Real
         m["fid_inception"] = fid_to_stats(models.inception(s.images), *ref.inception_stats)
     m["prdc"] = man.summary()
     m["plausibility"] = summarise(j)
+    checklist = ref.checklist.judge(s.images, s.classes)
+    m["checklist"] = checklist.summary()
     if rewards is not None:
         m["reward"] = {"mean": _mean(rewards),
                        "per_class": {c: _mean(rewards[classes == c]) for c in sorted(set(s.classes))}}
@@ -156,6 +167,7 @@ def _score_set(name: str, samples: ImageSet, models: EvaluationModels, ref: Real
         ("plausibility", "rate"): j.plausible, ("plausibility", "oracle_rate"): j.recognised,
         ("plausibility", "manifold_rate"): j.in_manifold, ("plausibility", "mean_p_declared"): j.p_declared,
         ("prdc", "precision"): man.in_manifold, ("prdc", "density"): man.ball_count / config.k,
+        ("checklist", "all"): checklist.plausible,
         ("memorisation", "feature", "near_copy_fraction"): mem.near_copy_feature,
     }
     if rewards is not None:
@@ -173,7 +185,7 @@ def _score_set(name: str, samples: ImageSet, models: EvaluationModels, ref: Real
     m["seconds"] = round(time.perf_counter() - start, 2)
     log.info("%s: %d samples, plausible %.3f (oracle %.3f, manifold %.3f), FID %.2f", name, len(s),
              m["plausibility"]["rate"], m["plausibility"]["oracle_rate"], m["plausibility"]["manifold_rate"], m["fid"])
-    return SetResult(name, s, feats, j, man, mem, rewards, m, reps)
+    return SetResult(name, s, feats, j, man, mem, rewards, m, checklist, reps)
 
 
 def lookup(metrics: dict, path: tuple[str, ...]) -> float | None:
@@ -206,8 +218,18 @@ def _compare(a: SetResult, b: SetResult, level: float) -> dict[str, dict[str, fl
 
 def _real_metrics(models: EvaluationModels, ref: RealReference, copies: CopyReference, config: MetricConfig) -> dict:
     j = judge(models, ref.test_proba, ref.test.classes, ref.test_manifold.in_manifold, config.tau)
+    accuracy = models.info.get("test_accuracy")
+    warnings = []
+    if accuracy is not None and accuracy < ORACLE_MIN_ACCURACY:
+        warnings.append(f"the evaluation oracle reaches only {accuracy:.3f} accuracy on real held-out images (below "
+                        f"{ORACLE_MIN_ACCURACY}): its plausibility figures cannot tell good samples from bad; train "
+                        "it longer (--epochs), wider (--width) or on more real images")
+    for w in warnings:
+        log.warning("%s", w)
     return {
+        "warnings": warnings,
         "n_train": len(ref.train), "n_test": len(ref.test), "n_reference": len(ref.reference_index),
+        "n_generator_train": len(ref.generator), "generator_train": ref.generator.name,
         "classes": models.class_map.names, "class_counts_train": class_counts(ref.train.classes),
         "image_size": models.image_size, "channels": models.channels,
         "oracle": {key: models.info.get(key) for key in
@@ -216,6 +238,7 @@ def _real_metrics(models: EvaluationModels, ref: RealReference, copies: CopyRefe
         "feature_extractor": models.features.source,
         # What real held-out images score: the ceiling for plausibility, the floor for FID.
         "real_test": {"plausibility": summarise(j), "prdc": ref.test_manifold.summary(),
+                      "checklist": ref.checklist.judge(ref.test.images, ref.test.classes).summary(),
                       "fid_vs_train": fid(ref.test_features, ref.train_features)},
         "copy_thresholds": {"feature": copies.threshold_feature, "pixel": copies.threshold_pixel},
     }
@@ -224,19 +247,22 @@ def _real_metrics(models: EvaluationModels, ref: RealReference, copies: CopyRefe
 def evaluate_samples(models: EvaluationModels, real: RealData, samples: RealData,
                      baseline: RealData | None = None, test: RealData | None = None,
                      reward: RewardFn | None = None, config: MetricConfig | None = None,
-                     reference: RealReference | None = None, progress: bool = False) -> EvaluationResult:
+                     reference: RealReference | None = None, progress: bool = False,
+                     generator: RealData | None = None) -> EvaluationResult:
     """Score ``samples`` (and ``baseline``, side by side with differences) against the real data.
 
     Image sets may be ImageSets or ``(uint8 NHWC images, class names[, ids])``. ``real``/``test``
     must be what ``models`` was fitted with. ``reward(image_set) -> scores`` adds the mean reward.
     Pass a prebuilt ``reference`` (``RealReference.build``) to score many sets against the same
-    real data without re-embedding it.
+    real data without re-embedding it. ``generator``: the generator's training images, when they
+    are not ``real`` (see :meth:`RealReference.build`).
     """
     config = config or MetricConfig()
     samples = as_image_set(samples)
     baseline = None if baseline is None else as_image_set(baseline)
     start = time.perf_counter()
-    ref = reference or RealReference.build(models, real, test, config.k, config.max_reference, config.seed)
+    ref = reference or RealReference.build(models, real, test, config.k, config.max_reference, config.seed,
+                                           generator)
     copies = CopyReference.build(ref, config.copy_percentile)
     utility_baseline = (None if config.utility is None else
                         real_only(ref.train, ref.test, models.class_map, config.utility, models.directory, progress))
@@ -292,12 +318,12 @@ def write_metrics(result: EvaluationResult, out_dir: str | Path) -> Path:
 def write_per_sample(result: EvaluationResult, out_dir: str | Path) -> Path:
     """``per_sample.csv``: every sample's verdict components, nearest real images and reward."""
     path = Path(out_dir) / "per_sample.csv"
-    train_ids = result.reference.train.ids
+    train_ids = result.reference.generator.ids
     with atomic_writer(path, "w") as f:
         w = csv.writer(f)
         w.writerow(["set", "ID", "class", "p_declared", "oracle_class", "in_manifold", "plausible",
                     "nn_feature_distance", "nn_feature_real", "near_copy_feature", "nn_pixel_distance",
-                    "nn_pixel_real", "near_copy_pixel", "reward"])
+                    "nn_pixel_real", "near_copy_pixel", "reward", "checklist_failed"])
         for r in result.sets.values():
             j, mem = r.judgement, r.memorisation
             for i, sid in enumerate(r.samples.ids):
@@ -305,7 +331,9 @@ def write_per_sample(result: EvaluationResult, out_dir: str | Path) -> Path:
                             int(j.in_manifold[i]), int(j.plausible[i]), f"{mem.feature.distance[i]:.6g}",
                             train_ids[mem.feature.index[i]], int(mem.near_copy_feature[i]),
                             f"{mem.pixel.distance[i]:.6g}", train_ids[mem.pixel.index[i]], int(mem.near_copy_pixel[i]),
-                            "" if r.reward is None else f"{r.reward[i]:.6g}"])
+                            "" if r.reward is None else f"{r.reward[i]:.6g}",
+                            "" if r.checklist is None else
+                            " ".join(c for c, ok in zip(CRITERIA, r.checklist.passed[i]) if not ok)])
     return path
 
 
@@ -380,6 +408,7 @@ class Evaluator:
     """
 
     def __init__(self, real: str | Path, real_test: str | Path | None = None, *, models_dir: str | Path,
+                 generator_data: str | Path | None = None,
                  oracle_config: OracleConfig | None = None, metric_config: MetricConfig | None = None,
                  reward_checkpoint: str | Path | None = None, inception: str | Path | None = None,
                  feature_checkpoint: str | Path | None = None, skip_bad_images: bool = False,
@@ -393,6 +422,8 @@ class Evaluator:
         self.test = (None if real_test is None else
                      ImageSet.from_folder(real_test, size, self.real.channels, skip_bad_images=skip_bad_images))
         self.class_map = ClassMap.from_labels(self.real.classes + (self.test.classes if self.test else []))
+        self.generator = (None if generator_data is None else
+                          ImageSet.from_folder(generator_data, size, self.real.channels, skip_bad_images=skip_bad_images))
         self.reward = reward_scorer(reward_checkpoint) if reward_checkpoint else None
         self._models: EvaluationModels | None = None
         self._reference: RealReference | None = None
@@ -416,20 +447,23 @@ class Evaluator:
         sample_set = self.read(samples)
         base_set = None if baseline is None else self.read(baseline)
         result = evaluate_samples(self.models, self.real, sample_set, base_set, self.test, self.reward,
-                                  self.metric_config, reference=self._reference, progress=self.progress)
+                                  self.metric_config, reference=self._reference, progress=self.progress,
+                                  generator=self.generator)
         self._reference = result.reference
         return result
 
 
 def evaluate(real: str | Path, samples: str | Path, out: str | Path, baseline: str | Path | None = None,
              real_test: str | Path | None = None, models_dir: str | Path | None = None,
+             generator_data: str | Path | None = None,
              oracle_config: OracleConfig | None = None, metric_config: MetricConfig | None = None,
              reward_checkpoint: str | Path | None = None, inception: str | Path | None = None,
              feature_checkpoint: str | Path | None = None, skip_bad_images: bool = False,
              progress: bool = False) -> EvaluationResult:
     """Load the folders, fit (or reuse) the evaluation models, score, and write the outputs to ``out``."""
     out = Path(out)
-    evaluator = Evaluator(real, real_test, models_dir=models_dir or out / "models", oracle_config=oracle_config,
+    evaluator = Evaluator(real, real_test, models_dir=models_dir or out / "models", generator_data=generator_data,
+                          oracle_config=oracle_config,
                           metric_config=metric_config, reward_checkpoint=reward_checkpoint, inception=inception,
                           feature_checkpoint=feature_checkpoint, skip_bad_images=skip_bad_images, progress=progress)
     result = evaluator.judge(samples, baseline)

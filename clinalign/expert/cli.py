@@ -9,15 +9,18 @@ import torch
 
 from ..data.concepts import parse_concept_specs
 from ..errors import ConfigError
-from .simulator import LABEL_FUNCTIONS, ExpertConfig, check_reviewer, expert_for, review_queue, simulate
-from ..utils.config import str2bool
+from ..data.naming import list_images
+from ..reward.data import image_size_of
+from ..utils.config import add_flags, resolve, str2bool
+from .simulator import ExpertConfig, check_reviewer, expert_for, review_queue, simulate
 
 
 def run_simulate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = ExpertConfig(image_size=args.image_size, width=args.width, epochs=args.epochs, seed=args.seed,
-                          max_train=args.max_train, label_from=args.label_from)
+    if not args.image_size:  # judge at the samples' own size (the generator's), else the default
+        args.image_size = image_size_of(list_images(args.samples)[0]) if args.samples else ExpertConfig.image_size
+    config = resolve(ExpertConfig, args)
     concepts = parse_concept_specs(args.concept)
     if concepts and config.label_from != "subtype":
         raise ConfigError("--concept needs an expert that knows subtypes: add --label_from subtype")
@@ -49,32 +52,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="expert_command", metavar="<command>")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
-    d = ExpertConfig()
     p = sub.add_parser("simulate", help="judge a sample folder: writes OUT/CLASS/align|notalign and judgements.csv",
-                       description="Judge each sample plausible iff the expert's P(declared class) >= --tau, "
-                                   "flip each verdict with probability --noise, write the feedback folder.")
+                       description="Judge each sample (by --criteria: the expert's P(declared class) >= --tau and its "
+                                   "real-data manifold, the clinical checklist, or both), flip each verdict with "
+                                   "probability --noise, write the feedback folder.")
     p.add_argument("--samples", type=Path, help="synthetic images (CLASS_*.png or manifest.csv)")
     p.add_argument("--out", type=Path, help="feedback folder to write (must be new or empty)")
     p.add_argument("--real", type=Path, required=True, help="real images; the expert trains on half A of them")
     p.add_argument("--tau", type=float, default=0.5, help="strictness: P(declared class) needed to be plausible")
     p.add_argument("--noise", type=float, default=0.0, help="probability of flipping each verdict")
-    p.add_argument("--seed", type=int, default=0, help="seeds the expert's training and the verdict flips")
     p.add_argument("--expert_dir", type=Path, help="cache of trained experts (default: OUT/../expert, or ./expert "
                                                    "with --db)")
     p.add_argument("--db", help="instead of a folder, judge the review app's queue in this database "
                                 "(sqlite:///feedback.db or a PostgreSQL URL) ...")
     p.add_argument("--reviewer", help="... as this reviewer (created with `clinalign review add-reviewer`)")
-    p.add_argument("--label_from", choices=tuple(LABEL_FUNCTIONS), default=d.label_from,
-                   help="train on classes, or on subtypes (second '_' token of the file name)")
     p.add_argument("--concept", action="append", default=[], metavar="NAME=LABEL",
                    help="assign plausible samples the expert puts in subtype LABEL (e.g. "
                         "neutrophil-band=neutrophil:BNE) to the concept NAME (repeatable; needs --label_from subtype)")
     p.add_argument("--concept_min_p", type=float, default=0.5,
                    help="share of the class's probability the subtype needs for the image to be assigned")
-    p.add_argument("--image_size", type=int, default=d.image_size)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--max_train", type=int, default=d.max_train, help="cap on training images (0 = all of half A)")
+    add_flags(p.add_argument_group("the simulated expert (part of its cache key)"), ExpertConfig,
+              defaults={"image_size": 0})
     p.add_argument("--overwrite", type=str2bool, default=False, metavar="BOOL", help="replace an existing OUT")
     p.add_argument("--skip_bad_images", type=str2bool, default=False, metavar="BOOL")
     p.add_argument("--threads", type=int, default=0,

@@ -50,9 +50,11 @@ from ..evaluate.data import (
     is_validation,
     stratified_cap,
 )
+from ..evaluate.checklist import Checklist, ChecklistVerdict
 from ..evaluate.features import as_uint8_images, classifier_proba
 from ..evaluate.oracle import cache_dir, load_model_dir, save_model_dir, seeded_classifier
 from ..models.fit import fit_classifier
+from ..utils.config import option
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ EXPERT_ARCH = "resnet"
 MODEL_FILE = "expert.safetensors"
 META_FILE = "expert.json"
 REFERENCE_FILE = "expert_reference.npz"  # half-A features and k-NN radii (manifold check)
+CRITERIA_MODES = ("classifier", "checklist", "both")
 JUDGEMENTS_FILE = "judgements.csv"
 _FORMAT = 2
 
@@ -86,23 +89,32 @@ def parent_of(label: str) -> str:
 
 @dataclass
 class ExpertConfig:
-    """How the expert's classifier is trained; every field is part of the cache key."""
+    """How the simulated expert is trained and judges; every field is part of its cache key."""
 
-    image_size: int = 32
-    width: int = 16
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 2e-3
-    seed: int = 0
-    val_fraction: float = 0.1  # of half A, for early stopping
-    max_train: int = 0  # cap on training images (stratified); 0 = all of half A
-    label_from: str = "class"  # a key of LABEL_FUNCTIONS
+    image_size: int = option(32, "side the expert looks at (the command line's 0: the samples' own size)")
+    width: int = option(16, "the expert classifier's base channel width")
+    epochs: int = option(10, "the expert classifier's training epochs")
+    batch_size: int = option(64, "training batch size")
+    lr: float = option(2e-3, "training learning rate")
+    seed: int = option(0, "seeds the expert's training and the verdict flips")
+    val_fraction: float = option(0.1, "share of its real images held out for early stopping", flag=False)
+    max_train: int = option(0, "cap on training images (stratified; 0 = all of its half)")
+    label_from: str = option("class", "train on classes, or on subtypes (second '_' token of the file name)",
+                             choices=tuple(LABEL_FUNCTIONS))
     # A pathologist rejects a cell whose shape says "lymphocyte" but whose stain is green: besides
     # recognising the class, a plausible image must lie inside the expert's own real-data manifold
     # (k-NN radius in its feature space, over half A). 0 turns the manifold check off.
-    manifold_k: int = 5
+    manifold_k: int = option(5, "neighbours of the expert's own real-data manifold check (0 = off)")
+    # What the verdict rests on: the classifier (declared class recognised and on the expert's
+    # manifold), the clinical checklist (cell size, nucleus/cell ratio, lobes, chromatin, cytoplasm
+    # hue, granules, each within what the expert's real cells of the class show), or both.
+    criteria: str = option("classifier", "what a verdict rests on: the classifier, the clinical checklist, or both",
+                           choices=CRITERIA_MODES)
+    checklist_quantile: float = option(0.01, "each checklist range spans real cells' [q, 1 - q] percentiles")
 
     def __post_init__(self) -> None:
+        if self.criteria not in CRITERIA_MODES:
+            raise DataError(f"--criteria must be one of {', '.join(CRITERIA_MODES)}, got {self.criteria!r}")
         if self.label_from not in LABEL_FUNCTIONS:
             raise DataError(f"--label_from must be one of {', '.join(LABEL_FUNCTIONS)}, got {self.label_from!r}")
         if self.image_size < 8 or self.epochs < 1 or self.width < 1 or self.batch_size < 2:
@@ -123,6 +135,7 @@ class ExpertSimulator:
     directory: Path | None = field(default=None, repr=False)
     reference: np.ndarray | None = field(default=None, repr=False)  # half-A features
     radii: np.ndarray | None = field(default=None, repr=False)  # their k-NN radii
+    checklist: Checklist | None = field(default=None, repr=False)
 
     @property
     def image_size(self) -> int:
@@ -159,11 +172,21 @@ class ExpertSimulator:
         if not 0.0 <= tau <= 1.0 or not 0.0 <= noise <= 1.0:
             raise DataError(f"--tau and --noise must be in [0, 1], got {tau} and {noise}")
         p = self.p_declared(images, class_names)
-        plausible = (p >= tau) & self.in_manifold(images)
+        plausible = np.ones(len(p), dtype=bool)
+        if self.config.criteria in ("classifier", "both"):
+            plausible &= (p >= tau) & self.in_manifold(images)
+        if self.config.criteria in ("checklist", "both"):
+            plausible &= self.check(images, class_names).plausible
         if noise > 0:
             flip = np.random.default_rng(derived_seed("expert-noise", seed)).random(len(p)) < noise
             plausible = plausible ^ flip
         return plausible, p
+
+    def check(self, images: np.ndarray | torch.Tensor, class_names: Sequence[str]) -> ChecklistVerdict:
+        """The clinical checklist, criterion by criterion (see :mod:`clinalign.evaluate.checklist`)."""
+        if self.checklist is None:
+            raise DataError("this simulated expert has no checklist; train it with --criteria checklist or both")
+        return self.checklist.judge(as_uint8_images(images, self.image_size, self.channels), list(class_names))
 
     def features(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         from ..models.fit import extract_features
@@ -271,6 +294,9 @@ class ExpertSimulator:
 
             expert.reference = expert.features(fit_set.images)
             expert.radii = knn_radii(expert.reference, config.manifold_k)
+        if config.criteria != "classifier":
+            expert.checklist = Checklist.calibrate(fit_set.images, fit_set.classes, config.checklist_quantile)
+            expert.info["checklist_real_pass"] = expert.checklist.real_pass["all"]
         return expert
 
     # -- persistence ----------------------------------------------------------------------------
@@ -278,7 +304,8 @@ class ExpertSimulator:
     def save(self, directory: str | Path) -> Path:
         """``expert.safetensors`` + ``expert.json``, written to a temp folder and renamed into place."""
         meta = {"format": _FORMAT, "config": asdict(self.config), "labels": self.labels, "classes": self.classes,
-                "channels": self.channels, "info": self.info}
+                "channels": self.channels, "info": self.info,
+                "checklist": self.checklist.to_dict() if self.checklist is not None else None}
         self.directory = save_model_dir(directory, self.model, {
             "arch": EXPERT_ARCH, "channels": self.channels, "num_outputs": len(self.labels),
             "width": self.config.width, "labels": self.labels}, meta, MODEL_FILE, META_FILE)
@@ -297,6 +324,8 @@ class ExpertSimulator:
                                   "delete the folder to retrain") from None
         expert = cls(model, list(meta["labels"]), int(meta["channels"]), config, meta["info"],
                      classes=list(meta.get("classes", [])), directory=Path(directory))
+        if meta.get("checklist"):
+            expert.checklist = Checklist.from_dict(meta["checklist"])
         if (Path(directory) / REFERENCE_FILE).exists():
             with np.load(Path(directory) / REFERENCE_FILE) as ref:
                 expert.reference, expert.radii = ref["features"], ref["radii"]

@@ -13,7 +13,6 @@ resumed: a step whose output is complete is skipped when the command is rerun.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
@@ -27,7 +26,9 @@ from ..diffusion.samplers import SAMPLERS
 from ..errors import ConfigError, DataError
 from ..sampling.sample import SampleConfig
 from ..training.config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig
+from ..expert.simulator import CRITERIA_MODES
 from ..utils.config import option
+from ..utils.splits import hash01
 from ..utils.fileio import write_texts_atomic
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,12 @@ class RoundConfig:
     sample_batch: int = option(64, "images per sampling forward pass")
     tau: float = option(0.5, "simulated expert's strictness")
     noise: float = option(0.0, "simulated expert's label-noise rate")
+    expert_criteria: str = option("classifier", "what the simulated expert's verdicts rest on",
+                                  choices=CRITERIA_MODES)
     val_share: float = option(0.2, "share of the feedback held out to calibrate / early-stop the reward model")
     reward_epochs: int = option(20, "reward model training epochs")
-    reward_image_size: int = option(0, "reward model input size (0 = the generator's image size)")
+    reward_image_size: int = option(0, "reward model input size (0 = the generator's image size, so that real and "
+                                       "synthetic images reach it at the same native resolution)")
     finetune_steps: int = option(300, "finetuning steps per round")
     finetune_lr: float = option(1e-4, "finetuning learning rate")
     finetune_batch: int = option(16, "real and synthetic images per finetuning step (each)")
@@ -79,8 +83,7 @@ class RoundResult:
 
 def _val_member(file_id: str, share: float) -> bool:
     """Deterministic split by file name, so a rerun holds out the same images."""
-    h = int(hashlib.sha1(file_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return h < share
+    return hash01("clinalign-feedback-val", file_id) < share
 
 
 def split_feedback(folder: Path, share: float) -> tuple[Path, Path]:
@@ -152,9 +155,14 @@ def _timed(seconds: dict[str, float], key: str):
 
 def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None, out: Path, cfg: RoundConfig,
               feedback: Path | None = None, expert_dir: Path | None = None, progress: bool = False,
-              feedback_db: str = "", review_timeout_s: float = 0.0) -> RoundResult:
-    """One round; each step is skipped when its output is already complete."""
-    from ..expert.simulator import simulate
+              feedback_db: str = "", review_timeout_s: float = 0.0, expert_real: Path | None = None) -> RoundResult:
+    """One round; each step is skipped when its output is already complete.
+
+    ``real_train``: the generator's training images (the finetune's anchor and the reward model's
+    real images). ``expert_real``: the simulated expert's experience, real images the generator
+    never saw (default: ``real_train``; see :mod:`clinalign.data.pools`).
+    """
+    from ..expert.simulator import ExpertConfig, simulate
     from ..reward.score import score_folder
     from ..reward.train import TrainConfig, train_reward
     from ..sampling.sample import sample_folder
@@ -182,8 +190,9 @@ def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None,
             shutil.copytree(feedback, fb)
         elif feedback is None and not feedback_db and not (fb / "judgements.csv").exists():
             shutil.rmtree(fb, ignore_errors=True)
-            result = simulate(samples, fb, real_train, tau=cfg.tau, noise=cfg.noise, seed=cfg.seed,
-                              expert_dir=expert_dir or out / "expert", progress=progress)
+            expert_cfg = ExpertConfig(image_size=ck.model.image_size, seed=cfg.seed, criteria=cfg.expert_criteria)
+            result = simulate(samples, fb, expert_real or real_train, tau=cfg.tau, noise=cfg.noise, seed=cfg.seed,
+                              expert_dir=expert_dir or out / "expert", config=expert_cfg, progress=progress)
             expert_rate = result.plausible_rate
         fb_train, fb_val = split_feedback(fb, cfg.val_share)
 
@@ -192,7 +201,8 @@ def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None,
         if not (reward_dir / "reward.safetensors").exists():
             train_reward(TrainConfig(train_dir=real_train, train_anno_dir=fb_train, val_dir=real_val,
                                      val_anno_dir=fb_val if any(fb_val.iterdir()) else None, save_dir=reward_dir,
-                                     epochs=cfg.reward_epochs, image_size=cfg.reward_image_size or None, seed=cfg.seed,
+                                     epochs=cfg.reward_epochs, image_size=cfg.reward_image_size or ck.model.image_size,
+                                     seed=cfg.seed,
                                      device="cpu" if cfg.device == "cpu" else "auto"))
         rewards_csv = samples / "rewards.csv"
         if not rewards_csv.exists():
