@@ -362,6 +362,15 @@ def _plots(result: EvaluationResult) -> str:
         f"<figure>{_img(uri, alt)}</figure>" for uri, alt in figs) + "</div>"
 
 
+def _pools_line(pools: dict | None) -> str:
+    if not pools:
+        return ""
+    parts = [f"{name} {pools[name]['n']} images (fingerprint {_esc(pools[name]['fingerprint'])})"
+             for name in ("G", "E", "O") if name in pools]
+    return ("<p class='muted'>Real pools, disjoint: " + "; ".join(parts) + ". G trains the generator, E the "
+            "simulated expert, O the evaluation oracle and the reference; memorisation is measured against G.</p>")
+
+
 def render_report(result: EvaluationResult, title: str = "clinalign evaluation") -> str:
     m = json_safe(result.metrics)
     real = m["real"]
@@ -372,7 +381,7 @@ def render_report(result: EvaluationResult, title: str = "clinalign evaluation")
         f"<p class='muted'>{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} · real data: "
         f"{real['n_train']} training / {real['n_test']} held-out images, {len(real['classes'])} classes, "
         f"{real['image_size']} px · sets: {set_names}"
-        "</p>"
+        "</p>" + _pools_line(real.get("pools")) +
         "<div class='note'><b>How plausibility is measured.</b> A classifier alone is easy to fool (it can be "
         "confident on pure noise), so a sample counts as <i>plausible</i> only when the evaluation oracle gives "
         f"its declared class probability ≥ τ = {_fmt(m['config']['metrics']['tau'])} <b>and</b> its features lie "

@@ -408,7 +408,7 @@ class Evaluator:
     """
 
     def __init__(self, real: str | Path, real_test: str | Path | None = None, *, models_dir: str | Path,
-                 generator_data: str | Path | None = None,
+                 generator_data: str | Path | None = None, pools: dict[str, Any] | None = None,
                  oracle_config: OracleConfig | None = None, metric_config: MetricConfig | None = None,
                  reward_checkpoint: str | Path | None = None, inception: str | Path | None = None,
                  feature_checkpoint: str | Path | None = None, skip_bad_images: bool = False,
@@ -425,6 +425,7 @@ class Evaluator:
         self.generator = (None if generator_data is None else
                           ImageSet.from_folder(generator_data, size, self.real.channels, skip_bad_images=skip_bad_images))
         self.reward = reward_scorer(reward_checkpoint) if reward_checkpoint else None
+        self.pools = pools
         self._models: EvaluationModels | None = None
         self._reference: RealReference | None = None
 
@@ -450,6 +451,8 @@ class Evaluator:
                                   self.metric_config, reference=self._reference, progress=self.progress,
                                   generator=self.generator)
         self._reference = result.reference
+        if self.pools:
+            result.metrics["real"]["pools"] = self.pools
         return result
 
 

@@ -1,0 +1,267 @@
+"""Feedback against the same cost without feedback: the method's one claim, measured round by round.
+
+From one pretrained base, K rounds of expert feedback (:func:`clinalign.pipeline.rounds.run_round`)
+are compared after every round with:
+
+- **no feedback, equal images**: the base's own training continued on the generator's real
+  images (G) until it has processed as many images as the feedback run (a feedback step
+  processes a real and a synthetic batch, so twice the steps);
+- **no feedback, equal steps**: the same continuation at as many steps as the feedback run;
+- **rejection sampling**: the base, keeping only samples the round's reward model accepts
+  (``reward >= min_reward``) — the cheapest use of the reward model, paid for in extra draws.
+
+Every column is sampled with the same sampler and seeds and judged by one :class:`Evaluator`:
+an oracle trained on pool O (which neither the generator nor the expert saw), FID and the
+manifold against O, memorisation against G, the clinical checklist calibrated on O, and 95 %
+bootstrap intervals, plus the interval of feedback minus the equal-images control.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..evaluate import bootstrap as bs
+from ..evaluate.oracle import OracleConfig
+from ..evaluate.run import Evaluator, MetricConfig, SetResult, json_safe, lookup
+from ..sampling.sample import sample_folder
+from ..training.checkpoint import Checkpoint, find_checkpoint, list_checkpoints
+from ..utils.config import option
+from ..utils.fileio import write_json_atomic, write_text_atomic
+from .rounds import RoundConfig, run_round
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("pretrained", "feedback", "no feedback (equal images)", "no feedback (equal steps)", "rejection sampling")
+
+#: (row label, metric path in an evaluation's metrics); lower is better for FID and memorisation.
+ROWS = [
+    ("plausibility", ("plausibility", "rate")),
+    ("  class-consistent", ("plausibility", "oracle_rate")),
+    ("  on-manifold", ("plausibility", "manifold_rate")),
+    ("clinical checklist", ("checklist", "all")),
+    ("FID (domain features)", ("fid",)),
+    ("precision", ("prdc", "precision")),
+    ("recall", ("prdc", "recall")),
+    ("near copies of G (features)", ("memorisation", "feature", "near_copy_fraction")),
+    ("near copies of G (pixels)", ("memorisation", "pixel", "near_copy_fraction")),
+    ("TSTR accuracy", ("utility", "synthetic_only", "accuracy")),
+]
+BOOTSTRAPPED = {("plausibility", "rate"), ("plausibility", "oracle_rate"), ("plausibility", "manifold_rate"),
+                ("checklist", "all"), ("fid",), ("prdc", "precision"),
+                ("memorisation", "feature", "near_copy_fraction")}
+
+
+@dataclass
+class CompareConfig:
+    rounds: int = option(3, "feedback rounds, each judged against its controls")
+    eval_per_class: int = option(96, "samples per class every column is judged on")
+    eval_seed: int = option(7, "sampling seed of the judged samples (the same for every column)")
+    rejection: bool = option(True, "add rejection sampling from the base with each round's reward model")
+    min_reward: float = option(0.5, "rejection sampling keeps samples whose reward is at least this")
+    oracle_epochs: int = option(20, "evaluation oracle training epochs (its real held-out accuracy is reported)")
+    oracle_width: int = option(32, "evaluation oracle width")
+    utility: bool = option(True, "train TSTR classifiers for every column")
+
+
+@dataclass
+class Pools:
+    """Folders of the real pools: G (the generator's), E (the expert's), O (the oracle's), test."""
+
+    generator: Path
+    expert: Path
+    oracle: Path
+    test: Path
+    summary: dict[str, Any] = field(default_factory=dict)  # sizes and fingerprints, for the record
+
+
+def control_checkpoint(run: Path, step: int) -> Checkpoint:
+    for path in list_checkpoints(run):
+        ck = find_checkpoint(path)
+        if ck.step == step:
+            return ck
+    raise FileNotFoundError(f"{run}: no checkpoint at step {step}")
+
+
+def continue_training(base: Checkpoint, data: Path, run: Path, total_steps: int, cfg: RoundConfig,
+                      save_every: int, progress: bool = False) -> float:
+    """The no-feedback control: the base's training continued on real images only, at the finetune's lr
+    and real batch, saving every ``save_every`` steps; returns the seconds this call trained."""
+    from ..training.pretrain import pretrain
+
+    start = time.perf_counter()
+    pretrain({"data_dir": str(data), "run_dir": str(run), "resume_checkpoint": str(base.path),
+              "max_steps": total_steps, "lr": cfg.finetune_lr, "batch_size": cfg.finetune_batch,
+              "ema_rate": ",".join(base.ema_rates) or "0.999", "save_interval": save_every,
+              "log_interval": max(1, save_every // 4), "use_fp16": cfg.use_fp16, "seed": cfg.seed,
+              "device": cfg.device}, progress=progress)
+    return time.perf_counter() - start
+
+
+def make_evaluator(pools: Pools, image_size: int, ccfg: CompareConfig, out: Path, seed: int = 0,
+                   progress: bool = False) -> Evaluator:
+    """The one judge of every column: oracle and reference on O, test split, memorisation against G."""
+    return Evaluator(
+        pools.oracle, pools.test, generator_data=pools.generator, models_dir=Path(out) / "evaluation-models",
+        oracle_config=OracleConfig(image_size=image_size, epochs=ccfg.oracle_epochs, width=ccfg.oracle_width,
+                                   seed=seed),
+        metric_config=MetricConfig(seed=seed, utility=MetricConfig().utility if ccfg.utility else None),
+        pools=pools.summary, progress=progress)
+
+
+class Comparison:
+    """Runs the rounds and their controls from one base and judges every column (see the module doc)."""
+
+    def __init__(self, base: str | Path, pools: Pools, out: str | Path, rcfg: RoundConfig, ccfg: CompareConfig,
+                 progress: bool = False, evaluator: Evaluator | None = None):
+        self.base = find_checkpoint(base)
+        self.pools, self.out, self.rcfg, self.ccfg, self.progress = pools, Path(out), rcfg, ccfg, progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.evaluator = evaluator or make_evaluator(pools, self.base.model.image_size, ccfg, self.out, rcfg.seed,
+                                                     progress)
+        self.n_classes = len(self.base.class_map)
+        self.seconds: dict[str, float] = {"feedback": 0.0, "control": 0.0}
+        self.results: dict[str, SetResult] = {}
+
+    # -- one column ----------------------------------------------------------------------------
+
+    def judge(self, name: str, checkpoint: Checkpoint, accept=None) -> tuple[SetResult | None, dict[str, Any]]:
+        """Sample the column with the shared seed and judge it (None when rejection sampling kept nothing)."""
+        folder = self.out / "judged" / name.replace(" ", "_").replace("(", "").replace(")", "")
+        scfg = self.rcfg.sample_config(self.ccfg.eval_per_class * self.n_classes, self.ccfg.eval_seed)
+        start = time.perf_counter()
+        drawn = sample_folder(checkpoint, folder, scfg, accept=accept, progress=self.progress)
+        info = {"checkpoint": str(checkpoint.path), "step": checkpoint.step,
+                "sample_seconds": round(time.perf_counter() - start, 1)}
+        if accept is not None:
+            info.update(acceptance=drawn.acceptance_rate, draws_per_kept=1 / max(drawn.acceptance_rate, 1e-9),
+                        short=drawn.short)
+        if not drawn.per_class or not sum(drawn.per_class.values()):
+            log.warning("%s: no sample passed; nothing to judge", name)
+            return None, info
+        result = self.evaluator.judge(folder).samples
+        result.name = name
+        self.results[name] = result
+        return result, info
+
+    # -- the rounds ----------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        rcfg, steps = self.rcfg, self.rcfg.finetune_steps
+        base_step = self.base.step
+        table: dict[str, Any] = {"pools": self.pools.summary, "base": {"checkpoint": str(self.base.path),
+                                                                       "step": base_step},
+                                 "round_config": asdict(rcfg), "compare_config": asdict(self.ccfg), "rounds": []}
+        _, base_info = self.judge("pretrained", self.base)
+        current = self.base.path
+        for k in range(1, self.ccfg.rounds + 1):
+            t = time.perf_counter()
+            r = run_round(k, current, self.pools.generator, None, self.out, rcfg, progress=self.progress,
+                          expert_real=self.pools.expert)
+            self.seconds["feedback"] += time.perf_counter() - t
+            current = r.checkpoint
+            self.seconds["control"] += continue_training(self.base, self.pools.generator, self.out / "control",
+                                                         base_step + 2 * k * steps, rcfg, steps, self.progress)
+            table["rounds"].append(self._round(k, r, base_info))
+            self._write(table)
+        return table
+
+    def _round(self, k: int, r, base_info: dict[str, Any]) -> dict[str, Any]:
+        rcfg, steps = self.rcfg, self.rcfg.finetune_steps
+        base_step = self.base.step
+        info = {"pretrained": {**base_info, "train_images": 0}}
+        _, info["feedback"] = self.judge(f"feedback r{k}", find_checkpoint(r.checkpoint))
+        info["feedback"].update(train_images=k * steps * 2 * rcfg.finetune_batch,
+                                expert_plausible_rate=r.expert_plausible_rate, round_seconds=r.seconds)
+        for name, extra in (("no feedback (equal images)", 2 * k * steps), ("no feedback (equal steps)", k * steps)):
+            _, info[name] = self.judge(f"{name} r{k}", control_checkpoint(self.out / "control", base_step + extra))
+            info[name]["train_images"] = extra * rcfg.finetune_batch
+        names = {"pretrained": "pretrained", "feedback": f"feedback r{k}",
+                 "no feedback (equal images)": f"no feedback (equal images) r{k}",
+                 "no feedback (equal steps)": f"no feedback (equal steps) r{k}"}
+        if self.ccfg.rejection:
+            from ..sampling.rejection import reward_acceptor
+
+            accept = reward_acceptor(str(r.reward), self.ccfg.min_reward, str(self.base.path))
+            kept, info["rejection sampling"] = self.judge(f"rejection sampling r{k}", self.base, accept)
+            if kept is not None:
+                names["rejection sampling"] = f"rejection sampling r{k}"
+        return {"round": k, "columns": info, "seconds": {k2: round(v, 1) for k2, v in self.seconds.items()},
+                "metrics": self._table(names), "feedback_minus_control": self._differences(names)}
+
+    def _table(self, names: dict[str, str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for label, path in ROWS:
+            row = {}
+            for column, name in names.items():
+                m = self.results[name].metrics
+                ci = m.get("ci", {}).get(".".join(path))
+                row[column] = {"value": lookup(m, path), "ci": ci}
+            out[label] = row
+        return out
+
+    def _differences(self, names: dict[str, str]) -> dict[str, Any]:
+        """Feedback minus each control, with the bootstrap interval of the difference."""
+        fb = self.results[names["feedback"]]
+        out: dict[str, Any] = {}
+        for column in ("no feedback (equal images)", "no feedback (equal steps)", "rejection sampling"):
+            if column not in names:
+                continue
+            other = self.results[names[column]]
+            rows = {}
+            for label, path in ROWS:
+                if path not in BOOTSTRAPPED or path not in fb.replicates or path not in other.replicates:
+                    continue
+                d = bs.difference(lookup(fb.metrics, path), fb.replicates[path], lookup(other.metrics, path),
+                                  other.replicates[path], bias_correct=path == ("fid",))
+                rows[label] = {"difference": d.value, "ci": [d.low, d.high]}
+            out[column] = rows
+        return out
+
+    def _write(self, table: dict[str, Any]) -> None:
+        table = json_safe(table)
+        write_json_atomic(self.out / "compare.json", table)
+        write_text_atomic(self.out / "compare.md", format_markdown(table))
+
+
+def _cell(entry: dict[str, Any]) -> str:
+    v, ci = entry.get("value"), entry.get("ci")
+    if v is None:
+        return "—"
+    text = f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    if ci and None not in ci:
+        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]" if abs(v) < 100 else f" [{ci[0]:.1f}, {ci[1]:.1f}]"
+    return text
+
+
+def format_markdown(table: dict[str, Any]) -> str:
+    """One markdown table per round: rows are metrics, columns the models; then feedback minus controls."""
+    lines = []
+    for rnd in table["rounds"]:
+        judged = next(iter(rnd["metrics"].values()))
+        columns = [c for c in COLUMNS if c in judged]
+        lines += [f"### Round {rnd['round']}", "", "| metric | " + " | ".join(columns) + " |",
+                  "|---" * (len(columns) + 1) + "|"]
+        for label, row in rnd["metrics"].items():
+            lines.append(f"| {label.strip()} | " + " | ".join(_cell(row[c]) for c in columns) + " |")
+        images = [str(rnd["columns"][c].get("train_images", "")) for c in columns]
+        lines.append("| training images after the base | " + " | ".join(images) + " |")
+        if "rejection sampling" in rnd["columns"]:
+            acc = rnd["columns"]["rejection sampling"].get("acceptance")
+            lines.append("")
+            lines.append(f"Rejection sampling kept {acc:.1%} of its draws." if acc is not None else "")
+        lines += ["", "Feedback minus control (95 % bootstrap interval):", ""]
+        for column, rows in rnd["feedback_minus_control"].items():
+            parts = [f"{label.strip()} {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+                     for label, d in rows.items() if d["difference"] is not None and None not in d["ci"]]
+            lines.append(f"- vs {column}: " + "; ".join(parts))
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def read_table(out: str | Path) -> dict[str, Any]:
+    return json.loads((Path(out) / "compare.json").read_text())
