@@ -40,7 +40,9 @@ def test_sample_writes_seed_named_files_manifest_and_npz(tiny_run, tmp_path, sam
     with Image.open(files[0]) as im:
         assert im.size == (16, 16) and im.mode == "RGB"
     rows = list(csv.DictReader((out / "manifest.csv").open()))
-    assert [r["ID"] for r in rows] == sorted(f.name for f in files) or {r["ID"] for r in rows} == {f.name for f in files}
+    # one row per file, in the order they were drawn (the running number), classes interleaved
+    assert [r["ID"] for r in rows] == sorted((f.name for f in files), key=lambda n: int(n.rsplit("_", 1)[1][:-4]))
+    assert [r["class"] for r in rows] == ["lymphocyte", "neutrophil"] * 3
     assert {r["sampler"] for r in rows} == {sampler} and {r["steps"] for r in rows} == {str(steps)}
     assert set(rows[0]) >= {"ID", "class", "seed", "checkpoint", "sampler", "steps"}
     npz = np.load(out / "samples.npz")
