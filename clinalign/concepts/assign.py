@@ -20,6 +20,44 @@ from ..utils.fileio import atomic_directory
 log = logging.getLogger(__name__)
 
 
+def _samples_by_id(samples: Path) -> dict[str, tuple[Path, str]]:
+    """``{file name: (path, declared class)}``; file names are the IDs, so they must be unique."""
+    paths = list_images(samples)
+    by_id: dict[str, tuple[Path, str]] = {}
+    for p, c in zip(paths, declared_classes(paths, samples)):
+        if p.name in by_id:
+            raise DataError(f"{p}: file name also used by {by_id[p.name][0]}; sample IDs must be unique")
+        by_id[p.name] = (p, c)
+    return by_id
+
+
+def _relabel(by_id: dict[str, tuple[Path, str]], assigned: dict[str, tuple[str, bool]], parents: dict[str, str],
+             feedback: Path, only_assigned: bool) -> tuple[list[tuple[str, str, Path]], dict[str, int]]:
+    """(rows of (ID, new class, path), images per concept): an assigned image becomes its concept."""
+
+    def ancestors(name: str) -> set[str]:
+        found = set()
+        while name in parents:
+            name = parents[name]
+            found.add(name)
+        return found
+
+    rows, counts = [], {}
+    for file_id, (path, cls) in sorted(by_id.items()):
+        label = cls
+        if file_id in assigned:
+            concept = assigned[file_id][0]
+            if cls not in ancestors(concept):
+                raise DataError(f"{feedback / concept}: {file_id} was sampled as {cls!r}, not as {concept!r}'s "
+                                f"parent {parents[concept]!r}; move it back to {cls}/")
+            label = concept
+            counts[concept] = counts.get(concept, 0) + 1
+        elif only_assigned:
+            continue
+        rows.append((file_id, label, path))
+    return rows, counts
+
+
 @dataclass
 class AssignResult:
     out: Path
@@ -49,38 +87,13 @@ def assign(samples: str | Path, feedback: str | Path, out: str | Path, known: It
         raise DataError(f"{feedback}: assigns no image to a concept (every class folder is one of the model's "
                         f"classes); name concepts in the review app or with expert simulate --concept")
     assigned = concept_assignments(feedback, parents)
-    paths = list_images(samples)
-    classes = declared_classes(paths, samples)
-    by_id = {}
-    for p, c in zip(paths, classes):
-        if p.name in by_id:
-            raise DataError(f"{p}: file name also used by {by_id[p.name][0]}; sample IDs must be unique")
-        by_id[p.name] = (p, c)
+    by_id = _samples_by_id(samples)
     missing = sorted(set(assigned) - set(by_id))
     if missing:
         raise DataError(f"{feedback}: {len(missing)} assigned image(s) are not in {samples}, e.g. {missing[0]}; "
                         "pass the sample folder the feedback was collected on")
 
-    def ancestors(name: str) -> set[str]:
-        found = set()
-        while name in parents:
-            name = parents[name]
-            found.add(name)
-        return found
-
-    rows, counts = [], {}
-    for file_id, (path, cls) in sorted(by_id.items()):
-        label = cls
-        if file_id in assigned:
-            concept = assigned[file_id][0]
-            if cls not in ancestors(concept):
-                raise DataError(f"{feedback / concept}: {file_id} was sampled as {cls!r}, not as {concept!r}'s "
-                                f"parent {parents[concept]!r}; move it back to {cls}/")
-            label = concept
-            counts[concept] = counts.get(concept, 0) + 1
-        elif only_assigned:
-            continue
-        rows.append((file_id, label, path))
+    rows, counts = _relabel(by_id, assigned, parents, feedback, only_assigned)
 
     with atomic_directory(out) as tmp:
         for file_id, _, path in rows:

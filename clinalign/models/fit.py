@@ -56,23 +56,8 @@ def fit_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tenso
 
         bar = tqdm(total=epochs, unit="epoch", dynamic_ncols=True, leave=False)
     for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(train_x), generator=gen)
-        total, seen = 0.0, 0
-        for i in range(steps_per_epoch):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            x = augment(train_x[idx], gen, colour_jitter).to(device)
-            y = train_y[idx].to(device)
-            loss = F.cross_entropy(model(x), y, weight=weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
+        loss = _epoch(model, train_x, train_y, opt, sched, gen, batch_size, colour_jitter, weights, device)
+        record = {"epoch": epoch, "train_loss": loss}
         if val_x is not None and val_y is not None and len(val_x):
             pred = predict_proba(model, val_x, device=device).argmax(1)
             record["val_accuracy"] = float((pred == val_y).float().mean())
@@ -97,6 +82,27 @@ def fit_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tenso
     model.load_state_dict(best_state)
     model.eval()
     return best
+
+
+def _epoch(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, opt, sched, gen: torch.Generator,
+           batch_size: int, colour_jitter: float, weights: torch.Tensor | None, device: torch.device) -> float:
+    """One pass over the shuffled training set with augmentation; returns the mean loss."""
+    model.train()
+    order = torch.randperm(len(train_x), generator=gen)
+    total, seen = 0.0, 0
+    for i in range(max(1, math.ceil(len(train_x) / batch_size))):
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        if len(idx) < 2:  # BatchNorm needs two samples
+            continue
+        x = augment(train_x[idx], gen, colour_jitter).to(device)
+        loss = F.cross_entropy(model(x), train_y[idx].to(device), weight=weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return total / max(seen, 1)
 
 
 @torch.no_grad()

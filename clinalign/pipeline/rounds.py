@@ -162,7 +162,6 @@ def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None,
     real images). ``expert_real``: the simulated expert's experience, real images the generator
     never saw (default: ``real_train``; see :mod:`clinalign.data.pools`).
     """
-    from ..expert.simulator import ExpertConfig, simulate
     from ..reward.score import score_folder
     from ..reward.train import TrainConfig, train_reward
     from ..sampling.sample import sample_folder
@@ -178,22 +177,9 @@ def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None,
         sample_folder(ck, samples, cfg.sample_config(n, cfg.seed + 1000 * k), progress=progress)
 
     fb = rdir / "feedback"
-    expert_rate = None
     with _timed(secs, "feedback"):
-        if feedback_db and not fb.exists():
-            review_feedback(feedback_db, f"round_{k}", samples, real_train, fb, timeout_s=review_timeout_s)
-        elif feedback is not None and not fb.exists():
-            if not feedback.exists():
-                raise AwaitingFeedback(
-                    f"round {k}: judge the samples in {samples} and put the verdicts in {feedback} "
-                    "(CLASS/align/*.png, CLASS/notalign/*.png), then rerun the same command")
-            shutil.copytree(feedback, fb)
-        elif feedback is None and not feedback_db and not (fb / "judgements.csv").exists():
-            shutil.rmtree(fb, ignore_errors=True)
-            expert_cfg = ExpertConfig(image_size=ck.model.image_size, seed=cfg.seed, criteria=cfg.expert_criteria)
-            result = simulate(samples, fb, expert_real or real_train, tau=cfg.tau, noise=cfg.noise, seed=cfg.seed,
-                              expert_dir=expert_dir or out / "expert", config=expert_cfg, progress=progress)
-            expert_rate = result.plausible_rate
+        expert_rate = _collect_feedback(k, ck, samples, fb, real_train, out, cfg, feedback, expert_dir, progress,
+                                        feedback_db, review_timeout_s, expert_real)
         fb_train, fb_val = split_feedback(fb, cfg.val_share)
 
     reward_dir = rdir / "reward"
@@ -215,6 +201,30 @@ def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None,
     result = RoundResult(k, samples, fb, reward_dir, tuned, expert_rate, mean_reward, secs)
     log.info("round %d done: %s", k, {key: v for key, v in asdict(result).items() if key != "seconds"})
     return result
+
+
+def _collect_feedback(k: int, ck, samples: Path, fb: Path, real_train: Path, out: Path, cfg: RoundConfig,
+                      feedback: Path | None, expert_dir: Path | None, progress: bool, feedback_db: str,
+                      review_timeout_s: float, expert_real: Path | None) -> float | None:
+    """The round's verdicts in ``fb`` (CLASS/align|notalign): from the review database, a folder the
+    user filled, or the simulated expert; returns the expert's plausible rate when it judged."""
+    from ..expert.simulator import ExpertConfig, simulate
+
+    if feedback_db and not fb.exists():
+        review_feedback(feedback_db, f"round_{k}", samples, real_train, fb, timeout_s=review_timeout_s)
+    elif feedback is not None and not fb.exists():
+        if not feedback.exists():
+            raise AwaitingFeedback(
+                f"round {k}: judge the samples in {samples} and put the verdicts in {feedback} "
+                "(CLASS/align/*.png, CLASS/notalign/*.png), then rerun the same command")
+        shutil.copytree(feedback, fb)
+    elif feedback is None and not feedback_db and not (fb / "judgements.csv").exists():
+        shutil.rmtree(fb, ignore_errors=True)
+        expert_cfg = ExpertConfig(image_size=ck.model.image_size, seed=cfg.seed, criteria=cfg.expert_criteria)
+        result = simulate(samples, fb, expert_real or real_train, tau=cfg.tau, noise=cfg.noise, seed=cfg.seed,
+                          expert_dir=expert_dir or out / "expert", config=expert_cfg, progress=progress)
+        return result.plausible_rate
+    return None
 
 
 def finetune_on_feedback(checkpoint: Path, real_train: Path, samples: Path, feedback: Path, run: Path,

@@ -288,6 +288,79 @@ def _split(li: LabelledImages, class_map: ClassMap, root: Path, what: str) -> Sp
                  None if li.plausible is None else np.asarray(li.plausible, dtype=np.int64))
 
 
+def _reward_image_size(paths: dict[str, Path | None], image_size: int | None) -> int:
+    """The given size, else the first training image's own (shorter side)."""
+    if image_size is None:
+        first = first_image(paths["train"]) if paths["train"] else None
+        if first is None:
+            anno = paths["train_anno"]
+            assert anno is not None
+            first = next((p for p in sorted(anno.rglob("*")) if p.is_file() and is_image_file(p)), None)
+            if first is None:
+                raise DataError(f"{anno}: no judged images in any CLASS/align or CLASS/notalign folder")
+        image_size = image_size_of(first)
+        log.info("image size %d px (from %s; pass --image_size to change it)", image_size, first)
+    if image_size < 8:
+        raise ConfigError(f"--image_size {image_size}: must be at least 8")
+    return image_size
+
+
+@dataclass
+class _Read:
+    """The four inputs decoded at one size and channel count, with the warnings reading raised."""
+
+    train_real: LabelledImages | None = None
+    train_fb: LabelledImages | None = None
+    val_real: LabelledImages | None = None
+    val_fb: LabelledImages | None = None
+    channels: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _read_inputs(paths: dict[str, Path | None], image_size: int, require_both: bool, feedback_fraction: float,
+                 seed: int, skip_bad: bool) -> _Read:
+    r = _Read()
+    channels: int | None = None
+    if paths["train"]:
+        r.train_real = read_real_folder(paths["train"], image_size, None, skip_bad)
+        channels = int(r.train_real.images.shape[3])
+    if paths["train_anno"]:
+        r.warnings += check_feedback_balance(paths["train_anno"], "training feedback", require_both)
+        r.train_fb = read_feedback_folder(paths["train_anno"], image_size, channels, skip_bad)
+        channels = channels or int(r.train_fb.images.shape[3])
+        r.train_fb = _subsample(r.train_fb, feedback_fraction, seed)
+    if paths["val"]:
+        r.val_real = read_real_folder(paths["val"], image_size, channels, skip_bad)
+    if paths["val_anno"]:
+        r.warnings += check_feedback_balance(paths["val_anno"], "validation feedback", require_both=False)
+        r.val_fb = read_feedback_folder(paths["val_anno"], image_size, channels, skip_bad)
+    assert channels is not None
+    r.channels = channels
+    return r
+
+
+def _class_map(r: _Read, paths: dict[str, Path | None]) -> ClassMap:
+    """Every real and judged class, with the parents of concepts (``concepts.json`` or ``PARENT-...`` names)."""
+    from ..data.concepts import read_concepts_file
+
+    real = set(r.train_real.classes) if r.train_real else set()
+    judged = set(r.train_fb.classes) if r.train_fb else set()
+    if r.train_real is not None and len(real) < 2:
+        msg = (f"{paths['train']}: only one class ({', '.join(real)}); real images cannot be paired with a wrong "
+               "class, so they teach nothing about the declared class")
+        log.warning("%s", msg)
+        r.warnings.append(msg)
+    recorded = {**(read_concepts_file(paths["val_anno"]) if paths["val_anno"] else {}),
+                **(read_concepts_file(paths["train_anno"]) if paths["train_anno"] else {})}
+    # Informational in the reward model (it scores a concept like any class): keep known parents only.
+    parents: dict[str, str | None] = {c: p for c, p in recorded.items() if c in judged and p in real | judged}
+    if r.train_real is not None:
+        parents, new_warnings = _check_new_classes(judged, real, paths["train_anno"], paths["train"],
+                                                   {c: p for c, p in recorded.items() if p in real | judged})
+        r.warnings += new_warnings
+    return ClassMap(sorted(real | judged), parents)
+
+
 def load_reward_data(
     train_dir: str | Path | None,
     train_anno_dir: str | Path | None = None,
@@ -305,71 +378,21 @@ def load_reward_data(
              (("train", train_dir), ("train_anno", train_anno_dir), ("val", val_dir), ("val_anno", val_anno_dir))}
     if paths["train"] is None and paths["train_anno"] is None:
         raise ConfigError("give --train_dir (real images, CLASS/img.png) and/or --train_anno_dir (judged images)")
-    if image_size is None:
-        first = first_image(paths["train"]) if paths["train"] else None
-        if first is None:
-            anno = paths["train_anno"]
-            assert anno is not None
-            first = next((p for p in sorted(anno.rglob("*")) if p.is_file() and is_image_file(p)), None)
-            if first is None:
-                raise DataError(f"{anno}: no judged images in any CLASS/align or CLASS/notalign folder")
-        image_size = image_size_of(first)
-        log.info("image size %d px (from %s; pass --image_size to change it)", image_size, first)
-    if image_size < 8:
-        raise ConfigError(f"--image_size {image_size}: must be at least 8")
-
-    warnings: list[str] = []
-    train_real = val_real = train_fb = val_fb = None
-    channels: int | None = None
-    if paths["train"]:
-        train_real = read_real_folder(paths["train"], image_size, None, skip_bad_images)
-        channels = int(train_real.images.shape[3])
-    if paths["train_anno"]:
-        warnings += check_feedback_balance(paths["train_anno"], "training feedback", require_both)
-        train_fb = read_feedback_folder(paths["train_anno"], image_size, channels, skip_bad_images)
-        channels = channels or int(train_fb.images.shape[3])
-        train_fb = _subsample(train_fb, feedback_fraction, seed)
-    if paths["val"]:
-        val_real = read_real_folder(paths["val"], image_size, channels, skip_bad_images)
-    if paths["val_anno"]:
-        warnings += check_feedback_balance(paths["val_anno"], "validation feedback", require_both=False)
-        val_fb = read_feedback_folder(paths["val_anno"], image_size, channels, skip_bad_images)
-    assert channels is not None
-
-    real = set(train_real.classes) if train_real else set()
-    judged = set(train_fb.classes) if train_fb else set()
-    if train_real is not None and len(real) < 2:
-        msg = (f"{paths['train']}: only one class ({', '.join(real)}); real images cannot be paired with a wrong "
-               "class, so they teach nothing about the declared class")
-        log.warning("%s", msg)
-        warnings.append(msg)
-    from ..data.concepts import read_concepts_file
-
-    recorded = {**(read_concepts_file(paths["val_anno"]) if paths["val_anno"] else {}),
-                **(read_concepts_file(paths["train_anno"]) if paths["train_anno"] else {})}
-    # Informational in the reward model (it scores a concept like any class): keep known parents only.
-    parents: dict[str, str | None] = {c: p for c, p in recorded.items() if c in judged and p in real | judged}
-    if train_real is not None:
-        parents, new_warnings = _check_new_classes(judged, real, paths["train_anno"], paths["train"],
-                                                   {c: p for c, p in recorded.items() if p in real | judged})
-        warnings += new_warnings
-    class_map = ClassMap(sorted(real | judged), parents)
-
-    loaded = [x for x in (train_real, train_fb, val_real, val_fb) if x is not None]
+    image_size = _reward_image_size(paths, image_size)
+    r = _read_inputs(paths, image_size, require_both, feedback_fraction, seed, skip_bad_images)
+    class_map = _class_map(r, paths)
+    loaded = [x for x in (r.train_real, r.train_fb, r.val_real, r.val_fb) if x is not None]
     size_warning = scan_sizes([p for x in loaded for p in x.paths], image_size)
     if size_warning:
-        warnings.append(size_warning)
-
+        r.warnings.append(size_warning)
+    real = set(r.train_real.classes) if r.train_real else set()
     data = RewardData(
-        class_map=class_map,
-        real_classes=sorted(real),
-        image_size=image_size,
-        channels=channels,
-        train_real=_split(train_real, class_map, paths["train"], "training images") if train_real else None,
-        train_feedback=_split(train_fb, class_map, paths["train_anno"], "training feedback") if train_fb else None,
-        val_real=_split(val_real, class_map, paths["val"], "validation images") if val_real else None,
-        val_feedback=_split(val_fb, class_map, paths["val_anno"], "validation feedback") if val_fb else None,
-        warnings=warnings,
+        class_map=class_map, real_classes=sorted(real), image_size=image_size, channels=r.channels,
+        train_real=_split(r.train_real, class_map, paths["train"], "training images") if r.train_real else None,
+        train_feedback=_split(r.train_fb, class_map, paths["train_anno"], "training feedback") if r.train_fb else None,
+        val_real=_split(r.val_real, class_map, paths["val"], "validation images") if r.val_real else None,
+        val_feedback=_split(r.val_fb, class_map, paths["val_anno"], "validation feedback") if r.val_fb else None,
+        warnings=r.warnings,
     )
     if data.val_real is not None:
         missing = sorted(set(class_map.name(int(i)) for i in data.val_real.classes) - real)

@@ -327,95 +327,103 @@ def train_reward(cfg: TrainConfig, data: RewardData | None = None,
             tmp.cleanup()
 
 
-def _train(cfg: TrainConfig, data: RewardData, on_epoch) -> TrainResult:
-    device = _device(cfg.device)
-    torch.manual_seed(cfg.seed)
+def _schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch + 1,
+                                                   pct_start=0.15)
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.lr_decay_every_x_epochs), gamma=cfg.gamma)
+
+
+@dataclass
+class _Fit:
+    """The epochs' outcome: the best weights, when they were reached and by which metric."""
+
+    state: dict[str, torch.Tensor]
+    epoch: int
+    metric: str
+    history: list[dict[str, Any]]
+
+
+def _fit_epochs(net: RewardNet, data: RewardData, vs, cfg: TrainConfig, device: torch.device, save_dir: Path,
+                on_epoch) -> _Fit:
+    """Train epoch by epoch, keeping the best validation epoch (early stopping after ``patience``)."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    net, meta = build_net(cfg, data)
-    net.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = epoch_plan(len(data.train_real) if data.train_real else 0,
                       data.train_feedback.plausible if data.train_feedback else None, cfg.real_weight,
                       np.random.default_rng(0))
-    steps = max(1, math.ceil(sum(len(p) for p in plan) / cfg.batch_size))
-    if cfg.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps + 1,
-                                                    pct_start=0.15)
-    else:
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.lr_decay_every_x_epochs), gamma=cfg.gamma)
+    sched = _schedule(cfg, opt, max(1, math.ceil(sum(len(p) for p in plan) / cfg.batch_size)))
     candidates = np.asarray(data.class_map.indices(data.real_classes), dtype=np.int64)
-    vs = build_val_set(data, cfg.seed)
-    if vs is None:
-        log.warning("no validation data: no early stopping, and the reward is not calibrated (T = 1); "
-                    "pass --val_dir and --val_anno_dir")
-    save_dir = Path(cfg.save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-
     history: list[dict[str, Any]] = []
     best_key: tuple[float, float] | None = None
-    best_state, best_epoch, metric_name = None, -1, "train_loss"
+    best = _Fit({}, -1, "train_loss", history)
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         train_loss = _train_epoch(net, data, opt, sched, cfg, epoch, gen, device, candidates)
         record: dict[str, Any] = {"epoch": epoch, "train_loss": round(train_loss, 6), "lr": lr}
+        key = (-train_loss, 0.0)
         if vs is not None:
-            logits = val_logits(net, vs, device)
-            metric_name, value, val_nll = selection_metric(logits, vs)
-            record[metric_name] = value
-            record["val_nll"] = val_nll
+            best.metric, value, val_nll = selection_metric(val_logits(net, vs, device), vs)
+            record.update({best.metric: value, "val_nll": val_nll})
             key = (value if not math.isnan(value) else -math.inf, -val_nll)
-        else:
-            key = (-train_loss, 0.0)
-        improved = best_key is None or key > best_key
-        if improved:
-            best_key, best_epoch = key, epoch
-            best_state = copy.deepcopy(net.state_dict())
-        record["best"] = improved
+        record["best"] = best_key is None or key > best_key
+        if record["best"]:
+            best_key, best.epoch, best.state = key, epoch, copy.deepcopy(net.state_dict())
         record["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(record)
         write_jsonl(save_dir / HISTORY_FILE, history)
         log.debug("epoch %d: %s", epoch, {k: v for k, v in record.items() if k != "epoch"})
         if on_epoch is not None:
             on_epoch(record)
-        if vs is not None and epoch - best_epoch >= cfg.patience:
-            log.info("early stop: %s has not improved for %d epochs", metric_name, cfg.patience)
+        if vs is not None and epoch - best.epoch >= cfg.patience:
+            log.info("early stop: %s has not improved for %d epochs", best.metric, cfg.patience)
             break
-    assert best_state is not None
-    net.load_state_dict(best_state)
-    net.eval()
+    return best
 
-    temperature, calibrated_on, report_val = 1.0, None, None
-    uncalibrated = None
-    if vs is not None:
-        logits = val_logits(net, vs, device)
-        syn = vs.synthetic
-        # The reward is for synthetic images, so calibrate on them when there are enough of both
-        # verdicts for one scalar to be estimated; else on every validation pair.
-        counts = np.bincount(vs.labels[syn], minlength=2) if syn.any() else np.zeros(2, int)
-        use = syn if counts.min() >= MIN_CALIBRATION_PER_VERDICT else np.ones(len(vs), bool)
-        calibrated_on = "validation synthetic feedback" if use is syn else "all validation pairs"
-        temperature = fit_temperature(torch.from_numpy(logits[use]), torch.from_numpy(vs.labels[use]))
-        names = [data.class_map.name(int(c)) for c in vs.classes]
-        report_val = grouped_metrics(1 / (1 + np.exp(-logits / temperature)), vs.labels, names, syn)
-        raw = grouped_metrics(1 / (1 + np.exp(-logits)), vs.labels, names, syn)
-        uncalibrated = {k: raw[k] for k in ("overall", "real", "synthetic")}
-    meta.update(temperature=temperature, calibrated_on=calibrated_on)
-    model = RewardModel(net.cpu(), data.class_map, temperature, data.image_size, data.channels, meta)
+
+def _calibrate(net: RewardNet, vs, data: RewardData, device: torch.device) -> dict[str, Any]:
+    """Temperature scaling on the validation pairs, and the calibrated and raw validation metrics.
+
+    The reward is for synthetic images, so it is calibrated on them when there are enough of both
+    verdicts for one scalar to be estimated; else on every validation pair.
+    """
+    if vs is None:
+        return {"temperature": 1.0, "calibrated_on": None, "validation": None, "validation_uncalibrated": None}
+    logits = val_logits(net, vs, device)
+    syn = vs.synthetic
+    counts = np.bincount(vs.labels[syn], minlength=2) if syn.any() else np.zeros(2, int)
+    use = syn if counts.min() >= MIN_CALIBRATION_PER_VERDICT else np.ones(len(vs), bool)
+    temperature = fit_temperature(torch.from_numpy(logits[use]), torch.from_numpy(vs.labels[use]))
+    names = [data.class_map.name(int(c)) for c in vs.classes]
+    raw = grouped_metrics(1 / (1 + np.exp(-logits)), vs.labels, names, syn)
+    return {"temperature": temperature,
+            "calibrated_on": "validation synthetic feedback" if use is syn else "all validation pairs",
+            "validation": grouped_metrics(1 / (1 + np.exp(-logits / temperature)), vs.labels, names, syn),
+            "validation_uncalibrated": {k: raw[k] for k in ("overall", "real", "synthetic")}}
+
+
+def _train(cfg: TrainConfig, data: RewardData, on_epoch) -> TrainResult:
+    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    net, meta = build_net(cfg, data)
+    net.to(device).to(memory_format=torch.channels_last)
+    vs = build_val_set(data, cfg.seed)
+    if vs is None:
+        log.warning("no validation data: no early stopping, and the reward is not calibrated (T = 1); "
+                    "pass --val_dir and --val_anno_dir")
+    save_dir = Path(cfg.save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    fit = _fit_epochs(net, data, vs, cfg, device, save_dir, on_epoch)
+    net.load_state_dict(fit.state)
+    net.eval()
+    calibration = _calibrate(net, vs, data, device)
+    meta.update(temperature=calibration["temperature"], calibrated_on=calibration["calibrated_on"])
+    model = RewardModel(net.cpu(), data.class_map, calibration["temperature"], data.image_size, data.channels, meta)
     model.save(save_dir)
-    report = {
-        "format": "clinalign_reward_report",
-        "selection_metric": metric_name,
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "temperature": temperature,
-        "calibrated_on": calibrated_on,
-        "validation": report_val,
-        "validation_uncalibrated": uncalibrated,
-        "data": data.summary(),
-        "config": cfg.to_json(),
-        "model": {k: v for k, v in meta.items()},
-    }
+    report = {"format": "clinalign_reward_report", "selection_metric": fit.metric, "best_epoch": fit.epoch,
+              "epochs_run": len(fit.history), **calibration, "data": data.summary(), "config": cfg.to_json(),
+              "model": dict(meta)}
     write_json(save_dir / REPORT_FILE, report)
-    log.info("saved reward model to %s (best epoch %d, T = %.3f)", save_dir, best_epoch, temperature)
-    return TrainResult(model.to(device), report, history, save_dir)
+    log.info("saved reward model to %s (best epoch %d, T = %.3f)", save_dir, fit.epoch, calibration["temperature"])
+    return TrainResult(model.to(device), report, fit.history, save_dir)
