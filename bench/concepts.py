@@ -50,18 +50,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from clinalign.data.concepts import read_concepts_file
     from clinalign.concepts.assign import AssignResult, assign
+    from clinalign.data.concepts import read_concepts_file
     from clinalign.evaluate.concepts import SubtypeOracle, subtype_shares
     from clinalign.evaluate.data import ImageSet
     from clinalign.evaluate.oracle import OracleConfig
     from clinalign.evaluate.run import MetricConfig, evaluate
     from clinalign.expert.simulator import ExpertConfig, simulate
-    from clinalign.training.finetune import finetune
-    from clinalign.training.pretrain import pretrain
     from clinalign.reward.score import score_folder
     from clinalign.reward.train import TrainConfig, train_reward
     from clinalign.sampling.sample import SampleConfig, sample_folder
+    from clinalign.training.finetune import finetune
+    from clinalign.training.pretrain import pretrain
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,23 +81,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     size, seed = args.size, args.seed
     pre_steps = args.pretrain_steps or scaled(2000, args.minutes)
     ft_steps = args.finetune_steps or scaled(200, args.minutes)
-    model = {"image_size": size, "num_channels": args.channels, "num_res_blocks": 1, "attention_resolutions": "8",
-             "num_heads": 2, "class_cond": True, "diffusion_steps": 1000, "noise_schedule": "cosine",
-             # x0-prediction: with eps-prediction this budget gave off-colour cells the expert rejected
-             # (3 of 512 plausible); see clinalign/demo.py for the measurement on toy cells.
-             "predict_xstart": True}
+    model = {
+        "image_size": size,
+        "num_channels": args.channels,
+        "num_res_blocks": 1,
+        "attention_resolutions": "8",
+        "num_heads": 2,
+        "class_cond": True,
+        "diffusion_steps": 1000,
+        "noise_schedule": "cosine",
+        # x0-prediction: with eps-prediction this budget gave off-colour cells the expert rejected
+        # (3 of 512 plausible); see clinalign/demo.py for the measurement on toy cells.
+        "predict_xstart": True,
+    }
 
     t = time.perf_counter()
     pre = out / "pretrain"
-    pretrain({**model, "data_dir": str(train_dir), "run_dir": str(pre), "batch_size": args.batch, "lr": args.lr,
-              "ema_rate": "0.999", "max_steps": pre_steps, "save_interval": 500, "log_interval": 50,
-              "seed": seed, "device": args.device})
+    pretrain(
+        {
+            **model,
+            "data_dir": str(train_dir),
+            "run_dir": str(pre),
+            "batch_size": args.batch,
+            "lr": args.lr,
+            "ema_rate": "0.999",
+            "max_steps": pre_steps,
+            "save_interval": 500,
+            "log_interval": 50,
+            "seed": seed,
+            "device": args.device,
+        }
+    )
     lap("pretrain", t)
 
     def sample(checkpoint: Path, folder: Path, n: int, classes: list[str] | None, s: int) -> Path:
-        sample_folder(checkpoint, folder, SampleConfig(num_samples=n, classes=",".join(classes or []), sampler="dpm++",
-                                                       steps=args.sample_steps, batch_size=64, seed=s,
-                                                       device=args.device))
+        sample_folder(
+            checkpoint,
+            folder,
+            SampleConfig(
+                num_samples=n,
+                classes=",".join(classes or []),
+                sampler="dpm++",
+                steps=args.sample_steps,
+                batch_size=64,
+                seed=s,
+                device=args.device,
+            ),
+        )
         return folder
 
     t = time.perf_counter()
@@ -120,45 +150,91 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cls, rest = p.name.split("_", 1)
                 shutil.copyfile(p, tmp / f"{cls}_{tag}{rest}")
         tmp.rename(pool)
-    expert_cfg = ExpertConfig(image_size=size, width=args.expert_width, epochs=args.expert_epochs, seed=seed,
-                              label_from="subtype", manifold_k=args.expert_manifold_k)
+    expert_cfg = ExpertConfig(
+        image_size=size,
+        width=args.expert_width,
+        epochs=args.expert_epochs,
+        seed=seed,
+        label_from="subtype",
+        manifold_k=args.expert_manifold_k,
+    )
     feedback = out / "feedback"
-    sim = simulate(pool, feedback, train_dir, tau=args.expert_tau, config=expert_cfg, expert_dir=out / "expert",
-                   overwrite=True,
-                   concepts={c: f"{PARENT}:{s}" for c, s in CONCEPTS.items()})
+    sim = simulate(
+        pool,
+        feedback,
+        train_dir,
+        tau=args.expert_tau,
+        config=expert_cfg,
+        expert_dir=out / "expert",
+        overwrite=True,
+        concepts={c: f"{PARENT}:{s}" for c, s in CONCEPTS.items()},
+    )
     lap("expert", t)
     if not any(c in sim.counts for c in CONCEPTS):
         # The expert found no plausible neutrophil to name a subtype on: nothing to teach. Say so
         # instead of finetuning on nothing.
-        return {"status": "no concept assigned: the expert judged too few samples plausible",
-                "expert": {"val_accuracy": _expert_acc(out / "expert"), "plausible_rate": sim.plausible_rate,
-                           "counts": sim.counts},
-                "pretrain_steps": pre_steps, "seconds": seconds,
-                "hint": "pretrain longer (--pretrain_steps / --minutes), or relax the expert "
-                        "(--expert_tau, --expert_manifold_k 0)"}
+        return {
+            "status": "no concept assigned: the expert judged too few samples plausible",
+            "expert": {
+                "val_accuracy": _expert_acc(out / "expert"),
+                "plausible_rate": sim.plausible_rate,
+                "counts": sim.counts,
+            },
+            "pretrain_steps": pre_steps,
+            "seconds": seconds,
+            "hint": "pretrain longer (--pretrain_steps / --minutes), or relax the expert "
+            "(--expert_tau, --expert_manifold_k 0)",
+        }
 
     t = time.perf_counter()
     # Only the assigned images: the synthetic half of every finetuning batch teaches the concepts, and the
     # beta-weighted real half keeps all 8 classes anchored.
     scored = out / "assigned" / "rewards.csv"
     if scored.exists():  # a rerun (e.g. with other judging settings) keeps what the finetune was trained on
-        assigned = AssignResult(scored.parent, read_concepts_file(scored.parent),
-                                dict(Counter(c for c in _classes(scored.parent) if c in CONCEPTS)))
+        assigned = AssignResult(
+            scored.parent,
+            read_concepts_file(scored.parent),
+            dict(Counter(c for c in _classes(scored.parent) if c in CONCEPTS)),
+        )
     else:
-        assigned = assign(pool, feedback, out / "assigned", set(_classes(pool)), overwrite=True,
-                          only_assigned=not args.all_samples)
+        assigned = assign(
+            pool, feedback, out / "assigned", set(_classes(pool)), overwrite=True, only_assigned=not args.all_samples
+        )
         reward_dir = out / "reward"
-        train_reward(TrainConfig(train_dir=train_dir, train_anno_dir=feedback, save_dir=reward_dir,
-                                 image_size=size, epochs=args.reward_epochs, seed=seed, device=args.device))
+        train_reward(
+            TrainConfig(
+                train_dir=train_dir,
+                train_anno_dir=feedback,
+                save_dir=reward_dir,
+                image_size=size,
+                epochs=args.reward_epochs,
+                seed=seed,
+                device=args.device,
+            )
+        )
         score_folder(reward_dir, assigned.out, scored)
     lap("reward", t)
 
     t = time.perf_counter()
     ft = out / "finetune"
-    finetune({"resume_checkpoint": str(pre), "data_pre_dir": str(train_dir), "data_mod_dir": str(assigned.out),
-              "run_dir": str(ft), "batch_size": args.batch // 2, "lr": args.finetune_lr, "max_steps": ft_steps,
-              "ema_rate": "0.999", "save_interval": 10_000, "log_interval": 50, "seed": seed, "device": args.device,
-              "beta": args.beta, "concept_lr_scale": args.concept_lr_scale})
+    finetune(
+        {
+            "resume_checkpoint": str(pre),
+            "data_pre_dir": str(train_dir),
+            "data_mod_dir": str(assigned.out),
+            "run_dir": str(ft),
+            "batch_size": args.batch // 2,
+            "lr": args.finetune_lr,
+            "max_steps": ft_steps,
+            "ema_rate": "0.999",
+            "save_interval": 10_000,
+            "log_interval": 50,
+            "seed": seed,
+            "device": args.device,
+            "beta": args.beta,
+            "concept_lr_scale": args.concept_lr_scale,
+        }
+    )
     lap("finetune", t)
 
     from clinalign.training.checkpoint import find_checkpoint
@@ -172,10 +248,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lap("sample_after", t)
 
     t = time.perf_counter()
-    oracle = SubtypeOracle.fit_or_load(ImageSet.from_folder(train_dir, size), PARENT,
-                                       OracleConfig(image_size=size, epochs=args.concept_oracle_epochs, width=32,
-                                                    batch_size=32, seed=seed),
-                                       out / "models", subtypes=sorted(CONCEPTS.values()))
+    oracle = SubtypeOracle.fit_or_load(
+        ImageSet.from_folder(train_dir, size),
+        PARENT,
+        OracleConfig(image_size=size, epochs=args.concept_oracle_epochs, width=32, batch_size=32, seed=seed),
+        out / "models",
+        subtypes=sorted(CONCEPTS.values()),
+    )
 
     def images_of(folder: Path, cls: str):
         s = ImageSet.from_folder(folder, size, oracle.channels)
@@ -187,13 +266,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     concept_rows = []
     for concept, subtype in CONCEPTS.items():
         shares = subtype_shares(oracle, images_of(concept_samples, concept)) if concept in taught else {}
-        concept_rows.append({
-            "requested": concept, "subtype": subtype, "n": args.per_concept if concept in taught else 0,
-            "n_assigned": assigned.assigned.get(concept, 0),
-            "concept_accuracy": shares.get(subtype, float("nan")),
-            "pretrained_plain_neutrophil_rate": plain_extra[subtype],
-            "finetuned_plain_neutrophil_rate": plain_after[subtype],
-        })
+        concept_rows.append(
+            {
+                "requested": concept,
+                "subtype": subtype,
+                "n": args.per_concept if concept in taught else 0,
+                "n_assigned": assigned.assigned.get(concept, 0),
+                "concept_accuracy": shares.get(subtype, float("nan")),
+                "pretrained_plain_neutrophil_rate": plain_extra[subtype],
+                "finetuned_plain_neutrophil_rate": plain_after[subtype],
+            }
+        )
     # The expert's own assignments, as the subtype oracle sees them (how clean the teaching signal was).
     fb_rows = {}
     for concept, subtype in CONCEPTS.items():
@@ -204,10 +287,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lap("concept_oracle", t)
 
     t = time.perf_counter()
-    evaluation = evaluate(train_dir, after, out / "evaluation", baseline=before, real_test=test_dir,
-                          models_dir=out / "evaluation-models",
-                          oracle_config=OracleConfig(image_size=size, epochs=args.oracle_epochs, seed=seed),
-                          metric_config=MetricConfig(utility=None, bootstrap=0))
+    evaluation = evaluate(
+        train_dir,
+        after,
+        out / "evaluation",
+        baseline=before,
+        real_test=test_dir,
+        models_dir=out / "evaluation-models",
+        oracle_config=OracleConfig(image_size=size, epochs=args.oracle_epochs, seed=seed),
+        metric_config=MetricConfig(utility=None, bootstrap=0),
+    )
     lap("evaluate", t)
     seconds["total"] = round(time.perf_counter() - t0, 1)
 
@@ -216,21 +305,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for c in sorted(m_after["plausibility"]["per_class"]):
         b = m_before["plausibility"]["per_class"].get(c, {}).get("rate", float("nan"))
         a = m_after["plausibility"]["per_class"][c]["rate"]
-        per_class.append({"class": c, "plausible_before": b, "plausible_after": a, "change_points": 100 * (a - b),
-                          "fid_before": m_before["fid_per_class"].get(c), "fid_after": m_after["fid_per_class"][c]})
+        per_class.append(
+            {
+                "class": c,
+                "plausible_before": b,
+                "plausible_after": a,
+                "change_points": 100 * (a - b),
+                "fid_before": m_before["fid_per_class"].get(c),
+                "fid_after": m_after["fid_per_class"][c],
+            }
+        )
     return {
-        "data": str(data), "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "pretrain_steps": pre_steps, "finetune_steps": ft_steps,
+        "data": str(data),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "pretrain_steps": pre_steps,
+        "finetune_steps": ft_steps,
         "expert": {"val_accuracy": _expert_acc(out / "expert"), "counts": sim.counts},
-        "concept_oracle": {k: oracle.info[k] for k in ("arch", "half", "n_train", "val_accuracy")} |
-                          {"subtypes": oracle.subtypes},
+        "concept_oracle": {k: oracle.info[k] for k in ("arch", "half", "n_train", "val_accuracy")}
+        | {"subtypes": oracle.subtypes},
         "concepts": concept_rows,
-        "plain_neutrophil_shares": {"pretrained": plain_extra, "pretrained_before_set": plain_before,
-                                    "finetuned": plain_after},
+        "plain_neutrophil_shares": {
+            "pretrained": plain_extra,
+            "pretrained_before_set": plain_before,
+            "finetuned": plain_after,
+        },
         "expert_assignments_judged_by_oracle": fb_rows,
-        "overall": {"plausible_before": m_before["plausibility"]["rate"],
-                    "plausible_after": m_after["plausibility"]["rate"],
-                    "fid_before": m_before["fid"], "fid_after": m_after["fid"]},
+        "overall": {
+            "plausible_before": m_before["plausibility"]["rate"],
+            "plausible_after": m_after["plausibility"]["rate"],
+            "fid_before": m_before["fid"],
+            "fid_after": m_after["fid"],
+        },
         "per_class": per_class,
         "max_class_loss_points": max(0.0, max(-r["change_points"] for r in per_class)),
         "seconds": seconds,
@@ -269,12 +374,24 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--finetune_lr", type=float, default=2e-4)
-    p.add_argument("--beta", type=float, default=1.0,
-                   help="weight of the real-data loss (measured: 0.3 cost neutrophils 37 points, 1 kept them)")
-    p.add_argument("--concept_lr_scale", type=float, default=100.0,
-                   help="lr multiplier for the concept embedding rows (1: they barely leave the parent's row)")
-    p.add_argument("--per_class", type=int, default=96,
-                   help="samples per class before and after (at 32 one sample is 3 points of a class's rate)")
+    p.add_argument(
+        "--beta",
+        type=float,
+        default=1.0,
+        help="weight of the real-data loss (measured: 0.3 cost neutrophils 37 points, 1 kept them)",
+    )
+    p.add_argument(
+        "--concept_lr_scale",
+        type=float,
+        default=100.0,
+        help="lr multiplier for the concept embedding rows (1: they barely leave the parent's row)",
+    )
+    p.add_argument(
+        "--per_class",
+        type=int,
+        default=96,
+        help="samples per class before and after (at 32 one sample is 3 points of a class's rate)",
+    )
     p.add_argument("--neutrophils", type=int, default=256, help="extra neutrophil samples for the expert")
     p.add_argument("--per_concept", type=int, default=128)
     p.add_argument("--sample_steps", type=int, default=20)
@@ -284,16 +401,24 @@ def main() -> None:
     p.add_argument("--expert_manifold_k", type=int, default=5, help="0 turns the expert's manifold check off")
     p.add_argument("--reward_epochs", type=int, default=6)
     p.add_argument("--oracle_epochs", type=int, default=4, help="the evaluation oracle (8 classes)")
-    p.add_argument("--concept_oracle_epochs", type=int, default=20,
-                   help="the neutrophil subtype oracle (trained on ~1000 images, so cheap)")
-    p.add_argument("--all_samples", action="store_true",
-                   help="finetune on every judged sample (reward-weighted), not only the concept-assigned ones")
+    p.add_argument(
+        "--concept_oracle_epochs",
+        type=int,
+        default=20,
+        help="the neutrophil subtype oracle (trained on ~1000 images, so cheap)",
+    )
+    p.add_argument(
+        "--all_samples",
+        action="store_true",
+        help="finetune on every judged sample (reward-weighted), not only the concept-assigned ones",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: a GPU when there is one)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids oversubscribing a busy CPU)")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     print(json.dumps(run(args), indent=2, default=float))
 
 

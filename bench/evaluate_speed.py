@@ -31,28 +31,52 @@ def emit(**fields) -> None:
     print(json.dumps(fields), flush=True)
 
 
-def bench(name: str, real: ImageSet, test: ImageSet | None, samples: ImageSet, oracle: OracleConfig,
-          expert: ExpertConfig, metrics: MetricConfig) -> None:
+def bench(
+    name: str,
+    real: ImageSet,
+    test: ImageSet | None,
+    samples: ImageSet,
+    oracle: OracleConfig,
+    expert: ExpertConfig,
+    metrics: MetricConfig,
+) -> None:
     t = time.perf_counter()
     models = EvaluationModels.fit(real, test, oracle)
-    emit(what="fit oracle+features", data=name, config=vars(oracle), seconds=round(time.perf_counter() - t, 1),
-         n_train=models.info["n_train"], test_accuracy=round(models.info["test_accuracy"], 4),
-         test_balanced_accuracy=round(models.info["test_balanced_accuracy"], 4))
+    emit(
+        what="fit oracle+features",
+        data=name,
+        config=vars(oracle),
+        seconds=round(time.perf_counter() - t, 1),
+        n_train=models.info["n_train"],
+        test_accuracy=round(models.info["test_accuracy"], 4),
+        test_balanced_accuracy=round(models.info["test_balanced_accuracy"], 4),
+    )
     t = time.perf_counter()
     ex = ExpertSimulator.fit(real, expert)
-    emit(what="fit expert", data=name, config=vars(expert), seconds=round(time.perf_counter() - t, 1),
-         n_train=ex.info["n_train"], val_accuracy=round(ex.info["val_accuracy"], 4))
+    emit(
+        what="fit expert",
+        data=name,
+        config=vars(expert),
+        seconds=round(time.perf_counter() - t, 1),
+        n_train=ex.info["n_train"],
+        val_accuracy=round(ex.info["val_accuracy"], 4),
+    )
     t = time.perf_counter()
     ref = RealReference.build(models, real, test, metrics.k, metrics.max_reference)
     emit(what="embed real reference", data=name, seconds=round(time.perf_counter() - t, 1), n=len(ref.train))
     t = time.perf_counter()
     res = evaluate_samples(models, real, samples, test=test, config=metrics, reference=ref)
     s = res.metrics["sets"]["samples"]
-    emit(what="score samples (held-out real)", data=name, n=len(samples), seconds=round(time.perf_counter() - t, 1),
-         plausible=round(s["plausibility"]["rate"], 3), real_test_plausible=round(
-             res.metrics["real"]["real_test"]["plausibility"]["rate"], 3),
-         expert_plausible=round(float(ex.judge(samples.images, samples.classes)[0].mean()), 3),
-         utility=s.get("utility", {}).get("real_only", {}).get("accuracy"))
+    emit(
+        what="score samples (held-out real)",
+        data=name,
+        n=len(samples),
+        seconds=round(time.perf_counter() - t, 1),
+        plausible=round(s["plausibility"]["rate"], 3),
+        real_test_plausible=round(res.metrics["real"]["real_test"]["plausibility"]["rate"], 3),
+        expert_plausible=round(float(ex.judge(samples.images, samples.classes)[0].mean()), 3),
+        utility=s.get("utility", {}).get("real_only", {}).get("accuracy"),
+    )
 
 
 def main() -> None:
@@ -74,9 +98,15 @@ def main() -> None:
         test = ImageSet.from_folder(PBC / "test", a.pbc_size)
         emit(what="decode pbc_64 train+test", seconds=round(time.perf_counter() - t, 1), n=len(real) + len(test))
         samples = test.subset(np.arange(0, len(test), 4))
-        bench(f"pbc_64 at {a.pbc_size}px", real, test, samples,
-              OracleConfig(image_size=a.pbc_size, width=a.pbc_width, epochs=a.pbc_epochs),
-              ExpertConfig(image_size=a.pbc_size, epochs=a.pbc_epochs), metrics)
+        bench(
+            f"pbc_64 at {a.pbc_size}px",
+            real,
+            test,
+            samples,
+            OracleConfig(image_size=a.pbc_size, width=a.pbc_width, epochs=a.pbc_epochs),
+            ExpertConfig(image_size=a.pbc_size, epochs=a.pbc_epochs),
+            metrics,
+        )
 
 
 if __name__ == "__main__":

@@ -35,18 +35,39 @@ from clinalign.training.checkpoint import find_checkpoint, list_checkpoints  # n
 from clinalign.utils.config import add_flags, resolve  # noqa: E402
 
 # The paper's regime on a CPU: the demo's small denoiser at 32 px, x0-prediction, bf16.
-BASE_MODEL = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "attention_resolutions": "8",
-              "num_heads": 2, "class_cond": True, "diffusion_steps": 1000, "noise_schedule": "cosine",
-              "predict_xstart": True}
+BASE_MODEL = {
+    "image_size": 32,
+    "num_channels": 32,
+    "num_res_blocks": 1,
+    "attention_resolutions": "8",
+    "num_heads": 2,
+    "class_cond": True,
+    "diffusion_steps": 1000,
+    "noise_schedule": "cosine",
+    "predict_xstart": True,
+}
 # Measured defaults for PBC (see docs/feedback.md): a strict expert, beta 1 with a full real batch.
-ROUND_DEFAULTS = {"samples_per_class": 96, "finetune_steps": 300, "finetune_lr": 5e-4, "finetune_batch": 32,
-                  "beta": 1.0, "reward_transform": "threshold", "tau": 0.9, "reward_epochs": 15, "use_fp16": True}
+ROUND_DEFAULTS = {
+    "samples_per_class": 96,
+    "finetune_steps": 300,
+    "finetune_lr": 5e-4,
+    "finetune_batch": 32,
+    "beta": 1.0,
+    "reward_transform": "threshold",
+    "tau": 0.9,
+    "reward_epochs": 15,
+    "use_fp16": True,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/pbc_64",
-                   help="a folder with train/ and test/ in the seed's naming")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared/data/pbc_64",
+        help="a folder with train/ and test/ in the seed's naming",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--real_per_class", type=int, default=128, help="size of G per class (the paper: 128)")
     p.add_argument("--pool_seed", type=int, default=0)
@@ -64,8 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     if args.threads:
         import torch
 
@@ -80,25 +102,52 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_run is None:
         from clinalign.training.pretrain import pretrain
 
-        pretrain({**BASE_MODEL, "data_dir": str(pools.generator), "run_dir": str(run), "batch_size": 32,
-                  "lr": args.pretrain_lr, "ema_rate": "0.999", "max_steps": args.pretrain_steps,
-                  "save_interval": args.curve_every, "log_interval": 100, "use_fp16": True, "seed": rcfg.seed,
-                  "device": rcfg.device}, progress=True)
+        pretrain(
+            {
+                **BASE_MODEL,
+                "data_dir": str(pools.generator),
+                "run_dir": str(run),
+                "batch_size": 32,
+                "lr": args.pretrain_lr,
+                "ema_rate": "0.999",
+                "max_steps": args.pretrain_steps,
+                "save_interval": args.curve_every,
+                "log_interval": 100,
+                "use_fp16": True,
+                "seed": rcfg.seed,
+                "device": rcfg.device,
+            },
+            progress=True,
+        )
     image_size = find_checkpoint(run).model.image_size
     evaluator = make_evaluator(pools, image_size, ccfg, args.out, rcfg.seed, progress=True)
-    curve_sample = SampleConfig(num_samples=args.curve_per_class * len(find_checkpoint(run).class_map),
-                                sampler=rcfg.sampler, steps=rcfg.steps, batch_size=rcfg.sample_batch,
-                                seed=ccfg.eval_seed, use_fp16=rcfg.use_fp16, device=rcfg.device)
+    curve_sample = SampleConfig(
+        num_samples=args.curve_per_class * len(find_checkpoint(run).class_map),
+        sampler=rcfg.sampler,
+        steps=rcfg.steps,
+        batch_size=rcfg.sample_batch,
+        seed=ccfg.eval_seed,
+        use_fp16=rcfg.use_fp16,
+        device=rcfg.device,
+    )
     rows = pretraining_curve(run, evaluator, args.out / "curve", curve_sample, args.curve_every, progress=True)
     base_step = args.base_step or plateau_step(rows)
     plot_curve(rows, args.out / "curve.png", base_step)
     base = next(p for p in list_checkpoints(run) if find_checkpoint(p).step == base_step)
 
     table = Comparison(base, pools, args.out / "compare", rcfg, ccfg, progress=True, evaluator=evaluator).run()
-    summary = {"bench": "feedback_vs_control", "data": str(args.data), "base_step": base_step,
-               "pools": pools.summary, "round_config": asdict(rcfg), "compare_config": asdict(ccfg),
-               "oracle_test_accuracy": evaluator.models.info.get("test_accuracy"),
-               "curve": rows, "rounds": table["rounds"], "seconds": round(time.perf_counter() - t0, 1)}
+    summary = {
+        "bench": "feedback_vs_control",
+        "data": str(args.data),
+        "base_step": base_step,
+        "pools": pools.summary,
+        "round_config": asdict(rcfg),
+        "compare_config": asdict(ccfg),
+        "oracle_test_accuracy": evaluator.models.info.get("test_accuracy"),
+        "curve": rows,
+        "rounds": table["rounds"],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     print(json.dumps(summary, default=str))
     return 0
 

@@ -50,8 +50,8 @@ def emit(**fields) -> None:
 
 
 def summary_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    from clinalign.pipeline.demo import TABLE_ROWS
     from clinalign.evaluate.run import lookup
+    from clinalign.pipeline.demo import TABLE_ROWS
 
     out = {label: lookup(metrics, path) for label, path in TABLE_ROWS}
     per_class = metrics.get("plausibility", {}).get("per_class", {})
@@ -59,36 +59,52 @@ def summary_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_variant(name: str, spec: dict[str, Any], cfg, demo: Path, train: Path, out: Path, steps: int,
-                  lr: float, progress: bool) -> Path:
-    from clinalign.training.checkpoint import latest_checkpoint
+def train_variant(
+    name: str, spec: dict[str, Any], cfg, demo: Path, train: Path, out: Path, steps: int, lr: float, progress: bool
+) -> Path:
     from clinalign.pipeline.demo import continue_without_feedback
     from clinalign.pipeline.rounds import RoundConfig, finetune_on_feedback
+    from clinalign.training.checkpoint import latest_checkpoint
 
     run_dir = out / name / "run"
     pre = demo / "pretrain"
     if spec.get("control"):
         return continue_without_feedback(cfg, train, pre, run_dir, steps, progress)
-    rcfg = RoundConfig(finetune_steps=steps, finetune_lr=lr * spec.get("lr_scale", 1.0),
-                       finetune_batch=cfg.batch_size if spec["batch"] == "full" else cfg.batch_size // 2,
-                       beta=spec["beta"], reward_transform=cfg.reward_transform,
-                       objective=spec.get("objective", "reward-weighted"), use_fp16=cfg.use_fp16, seed=cfg.seed,
-                       device=cfg.device)
+    rcfg = RoundConfig(
+        finetune_steps=steps,
+        finetune_lr=lr * spec.get("lr_scale", 1.0),
+        finetune_batch=cfg.batch_size if spec["batch"] == "full" else cfg.batch_size // 2,
+        beta=spec["beta"],
+        reward_transform=cfg.reward_transform,
+        objective=spec.get("objective", "reward-weighted"),
+        use_fp16=cfg.use_fp16,
+        seed=cfg.seed,
+        device=cfg.device,
+    )
     rdir = demo / "round_1"
-    return finetune_on_feedback(latest_checkpoint(pre).path, train, rdir / "samples", rdir / "feedback", run_dir,
-                                rcfg, cfg.seed + 1, out / name, progress)
+    return finetune_on_feedback(
+        latest_checkpoint(pre).path,
+        train,
+        rdir / "samples",
+        rdir / "feedback",
+        run_dir,
+        rcfg,
+        cfg.seed + 1,
+        out / name,
+        progress,
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from clinalign.training.checkpoint import find_checkpoint, latest_checkpoint
-    from clinalign.pipeline.demo import DemoConfig, prepare_data
     from clinalign.evaluate.oracle import OracleConfig
     from clinalign.evaluate.run import Evaluator
+    from clinalign.pipeline.demo import DemoConfig, prepare_data
     from clinalign.pipeline.rounds import RoundConfig
-    from clinalign.sampling.sample import sample_folder
     from clinalign.sampling.rejection import reward_acceptor
+    from clinalign.sampling.sample import sample_folder
+    from clinalign.training.checkpoint import find_checkpoint, latest_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,9 +123,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
 
     train_dir, _, test_dir = prepare_data(cfg)  # the demo's folders (already there)
-    evaluator = Evaluator(train_dir, test_dir, models_dir=demo / "evaluation-models",
-                          oracle_config=OracleConfig(image_size=cfg.image_size),
-                          reward_checkpoint=demo / "round_1" / "reward", progress=args.progress)
+    evaluator = Evaluator(
+        train_dir,
+        test_dir,
+        models_dir=demo / "evaluation-models",
+        oracle_config=OracleConfig(image_size=cfg.image_size),
+        reward_checkpoint=demo / "round_1" / "reward",
+        progress=args.progress,
+    )
     pre = latest_checkpoint(demo / "pretrain").path
     n = cfg.samples_per_class * len(find_checkpoint(pre).class_map)
 
@@ -119,16 +140,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         folder = out / name / ("samples-accepted" if reject else "samples")
         accept = reward_acceptor(str(demo / "round_1" / "reward"), args.min_reward, str(checkpoint)) if reject else None
-        scfg = dataclasses.replace(sampling.sample_config(n, cfg.seed + SEED_OFFSET), device=cfg.device,
-                                   use_fp16=cfg.use_fp16)
+        scfg = dataclasses.replace(
+            sampling.sample_config(n, cfg.seed + SEED_OFFSET), device=cfg.device, use_fp16=cfg.use_fp16
+        )
         drawn = sample_folder(checkpoint, folder, scfg, accept=accept, progress=args.progress)
         seconds["sample"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
         result = evaluator.judge(folder)
         seconds["evaluate"] = round(time.perf_counter() - t, 1)
-        row = {"variant": name + (f" + reward >= {args.min_reward}" if reject else ""),
-               "steps": 0 if name == "pretrained" else steps, "seconds": seconds,
-               **summary_metrics(result.samples.metrics)}
+        row = {
+            "variant": name + (f" + reward >= {args.min_reward}" if reject else ""),
+            "steps": 0 if name == "pretrained" else steps,
+            "seconds": seconds,
+            **summary_metrics(result.samples.metrics),
+        }
         if reject:
             row["acceptance rate"] = drawn.acceptance_rate
         emit(**row)
@@ -137,8 +162,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for name in ["pretrained"] + names:
         t = time.perf_counter()
-        checkpoint = (pre if name == "pretrained" else
-                      train_variant(name, VARIANTS[name], cfg, demo, train_dir, out, steps, lr, args.progress))
+        checkpoint = (
+            pre
+            if name == "pretrained"
+            else train_variant(name, VARIANTS[name], cfg, demo, train_dir, out, steps, lr, args.progress)
+        )
         rows.append(judge(name, checkpoint, {"train": round(time.perf_counter() - t, 1)}))
         if args.min_reward:
             rows.append(judge(name, checkpoint, {}, reject=True))
@@ -154,15 +182,23 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--steps", type=int, default=0, help="0: the demo's finetune steps")
     p.add_argument("--lr", type=float, default=0.0, help="0: the demo's finetune lr")
-    p.add_argument("--min_reward", type=float, default=0.0,
-                   help="also sample each model with rejection by the round-1 reward model at this threshold")
+    p.add_argument(
+        "--min_reward",
+        type=float,
+        default=0.0,
+        help="also sample each model with rejection by the round-1 reward model at this threshold",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args()
     args.out = args.out or str(Path(args.demo) / "objectives")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     emit(summary=run(args))
 
 

@@ -85,16 +85,19 @@ def network_variants(model: RewardModel, x: torch.Tensor, c: torch.Tensor, batch
         def go():
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 for i in range(0, len(xx), batch):
-                    m(xx[i:i + batch], c[i:i + batch])
+                    m(xx[i : i + batch], c[i : i + batch])
+
         return go
 
     xc = x.contiguous()
     xl = x.contiguous(memory_format=torch.channels_last)
     out = {}
-    for name, fn in (("fp32_nchw", run(net.to(memory_format=torch.contiguous_format), xc)),
-                     ("fp32_channels_last", run(net.to(memory_format=torch.channels_last), xl)),
-                     ("bf16_channels_last", run(net, xl, bf16=True)),
-                     ("fp32_channels_last_bn_folded", run(folded.to(memory_format=torch.channels_last), xl))):
+    for name, fn in (
+        ("fp32_nchw", run(net.to(memory_format=torch.contiguous_format), xc)),
+        ("fp32_channels_last", run(net.to(memory_format=torch.channels_last), xl)),
+        ("bf16_channels_last", run(net, xl, bf16=True)),
+        ("fp32_channels_last_bn_folded", run(folded.to(memory_format=torch.channels_last), xl)),
+    ):
         out[name] = round(median_rate(fn, len(x), runs)[0], 1)
     return out
 
@@ -120,14 +123,26 @@ def main() -> None:
         images = make_folder(root / "images", args.n, args.size, args.classes)
         class_map = ClassMap(toy_class_map(args.classes).names)
         net = RewardNet(len(class_map), 3, args.width, "resnet", args.stem_stride).eval()
-        model = RewardModel(net, class_map, 1.0, args.size, 3,
-                            {"arch": "resnet", "width": args.width, "stem_stride": args.stem_stride,
-                             "hidden": net.proj.out_features, "dropout": 0.1})
+        model = RewardModel(
+            net,
+            class_map,
+            1.0,
+            args.size,
+            3,
+            {
+                "arch": "resnet",
+                "width": args.width,
+                "stem_stride": args.stem_stride,
+                "hidden": net.proj.out_features,
+                "dropout": 0.1,
+            },
+        )
         model.save(root / "ckpt")
         model = RewardModel.load(root / "ckpt")
 
-        end_to_end, runs = median_rate(lambda: score_folder(root / "ckpt", images, root / "rewards.csv",
-                                                            args.batch_size), args.n, args.runs)
+        end_to_end, runs = median_rate(
+            lambda: score_folder(root / "ckpt", images, root / "rewards.csv", args.batch_size), args.n, args.runs
+        )
         paths, classes = list_scored_images(images)
         decode, _ = median_rate(lambda: _decode_batch(paths, args.size, 3), args.n, args.runs)
         pixels = _decode_batch(paths, args.size, 3)[0]
@@ -143,11 +158,19 @@ def main() -> None:
         result = {
             "bench": "reward_score",
             "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-            "images": args.n, "image_size": args.size, "classes": args.classes,
-            "model": {"arch": "resnet", "width": args.width, "stem_stride": args.stem_stride,
-                      "params": sum(p.numel() for p in model.net.parameters())},
+            "images": args.n,
+            "image_size": args.size,
+            "classes": args.classes,
+            "model": {
+                "arch": "resnet",
+                "width": args.width,
+                "stem_stride": args.stem_stride,
+                "params": sum(p.numel() for p in model.net.parameters()),
+            },
             "batch_size": args.batch_size,
-            "torch": torch.__version__, "cpus": os.cpu_count(), "torch_threads": all_threads,
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "torch_threads": all_threads,
             "score_threads": {"decode": decode_threads, "torch": score_threads},
             "images_per_s": round(end_to_end, 1),
             "runs_images_per_s": runs,

@@ -34,40 +34,71 @@ from clinalign.training.config import TrainConfig  # noqa: E402
 from clinalign.training.loop import TrainSpec, train  # noqa: E402
 
 CONFIGS = {
-    "A": dict(model=dict(image_size=32, num_channels=64, num_res_blocks=2, learn_sigma=True, class_cond=True),
-              diffusion=dict(diffusion_steps=1000, noise_schedule="cosine"), batch_size=16, classes=4),
-    "B": dict(model=dict(image_size=64, num_channels=128, num_res_blocks=3),
-              diffusion=dict(diffusion_steps=4000, noise_schedule="linear"), batch_size=4, classes=1),
+    "A": dict(
+        model=dict(image_size=32, num_channels=64, num_res_blocks=2, learn_sigma=True, class_cond=True),
+        diffusion=dict(diffusion_steps=1000, noise_schedule="cosine"),
+        batch_size=16,
+        classes=4,
+    ),
+    "B": dict(
+        model=dict(image_size=64, num_channels=128, num_res_blocks=3),
+        diffusion=dict(diffusion_steps=4000, noise_schedule="linear"),
+        batch_size=4,
+        classes=1,
+    ),
 }
 
 
 def random_stream(batch: int, size: int, classes: int):
     g = torch.Generator().manual_seed(0)
     while True:
-        yield (torch.rand(batch, 3, size, size, generator=g) * 2 - 1,
-               torch.randint(0, classes, (batch,), generator=g), torch.ones(batch))
+        yield (
+            torch.rand(batch, 3, size, size, generator=g) * 2 - 1,
+            torch.randint(0, classes, (batch,), generator=g),
+            torch.ones(batch),
+        )
 
 
 def bench_train(name: str, precision: str, steps: int, warmup: int, device: str) -> dict:
     conf = CONFIGS[name]
     model_cfg = ModelConfig(**conf["model"])
     diffusion_cfg = DiffusionConfig(**conf["diffusion"])
-    train_cfg = TrainConfig(batch_size=conf["batch_size"], lr=1e-4, max_steps=steps, log_interval=1,
-                            save_interval=10**9, use_fp16=precision == "bf16", device=device)
+    train_cfg = TrainConfig(
+        batch_size=conf["batch_size"],
+        lr=1e-4,
+        max_steps=steps,
+        log_interval=1,
+        save_interval=10**9,
+        use_fp16=precision == "bf16",
+        device=device,
+    )
     class_map = ClassMap.from_labels([f"c{i}" for i in range(conf["classes"])])
     with tempfile.TemporaryDirectory() as tmp:
-        spec = TrainSpec(run_dir=Path(tmp), model=model_cfg, diffusion=diffusion_cfg, train=train_cfg,
-                         channels=3, class_map=class_map,
-                         streams=lambda d, s: [random_stream(conf["batch_size"], model_cfg.image_size, conf["classes"])])
+        spec = TrainSpec(
+            run_dir=Path(tmp),
+            model=model_cfg,
+            diffusion=diffusion_cfg,
+            train=train_cfg,
+            channels=3,
+            class_map=class_map,
+            streams=lambda d, s: [random_stream(conf["batch_size"], model_cfg.image_size, conf["classes"])],
+        )
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         train(spec)
         records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["images_per_s"] for r in records[warmup:]]
     params = count_parameters(build_denoiser(model_cfg, 3, conf["classes"]))
-    out = {"bench": "train", "config": name, "precision": precision, "batch_size": conf["batch_size"],
-           "params": params, "images_per_s": round(statistics.median(rates), 2),
-           "images_per_s_all": [round(r, 2) for r in rates], "steps_timed": len(rates)}
+    out = {
+        "bench": "train",
+        "config": name,
+        "precision": precision,
+        "batch_size": conf["batch_size"],
+        "params": params,
+        "images_per_s": round(statistics.median(rates), 2),
+        "images_per_s_all": [round(r, 2) for r in rates],
+        "steps_timed": len(rates),
+    }
     out.update(peak_memory())
     return out
 
@@ -78,23 +109,36 @@ def bench_sample(name: str, precision: str, steps: int, device: str, batch: int 
     conf = CONFIGS[name]
     model_cfg = ModelConfig(**conf["model"])
     model = build_denoiser(model_cfg, 3, conf["classes"]).to(device).eval()
-    diffusion = diffusion_from_config(DiffusionConfig(**conf["diffusion"]), learn_sigma=model_cfg.learn_sigma,
-                                      sigma_small=model_cfg.sigma_small)
+    diffusion = diffusion_from_config(
+        DiffusionConfig(**conf["diffusion"]), learn_sigma=model_cfg.learn_sigma, sigma_small=model_cfg.sigma_small
+    )
     y = torch.arange(batch) % conf["classes"]
     results = {}
     for sampler in ("ddim", "dpm++"):
         amp = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
         with torch.inference_mode(), amp:
             t0 = time.perf_counter()
-            sample_images(model, diffusion, (batch, 3, model_cfg.image_size, model_cfg.image_size),
-                          sampler=sampler, steps=steps, model_kwargs={"y": y.to(device)} if model_cfg.class_cond else None,
-                          generator=torch.Generator().manual_seed(0))
+            sample_images(
+                model,
+                diffusion,
+                (batch, 3, model_cfg.image_size, model_cfg.image_size),
+                sampler=sampler,
+                steps=steps,
+                model_kwargs={"y": y.to(device)} if model_cfg.class_cond else None,
+                generator=torch.Generator().manual_seed(0),
+            )
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - t0
         results[sampler] = round(batch / elapsed, 3)
-    return {"bench": "sample", "config": name, "precision": precision, "steps": steps, "batch_size": batch,
-            "images_per_s": results}
+    return {
+        "bench": "sample",
+        "config": name,
+        "precision": precision,
+        "steps": steps,
+        "batch_size": batch,
+        "images_per_s": results,
+    }
 
 
 def peak_memory() -> dict:
@@ -108,15 +152,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="A,B")
     parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument("--steps", type=int, default=23, help="training steps per measurement (first --warmup not timed)")
+    parser.add_argument(
+        "--steps", type=int, default=23, help="training steps per measurement (first --warmup not timed)"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--sample_steps", type=int, default=50)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip_sampling", action="store_true")
     args = parser.parse_args()
-    env = {"bench": "env", "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
-           "cpu": platform.processor() or platform.machine(),
-           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    env = {
+        "bench": "env",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "cpu": platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
     print(json.dumps(env), flush=True)
     for name in args.configs.split(","):
         for precision in args.precisions.split(","):

@@ -34,19 +34,41 @@ def to_clinalign_argv(argv: list[str]) -> list[str]:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     ck = find_checkpoint(args.model_path)
-    check_flags(ck, typed(args, ModelConfig),
-                {k: v for k, v in typed(args, DiffusionConfig).items() if k != "timestep_respacing"},
-                hint="drop them")
+    check_flags(
+        ck,
+        typed(args, ModelConfig),
+        {k: v for k, v in typed(args, DiffusionConfig).items() if k != "timestep_respacing"},
+        hint="drop them",
+    )
     respacing = args.timestep_respacing or ""
     sampler = "ddim" if args.use_ddim or respacing.startswith("ddim") else "ancestral"
     steps = respacing.removeprefix("ddim")
     if "," in steps:
-        raise ConfigError(f"--timestep_respacing {respacing!r}: section lists are not supported for sampling; "
-                          "give one number of steps, e.g. 250 or ddim50")
-    return ["sample", "--checkpoint", args.model_path, "--num_samples", str(args.num_samples),
-            "--batch_size", str(args.batch_size), "--sampler", sampler, "--steps", steps or "0",
-            "--clip_denoised", str(args.clip_denoised), "--out", args.out, "--classes", args.classes,
-            "--seed", str(args.seed)]
+        raise ConfigError(
+            f"--timestep_respacing {respacing!r}: section lists are not supported for sampling; "
+            "give one number of steps, e.g. 250 or ddim50"
+        )
+    return [
+        "sample",
+        "--checkpoint",
+        args.model_path,
+        "--num_samples",
+        str(args.num_samples),
+        "--batch_size",
+        str(args.batch_size),
+        "--sampler",
+        sampler,
+        "--steps",
+        steps or "0",
+        "--clip_denoised",
+        str(args.clip_denoised),
+        "--out",
+        args.out,
+        "--classes",
+        args.classes,
+        "--seed",
+        str(args.seed),
+    ]
 
 
 if __name__ == "__main__":

@@ -11,8 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # A tiny denoiser: trains a step in well under a second on this CPU.
-TINY_MODEL = ["--image_size", "16", "--num_channels", "32", "--num_res_blocks", "1",
-              "--attention_resolutions", "8", "--num_heads", "2"]
+TINY_MODEL = [
+    "--image_size",
+    "16",
+    "--num_channels",
+    "32",
+    "--num_res_blocks",
+    "1",
+    "--attention_resolutions",
+    "8",
+    "--num_heads",
+    "2",
+]
 TINY_DIFFUSION = ["--diffusion_steps", "100", "--noise_schedule", "cosine"]
 
 
@@ -32,8 +42,26 @@ def pretrained(toy_dir, tmp_path_factory) -> Path:
     from clinalign.cli import main
 
     run = tmp_path_factory.mktemp("pre")
-    assert main(["train", "--data_dir", str(toy_dir), "--run_dir", str(run), *TINY_MODEL, *TINY_DIFFUSION,
-                 "--class_cond", "True", "--batch_size", "4", "--max_steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data_dir",
+                str(toy_dir),
+                "--run_dir",
+                str(run),
+                *TINY_MODEL,
+                *TINY_DIFFUSION,
+                "--class_cond",
+                "True",
+                "--batch_size",
+                "4",
+                "--max_steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     return run
 
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clinalign.training.checkpoint import find_checkpoint
 from clinalign.cli import main
+from clinalign.concepts.assign import assign
+from clinalign.data.classmap import ClassMap
 from clinalign.data.concepts import (
     CONCEPTS_FILE,
     concept_parents,
@@ -22,14 +23,12 @@ from clinalign.data.concepts import (
     parse_concept_specs,
     read_concepts_file,
 )
-from clinalign.concepts.assign import assign
-from clinalign.data.classmap import ClassMap
 from clinalign.data.folder import ImageFolderDataset
 from clinalign.data.layouts import read_feedback_folder, write_feedback_folder
 from clinalign.data.naming import list_images
 from clinalign.errors import CheckpointError, ClinalignError, DataError
 from clinalign.reward.data import load_reward_data
-
+from clinalign.training.checkpoint import find_checkpoint
 
 CONCEPTS = {"neutrophil-band": "neutrophil", "neutrophil-segmented": "neutrophil"}
 
@@ -61,10 +60,21 @@ def concept_feedback(samples: Path, out: Path) -> Path:
 
 def test_grow_class_map_appends_concepts_after_their_parents_and_is_idempotent():
     base = ClassMap(["lymphocyte", "neutrophil"])
-    grown = grow_class_map(base, {"neutrophil-segmented": "neutrophil", "neutrophil-band": "neutrophil",
-                                  "neutrophil-band-early": "neutrophil-band"})
-    assert grown.names == ["lymphocyte", "neutrophil", "neutrophil-band", "neutrophil-band-early",
-                           "neutrophil-segmented"]
+    grown = grow_class_map(
+        base,
+        {
+            "neutrophil-segmented": "neutrophil",
+            "neutrophil-band": "neutrophil",
+            "neutrophil-band-early": "neutrophil-band",
+        },
+    )
+    assert grown.names == [
+        "lymphocyte",
+        "neutrophil",
+        "neutrophil-band",
+        "neutrophil-band-early",
+        "neutrophil-segmented",
+    ]
     assert grown.parents["neutrophil-band-early"] == "neutrophil-band"
     assert grow_class_map(grown, {"neutrophil-band": "neutrophil"}).names == grown.names
     with pytest.raises(DataError, match="already in the class map with parent 'neutrophil'"):
@@ -74,8 +84,9 @@ def test_grow_class_map_appends_concepts_after_their_parents_and_is_idempotent()
     # Rows copy from the nearest ancestor the old map holds; a reordered map is refused.
     assert extension_parents(base, grown) == [1, 1, 1]
     with pytest.raises(DataError, match="does not extend"):
-        extension_parents(base, ClassMap(["neutrophil", "lymphocyte", "neutrophil-band"],
-                                         {"neutrophil-band": "neutrophil"}))
+        extension_parents(
+            base, ClassMap(["neutrophil", "lymphocyte", "neutrophil-band"], {"neutrophil-band": "neutrophil"})
+        )
 
 
 def test_concept_specs_and_concepts_file_errors(tmp_path):
@@ -96,8 +107,9 @@ def test_a_concept_folder_without_a_parent_is_an_error_naming_the_folder_and_the
         concept_parents(tmp_path, ["neutrophil", "lymphocyte"])
     msg = str(err.value)
     assert str(tmp_path / "neutrophil-band") in msg and CONCEPTS_FILE in msg and "--concept neutrophil-band=" in msg
-    assert concept_parents(tmp_path, ["neutrophil"], {"neutrophil-band": "neutrophil"}) == \
-        {"neutrophil-band": "neutrophil"}
+    assert concept_parents(tmp_path, ["neutrophil"], {"neutrophil-band": "neutrophil"}) == {
+        "neutrophil-band": "neutrophil"
+    }
     with pytest.raises(DataError, match="parent 'blast' of concept 'neutrophil-band' is not a known class"):
         concept_parents(tmp_path, ["neutrophil"], {"neutrophil-band": "blast"})
 
@@ -186,9 +198,23 @@ def test_finetune_grows_the_embedding_and_samples_the_concept(pretrained, toy_di
     with (mod / "rewards.csv").open("w") as f:
         f.write("ID,rewards\n" + "".join(f"{p.name},0.9\n" for p in list_images(mod)))
     run = tmp_path / "ft"
-    argv = ["finetune", "--resume_checkpoint", str(pretrained), "--data_pre_dir", str(toy_dir),
-            "--data_mod_dir", str(mod), "--run_dir", str(run), "--batch_size", "4", "--max_steps", "3",
-            "--lr", "1e-2"]
+    argv = [
+        "finetune",
+        "--resume_checkpoint",
+        str(pretrained),
+        "--data_pre_dir",
+        str(toy_dir),
+        "--data_mod_dir",
+        str(mod),
+        "--run_dir",
+        str(run),
+        "--batch_size",
+        "4",
+        "--max_steps",
+        "3",
+        "--lr",
+        "1e-2",
+    ]
     assert main(argv) == 0
     ck, pre = find_checkpoint(run), find_checkpoint(pretrained)
     cm = ck.class_map
@@ -202,22 +228,43 @@ def test_finetune_grows_the_embedding_and_samples_the_concept(pretrained, toy_di
     band, seg = cm.index("neutrophil-band"), cm.index("neutrophil-segmented")
     assert not torch.allclose(emb[band], start[parent]) and not torch.allclose(emb[band], emb[seg])
     # The existing classes' rows are frozen while the concepts are taught.
-    assert torch.equal(emb[:len(pre.class_map)], start)
+    assert torch.equal(emb[: len(pre.class_map)], start)
     # Resuming the finetune (rerun) keeps the grown map.
     assert main([*argv[:-4], "--max_steps", "4", "--lr", "1e-2"]) == 0
     assert find_checkpoint(run).step == 4 and find_checkpoint(run).class_map.names == cm.names
 
     out = tmp_path / "concept_samples"
-    assert main(["sample", "--checkpoint", str(run), "--num_samples", "4", "--classes",
-                 "neutrophil-band,neutrophil-segmented", "--sampler", "ddim", "--steps", "3", "--out", str(out)]) == 0
-    assert sorted(p.name.split("_")[0] for p in list_images(out)) == ["neutrophil-band"] * 2 + \
-        ["neutrophil-segmented"] * 2
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(run),
+                "--num_samples",
+                "4",
+                "--classes",
+                "neutrophil-band,neutrophil-segmented",
+                "--sampler",
+                "ddim",
+                "--steps",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert (
+        sorted(p.name.split("_")[0] for p in list_images(out)) == ["neutrophil-band"] * 2 + ["neutrophil-segmented"] * 2
+    )
     assert read_concepts_file(out) == CONCEPTS
 
 
 def test_concept_rows_learn_at_the_concept_lr_scale(pretrained, toy_dir, tmp_path):
     samples = neutrophil_samples(toy_dir, tmp_path / "samples")
-    mod = assign(samples, concept_feedback(samples, tmp_path / "fb"), tmp_path / "mod", ["neutrophil", "lymphocyte"]).out
+    mod = assign(
+        samples, concept_feedback(samples, tmp_path / "fb"), tmp_path / "mod", ["neutrophil", "lymphocyte"]
+    ).out
     with (mod / "rewards.csv").open("w") as f:
         f.write("ID,rewards\n" + "".join(f"{p.name},1\n" for p in list_images(mod)))
     pre = find_checkpoint(pretrained)
@@ -225,9 +272,30 @@ def test_concept_rows_learn_at_the_concept_lr_scale(pretrained, toy_dir, tmp_pat
     moved = {}
     for scale in (1, 25):
         run = tmp_path / f"ft{scale}"
-        assert main(["finetune", "--resume_checkpoint", str(pretrained), "--data_pre_dir", str(toy_dir),
-                     "--data_mod_dir", str(mod), "--run_dir", str(run), "--batch_size", "4", "--max_steps", "4",
-                     "--lr", "1e-4", "--concept_lr_scale", str(scale)]) == 0
+        assert (
+            main(
+                [
+                    "finetune",
+                    "--resume_checkpoint",
+                    str(pretrained),
+                    "--data_pre_dir",
+                    str(toy_dir),
+                    "--data_mod_dir",
+                    str(mod),
+                    "--run_dir",
+                    str(run),
+                    "--batch_size",
+                    "4",
+                    "--max_steps",
+                    "4",
+                    "--lr",
+                    "1e-4",
+                    "--concept_lr_scale",
+                    str(scale),
+                ]
+            )
+            == 0
+        )
         ck = find_checkpoint(run)
         row = ck.weights(ema=False)["unet.class_embedding.weight"][ck.class_map.index("neutrophil-band")]
         moved[scale] = float((row - parent).norm())
@@ -243,8 +311,21 @@ def test_finetune_refuses_a_concept_without_a_parent(pretrained, toy_dir, tmp_pa
         Image.open(p).save(mod / p.name.replace("neutrophil_", "neutrophil-band_"))
     with (mod / "rewards.csv").open("w") as f:
         f.write("ID,rewards\n" + "".join(f"{p.name},1\n" for p in list_images(mod)))
-    argv = ["finetune", "--resume_checkpoint", str(pretrained), "--data_pre_dir", str(toy_dir),
-            "--data_mod_dir", str(mod), "--run_dir", str(tmp_path / "ft"), "--batch_size", "4", "--max_steps", "1"]
+    argv = [
+        "finetune",
+        "--resume_checkpoint",
+        str(pretrained),
+        "--data_pre_dir",
+        str(toy_dir),
+        "--data_mod_dir",
+        str(mod),
+        "--run_dir",
+        str(tmp_path / "ft"),
+        "--batch_size",
+        "4",
+        "--max_steps",
+        "1",
+    ]
     with pytest.raises(ClinalignError, match="--concept neutrophil-band=PARENT"):
         from clinalign.cli import build_parser
         from clinalign.training.finetune import finetune
@@ -269,8 +350,14 @@ def test_simulated_expert_assigns_plausible_parents_to_the_concept_of_their_subt
     for i, p in enumerate(renders):
         shutil.copyfile(p, samples / f"{p.name.split('_')[0]}_{i:06d}.png")
     config = ExpertConfig(image_size=16, width=8, epochs=2, seed=0, label_from="subtype", manifold_k=0)
-    res = simulate(samples, tmp_path / "fb", real, config=config, tau=0.0,
-                   concepts={"neutrophil-band": "neutrophil:BAND", "neutrophil-segmented": "neutrophil:SEG"})
+    res = simulate(
+        samples,
+        tmp_path / "fb",
+        real,
+        config=config,
+        tau=0.0,
+        concepts={"neutrophil-band": "neutrophil:BAND", "neutrophil-segmented": "neutrophil:SEG"},
+    )
     fb = res.out
     assert read_concepts_file(fb) == CONCEPTS
     # tau 0: every sample is plausible, so every neutrophil goes to one concept, no lymphocyte does.
@@ -278,8 +365,10 @@ def test_simulated_expert_assigns_plausible_parents_to_the_concept_of_their_subt
     assert sum(res.counts.get(c, {}).get("align", 0) for c in CONCEPTS) == 10
     assert res.counts["lymphocyte"]["align"] == 10
     rows = (fb / "judgements.csv").read_text().splitlines()
-    assert rows[0].endswith(",concept") and sum(r.endswith((",neutrophil-band", ",neutrophil-segmented"))
-                                                for r in rows[1:]) == 10
+    assert (
+        rows[0].endswith(",concept")
+        and sum(r.endswith((",neutrophil-band", ",neutrophil-segmented")) for r in rows[1:]) == 10
+    )
     with pytest.raises(DataError, match="no label 'neutrophil:BNE'"):
         simulate(samples, tmp_path / "fb2", real, config=config, concepts={"neutrophil-band": "neutrophil:BNE"})
 
@@ -321,9 +410,33 @@ def test_concept_accuracy_cli_with_a_subtype_oracle_independent_of_the_expert(tm
         if p.name.startswith("neutrophil_"):
             concept = "neutrophil-one" if "_ONE_" in p.name else "neutrophil-two"
             shutil.copyfile(p, samples / f"{concept}_{p.name.split('_')[2]}")
-    assert main(["concepts", "accuracy", "--real", str(tmp_path / "real"), "--samples", str(samples),
-                 "--parent", "neutrophil", "--concept", "neutrophil-one=ONE", "--concept", "neutrophil-two=TWO",
-                 "--image_size", "16", "--epochs", "15", "--batch_size", "16", "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "concepts",
+                "accuracy",
+                "--real",
+                str(tmp_path / "real"),
+                "--samples",
+                str(samples),
+                "--parent",
+                "neutrophil",
+                "--concept",
+                "neutrophil-one=ONE",
+                "--concept",
+                "neutrophil-two=TWO",
+                "--image_size",
+                "16",
+                "--epochs",
+                "15",
+                "--batch_size",
+                "16",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((tmp_path / "eval" / "concept_accuracy.json").read_text())
     assert report["oracle"]["arch"] == "vgg" and report["oracle"]["half"] == HALF_ORACLE
@@ -334,8 +447,8 @@ def test_concept_accuracy_cli_with_a_subtype_oracle_independent_of_the_expert(tm
 
 
 def test_simulated_reviewer_names_concepts_in_the_review_app_and_the_export_carries_them(tmp_path):
-    from clinalign.expert.simulator import ExpertConfig, ExpertSimulator, review_queue
     from clinalign.evaluate.data import ImageSet
+    from clinalign.expert.simulator import ExpertConfig, ExpertSimulator, review_queue
     from clinalign.review.db import Store
     from clinalign.review.export import export_feedback
     from clinalign.review.ingest import add_batch, add_concept, add_user
@@ -358,11 +471,13 @@ def test_simulated_reviewer_names_concepts_in_the_review_app_and_the_export_carr
     add_concept(store, "b1", "neutrophil-one", "neutrophil")
     add_concept(store, "b1", "neutrophil-two", "neutrophil")
     store.dispose()
-    expert = ExpertSimulator.fit(ImageSet.from_folder(tmp_path / "real", 16),
-                                 ExpertConfig(image_size=16, width=16, epochs=15, batch_size=16, label_from="subtype",
-                                              manifold_k=0))
-    result = review_queue(url, "sim", expert, tau=0.0,
-                          concepts={"neutrophil-one": "neutrophil:ONE", "neutrophil-two": "neutrophil:TWO"})
+    expert = ExpertSimulator.fit(
+        ImageSet.from_folder(tmp_path / "real", 16),
+        ExpertConfig(image_size=16, width=16, epochs=15, batch_size=16, label_from="subtype", manifold_k=0),
+    )
+    result = review_queue(
+        url, "sim", expert, tau=0.0, concepts={"neutrophil-one": "neutrophil:ONE", "neutrophil-two": "neutrophil:TWO"}
+    )
     assert result.n == 12
     store = Store(url, create=False)
     try:

@@ -22,11 +22,11 @@ import pytest
 import torch
 from PIL import Image
 
-from clinalign.training.checkpoint import find_checkpoint
 from clinalign.cli import main
 from clinalign.concepts.assign import assign
 from clinalign.data.naming import list_images
 from clinalign.expert.simulator import ExpertConfig, simulate
+from clinalign.training.checkpoint import find_checkpoint
 
 from .conftest import TINY_MODEL
 
@@ -87,18 +87,62 @@ def run_toy(tmp_path: Path) -> None:
 
     model = [*TINY_MODEL, "--diffusion_steps", "100", "--noise_schedule", "cosine", "--class_cond", "True"]
     pre = tmp_path / "pre"
-    assert main(["train", "--data_dir", str(real), "--run_dir", str(pre), *model, "--batch_size", "16",
-                 "--lr", "2e-3", "--max_steps", "400", "--ema_rate", "0.99", "--save_interval", "100000",
-                 "--seed", "0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data_dir",
+                str(real),
+                "--run_dir",
+                str(pre),
+                *model,
+                "--batch_size",
+                "16",
+                "--lr",
+                "2e-3",
+                "--max_steps",
+                "400",
+                "--ema_rate",
+                "0.99",
+                "--save_interval",
+                "100000",
+                "--seed",
+                "0",
+            ]
+        )
+        == 0
+    )
     samples = tmp_path / "samples"
-    assert main(["sample", "--checkpoint", str(pre), "--num_samples", "96", "--classes", "neutrophil",
-                 "--sampler", "ancestral", "--out", str(samples), "--batch_size", "96"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(pre),
+                "--num_samples",
+                "96",
+                "--classes",
+                "neutrophil",
+                "--sampler",
+                "ancestral",
+                "--out",
+                str(samples),
+                "--batch_size",
+                "96",
+            ]
+        )
+        == 0
+    )
     baseline = one_share(samples, "neutrophil")
 
-    fb = simulate(samples, tmp_path / "feedback", real, tau=0.5,
-                  config=ExpertConfig(image_size=SIZE, width=16, epochs=15, batch_size=16, seed=0,
-                                      label_from="subtype"),
-                  concepts={"neutrophil-one": "neutrophil:ONE", "neutrophil-two": "neutrophil:TWO"})
+    fb = simulate(
+        samples,
+        tmp_path / "feedback",
+        real,
+        tau=0.5,
+        config=ExpertConfig(image_size=SIZE, width=16, epochs=15, batch_size=16, seed=0, label_from="subtype"),
+        concepts={"neutrophil-one": "neutrophil:ONE", "neutrophil-two": "neutrophil:TWO"},
+    )
     taught = {c: fb.counts.get(c, {}).get("align", 0) for c in ("neutrophil-one", "neutrophil-two")}
     assert min(taught.values()) >= 10, fb.counts  # the expert found both subtypes among the samples
 
@@ -107,18 +151,62 @@ def run_toy(tmp_path: Path) -> None:
     with (mod / "rewards.csv").open("w") as f:  # the expert's verdicts as rewards (Γ is tested elsewhere)
         f.write("ID,rewards\n" + "".join(f"{p.name},{0 if p.name in rejected else 1}\n" for p in list_images(mod)))
     ft = tmp_path / "ft"
-    assert main(["finetune", "--resume_checkpoint", str(pre), "--data_pre_dir", str(real), "--data_mod_dir", str(mod),
-                 "--run_dir", str(ft), "--batch_size", "16", "--lr", "2e-3", "--max_steps", "300",
-                 "--ema_rate", "0.99", "--save_interval", "100000", "--seed", "0"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--resume_checkpoint",
+                str(pre),
+                "--data_pre_dir",
+                str(real),
+                "--data_mod_dir",
+                str(mod),
+                "--run_dir",
+                str(ft),
+                "--batch_size",
+                "16",
+                "--lr",
+                "2e-3",
+                "--max_steps",
+                "300",
+                "--ema_rate",
+                "0.99",
+                "--save_interval",
+                "100000",
+                "--seed",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert find_checkpoint(ft).class_map.parents["neutrophil-one"] == "neutrophil"
 
     after = tmp_path / "after"
-    assert main(["sample", "--checkpoint", str(ft), "--num_samples", "64", "--classes",
-                 "neutrophil-one,neutrophil-two", "--sampler", "ancestral", "--out", str(after),
-                 "--batch_size", "64"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(ft),
+                "--num_samples",
+                "64",
+                "--classes",
+                "neutrophil-one,neutrophil-two",
+                "--sampler",
+                "ancestral",
+                "--out",
+                str(after),
+                "--batch_size",
+                "64",
+            ]
+        )
+        == 0
+    )
     one, two = one_share(after, "neutrophil-one"), one_share(after, "neutrophil-two")
-    print(f"one-lobe share: pretrained neutrophil {baseline:.2f}, requested one {one:.2f}, requested two {two:.2f}; "
-          f"expert taught {taught}")
+    print(
+        f"one-lobe share: pretrained neutrophil {baseline:.2f}, requested one {one:.2f}, requested two {two:.2f}; "
+        f"expert taught {taught}"
+    )
     # Each request moved away from the parent's mixture towards its own subtype, and the two apart.
     # (The expert's own "one" folder is only ~60 % one-lobe by this rule, which caps the first share.)
     assert one - two >= 0.25

@@ -126,7 +126,9 @@ def test_manifest_overrides_prefix(tmp_path):
     ds = ImageFolderDataset(tmp_path, 8)
     assert ds.class_map.names == ["bird", "cat", "dog"]
     assert {p.name: ds.class_map.names[y] for p, y in zip(ds.paths, ds.labels)} == {
-        "sample_0001.png": "cat", "sample_0002.png": "bird", "dog_0003.png": "dog",
+        "sample_0001.png": "cat",
+        "sample_0002.png": "bird",
+        "dog_0003.png": "dog",
     }
 
 
@@ -507,16 +509,14 @@ def test_resume_gives_the_batches_of_an_uninterrupted_run(start):
 
 def test_hflip_flips_about_half_deterministically():
     ds = _numbered_dataset(64, hflip=True)
-    (x, _), = _take(infinite_batches(ds, 64, seed=0), 1)
+    ((x, _),) = _take(infinite_batches(ds, 64, seed=0), 1)
     flipped = (to_uint8(x)[:, 0, 0, 0] == 255).mean()
     assert 0.25 < flipped < 0.75
 
 
 def test_two_ranks_get_disjoint_shards_every_epoch():
     ds = _numbered_dataset(21)
-    per_rank = [
-        _take(infinite_batches(ds, 5, seed=2, rank=r, world_size=2, with_indices=True), 4) for r in (0, 1)
-    ]
+    per_rank = [_take(infinite_batches(ds, 5, seed=2, rank=r, world_size=2, with_indices=True), 4) for r in (0, 1)]
     for epoch in range(2):  # 10 items per rank -> 2 steps per epoch
         seen = [torch.cat([b[2] for b in batches[2 * epoch : 2 * epoch + 2]]).tolist() for batches in per_rank]
         assert len(seen[0]) == len(seen[1]) == 10

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clinalign.data import ImageFolderDataset, label_of, list_images
+from clinalign.data import ImageFolderDataset, label_of, list_images, medmnist
 from clinalign.data import cli as data_cli
-from clinalign.data import medmnist
 from clinalign.errors import DataError
 
 REAL_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "bloodmnist_like_28.npz"

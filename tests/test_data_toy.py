@@ -84,8 +84,16 @@ def test_renders_at_any_size(size):
 
 def test_class_order_and_subtypes():
     assert CLASS_NAMES[:4] == ("neutrophil", "lymphocyte", "eosinophil", "monocyte")
-    assert set(CLASS_NAMES) == {"neutrophil", "lymphocyte", "eosinophil", "monocyte",
-                                "basophil", "platelet", "erythroblast", "ig"}
+    assert set(CLASS_NAMES) == {
+        "neutrophil",
+        "lymphocyte",
+        "eosinophil",
+        "monocyte",
+        "basophil",
+        "platelet",
+        "erythroblast",
+        "ig",
+    }
     assert all("_" not in name for name in CLASS_NAMES)
     img, st = render_cell("neutrophil", np.random.default_rng(0), 32, subtype="BAND")
     assert st == "BAND"
@@ -204,8 +212,9 @@ def test_cli_toy_and_inspect(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     data_cli.register(parser.add_subparsers())
     out = tmp_path / "toy"
-    args = parser.parse_args(["data", "toy", "--classes", "2", "--per_class", "3", "--size", "16",
-                              "--out", str(out), "--seed", "1"])
+    args = parser.parse_args(
+        ["data", "toy", "--classes", "2", "--per_class", "3", "--size", "16", "--out", str(out), "--seed", "1"]
+    )
     assert args.func(args) == 0
     assert "wrote 6 images" in capsys.readouterr().out
     assert len(list(out.glob("*.png"))) == 6

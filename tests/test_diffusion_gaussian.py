@@ -128,10 +128,12 @@ def test_variance_types():
     small = d_small.p_mean_variance(lambda *_: eps, x, t)["log_variance"][:, 0, 0, 0]
     large = d_large.p_mean_variance(lambda *_: eps, x, t)["log_variance"][:, 0, 0, 0]
     np.testing.assert_allclose(small.numpy(), d_small.posterior_log_variance_clipped[[0, 10, 99]])
-    np.testing.assert_allclose(large.numpy(), np.log([d_large.posterior_variance[1], d_large.betas[10], d_large.betas[99]]))
+    np.testing.assert_allclose(
+        large.numpy(), np.log([d_large.posterior_variance[1], d_large.betas[10], d_large.betas[99]])
+    )
     # LEARNED_RANGE: v = -1 gives the small variance, v = +1 the large one (eq. 15), v = 0 the geometric mean.
     for v, expected in [(-1.0, small), (1.0, np.log(d_range.betas[[0, 10, 99]])), (0.0, None)]:
-        out = d_range.p_mean_variance(lambda *_: torch.cat([eps, torch.full_like(x, v)], 1), x, t)
+        out = d_range.p_mean_variance(lambda *_, v=v: torch.cat([eps, torch.full_like(x, v)], 1), x, t)
         got = out["log_variance"][:, 0, 0, 0]
         if expected is None:
             expected = 0.5 * (small + torch.from_numpy(np.log(d_range.betas[[0, 10, 99]])))
@@ -154,7 +156,9 @@ def test_model_receives_rescaled_timesteps():
     d.p_mean_variance(lambda x, t: seen.append(t) or torch.zeros_like(x), torch.zeros(2, 1), torch.tensor([0, 249]))
     torch.testing.assert_close(seen[0], torch.tensor([0.0, 996.0]))
     seen.clear()
-    make(T=250).p_mean_variance(lambda x, t: seen.append(t) or torch.zeros_like(x), torch.zeros(2, 1), torch.tensor([0, 249]))
+    make(T=250).p_mean_variance(
+        lambda x, t: seen.append(t) or torch.zeros_like(x), torch.zeros(2, 1), torch.tensor([0, 249])
+    )
     assert seen[0].dtype == torch.long and seen[0].tolist() == [0, 249]
 
 
@@ -232,7 +236,9 @@ def test_losses_are_per_sample_and_unreduced():
     noise = torch.randn(x0.shape, generator=g)
     t = torch.tensor([3, 7, 20, 44])
     batch = d.training_losses(model, x0, t, noise=noise)["loss"]
-    single = torch.stack([d.training_losses(model, x0[i : i + 1], t[i : i + 1], noise=noise[i : i + 1])["loss"][0] for i in range(4)])
+    single = torch.stack(
+        [d.training_losses(model, x0[i : i + 1], t[i : i + 1], noise=noise[i : i + 1])["loss"][0] for i in range(4)]
+    )
     torch.testing.assert_close(batch, single)
     # the documented objective: eps-MSE averaged over pixels (L_simple)
     xt = d.q_sample(x0, t, noise)
@@ -245,10 +251,14 @@ def test_rescaled_losses_scale_as_improved_diffusion():
     x0, noise, t = torch.rand(3, 1, 4, 4) * 2 - 1, torch.randn(3, 1, 4, 4), torch.tensor([0, 9, 30])
     T = 40
     kl = make(T=T, var=ModelVarType.LEARNED_RANGE, loss=LossType.KL).training_losses(model, x0, t, noise=noise)["loss"]
-    rkl = make(T=T, var=ModelVarType.LEARNED_RANGE, loss=LossType.RESCALED_KL).training_losses(model, x0, t, noise=noise)["loss"]
+    rkl = make(T=T, var=ModelVarType.LEARNED_RANGE, loss=LossType.RESCALED_KL).training_losses(
+        model, x0, t, noise=noise
+    )["loss"]
     torch.testing.assert_close(rkl, kl * T)
     mse = make(T=T, var=ModelVarType.LEARNED_RANGE, loss=LossType.MSE).training_losses(model, x0, t, noise=noise)
-    rmse = make(T=T, var=ModelVarType.LEARNED_RANGE, loss=LossType.RESCALED_MSE).training_losses(model, x0, t, noise=noise)
+    rmse = make(T=T, var=ModelVarType.LEARNED_RANGE, loss=LossType.RESCALED_MSE).training_losses(
+        model, x0, t, noise=noise
+    )
     torch.testing.assert_close(rmse["mse"], mse["mse"])
     torch.testing.assert_close(rmse["vb"], mse["vb"] * T / 1000)
     torch.testing.assert_close(mse["vb"], kl)  # the hybrid's vb is the same L_t, only detached
@@ -292,13 +302,24 @@ def test_bf16_model_output_gives_float32_losses():
 def test_create_diffusion_flags_map_like_improved_diffusion():
     d = create_diffusion()
     assert (d.model_mean_type, d.model_var_type, d.loss_type) == (
-        ModelMeanType.EPSILON, ModelVarType.FIXED_LARGE, LossType.RESCALED_MSE,
+        ModelMeanType.EPSILON,
+        ModelVarType.FIXED_LARGE,
+        LossType.RESCALED_MSE,
     )
     assert d.num_timesteps == 1000 and not d.rescale_timesteps
-    d = create_diffusion(steps=200, learn_sigma=True, noise_schedule="cosine", use_kl=True, predict_xstart=True,
-                         rescale_timesteps=True, timestep_respacing="50")
+    d = create_diffusion(
+        steps=200,
+        learn_sigma=True,
+        noise_schedule="cosine",
+        use_kl=True,
+        predict_xstart=True,
+        rescale_timesteps=True,
+        timestep_respacing="50",
+    )
     assert (d.model_mean_type, d.model_var_type, d.loss_type) == (
-        ModelMeanType.START_X, ModelVarType.LEARNED_RANGE, LossType.RESCALED_KL,
+        ModelMeanType.START_X,
+        ModelVarType.LEARNED_RANGE,
+        LossType.RESCALED_KL,
     )
     assert d.num_timesteps == 50 and d.original_num_steps == 200 and d.rescale_timesteps
     np.testing.assert_allclose(d.base_betas, get_named_beta_schedule("cosine", 200))

@@ -18,7 +18,9 @@ from clinalign.diffusion import (
     space_timesteps,
 )
 
-KW = dict(model_mean_type=ModelMeanType.EPSILON, model_var_type=ModelVarType.LEARNED_RANGE, loss_type=LossType.RESCALED_MSE)
+KW = dict(
+    model_mean_type=ModelMeanType.EPSILON, model_var_type=ModelVarType.LEARNED_RANGE, loss_type=LossType.RESCALED_MSE
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,9 +41,51 @@ def test_sections_10_15_20_of_300():
     # The docstring example of improved-diffusion: three sections of 100 steps strided to 10, 15
     # and 20 steps. Float accumulation of the stride decides ties (e.g. 149, not 150), as there.
     assert sorted(space_timesteps(300, "10,15,20")) == [
-        0, 11, 22, 33, 44, 55, 66, 77, 88, 99,
-        100, 107, 114, 121, 128, 135, 142, 149, 157, 164, 171, 178, 185, 192, 199,
-        200, 205, 210, 216, 221, 226, 231, 236, 242, 247, 252, 257, 263, 268, 273, 278, 283, 289, 294, 299,
+        0,
+        11,
+        22,
+        33,
+        44,
+        55,
+        66,
+        77,
+        88,
+        99,
+        100,
+        107,
+        114,
+        121,
+        128,
+        135,
+        142,
+        149,
+        157,
+        164,
+        171,
+        178,
+        185,
+        192,
+        199,
+        200,
+        205,
+        210,
+        216,
+        221,
+        226,
+        231,
+        236,
+        242,
+        247,
+        252,
+        257,
+        263,
+        268,
+        273,
+        278,
+        283,
+        289,
+        294,
+        299,
     ]
     assert space_timesteps(300, [10, 15, 20]) == space_timesteps(300, "10,15,20")
 

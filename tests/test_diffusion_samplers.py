@@ -53,8 +53,15 @@ def stats(x):
 )
 def test_samplers_recover_gaussian_data(schedule, sampler, steps, std_tol):
     d = create_diffusion(steps=1000, noise_schedule=schedule)  # ancestral uses β_t (FIXED_LARGE)
-    x = sample_images(oracle(d), d, SHAPE, sampler=sampler, steps=steps, clip_denoised=False,
-                      generator=torch.Generator().manual_seed(0))
+    x = sample_images(
+        oracle(d),
+        d,
+        SHAPE,
+        sampler=sampler,
+        steps=steps,
+        clip_denoised=False,
+        generator=torch.Generator().manual_seed(0),
+    )
     mean, std = stats(x)
     assert mean == pytest.approx(MU, abs=0.02)
     assert std == pytest.approx(S, rel=std_tol)
@@ -64,8 +71,15 @@ def test_samplers_recover_gaussian_data(schedule, sampler, steps, std_tol):
 def test_dpm_solver_pp_recovers_narrow_and_wide_data(mu, s):
     d = create_diffusion(steps=1000)
     for steps in (10, 20):
-        x = sample_images(oracle(d, mu=mu, s=s), d, SHAPE, sampler="dpm++", steps=steps, clip_denoised=False,
-                          generator=torch.Generator().manual_seed(1))
+        x = sample_images(
+            oracle(d, mu=mu, s=s),
+            d,
+            SHAPE,
+            sampler="dpm++",
+            steps=steps,
+            clip_denoised=False,
+            generator=torch.Generator().manual_seed(1),
+        )
         mean, std = stats(x)
         assert mean == pytest.approx(mu, abs=0.03) and std == pytest.approx(s, rel=0.06)
 
@@ -75,8 +89,17 @@ def test_ancestral_with_small_variance_undershoots_on_coarse_grids():
     steps are coarse (why iDDPM learns Σ); it shrinks as steps are added."""
     d = create_diffusion(steps=1000, sigma_small=True)
     std = {
-        steps: stats(sample_images(oracle(d), d, (128, 1, 8, 8), sampler="ancestral", steps=steps, clip_denoised=False,
-                                   generator=torch.Generator().manual_seed(2)))[1]
+        steps: stats(
+            sample_images(
+                oracle(d),
+                d,
+                (128, 1, 8, 8),
+                sampler="ancestral",
+                steps=steps,
+                clip_denoised=False,
+                generator=torch.Generator().manual_seed(2),
+            )
+        )[1]
         for steps in (50, 250)
     }
     assert 0.85 * S < std[50] < std[250] < S
@@ -85,10 +108,24 @@ def test_ancestral_with_small_variance_undershoots_on_coarse_grids():
 def test_ddim_eta0_is_deterministic():
     d = create_diffusion(steps=200)
     noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    a = sample_images(oracle(d), d, noise.shape, sampler="ddim", steps=20, noise=noise.clone(),
-                      generator=torch.Generator().manual_seed(1))
-    b = sample_images(oracle(d), d, noise.shape, sampler="ddim", steps=20, noise=noise.clone(),
-                      generator=torch.Generator().manual_seed(2))
+    a = sample_images(
+        oracle(d),
+        d,
+        noise.shape,
+        sampler="ddim",
+        steps=20,
+        noise=noise.clone(),
+        generator=torch.Generator().manual_seed(1),
+    )
+    b = sample_images(
+        oracle(d),
+        d,
+        noise.shape,
+        sampler="ddim",
+        steps=20,
+        noise=noise.clone(),
+        generator=torch.Generator().manual_seed(2),
+    )
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -113,8 +150,18 @@ def test_ddim_eta1_matches_ancestral_statistics_on_all_steps():
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_results_are_reproducible_by_seed(sampler):
     d = create_diffusion(steps=100)
-    run = lambda seed: sample_images(oracle(d), d, (2, 1, 4, 4), sampler=sampler, steps=10, eta=0.5,  # noqa: E731
-                                     generator=torch.Generator().manual_seed(seed))
+
+    def run(seed):
+        return sample_images(
+            oracle(d),
+            d,
+            (2, 1, 4, 4),
+            sampler=sampler,
+            steps=10,
+            eta=0.5,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
     torch.testing.assert_close(run(7), run(7), rtol=0, atol=0)
     assert not torch.equal(run(7), run(8))
 
@@ -124,10 +171,24 @@ def test_learned_sigma_channels_are_dropped(sampler):
     fixed = create_diffusion(steps=100, sigma_small=True)
     learned = create_diffusion(steps=100, learn_sigma=True)  # v = -1 selects β̃_t, i.e. sigma_small
     noise = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    a = sample_images(oracle(fixed), fixed, noise.shape, sampler=sampler, steps=10, noise=noise,
-                      generator=torch.Generator().manual_seed(1))
-    b = sample_images(oracle(learned, learned=True), learned, noise.shape, sampler=sampler, steps=10, noise=noise,
-                      generator=torch.Generator().manual_seed(1))
+    a = sample_images(
+        oracle(fixed),
+        fixed,
+        noise.shape,
+        sampler=sampler,
+        steps=10,
+        noise=noise,
+        generator=torch.Generator().manual_seed(1),
+    )
+    b = sample_images(
+        oracle(learned, learned=True),
+        learned,
+        noise.shape,
+        sampler=sampler,
+        steps=10,
+        noise=noise,
+        generator=torch.Generator().manual_seed(1),
+    )
     torch.testing.assert_close(a, b)
 
 
@@ -135,8 +196,15 @@ def test_learned_sigma_channels_are_dropped(sampler):
 def test_model_sees_original_rescaled_timesteps(sampler):
     d = create_diffusion(steps=500, rescale_timesteps=True, timestep_respacing="50")
     calls = []
-    x = sample_images(oracle(d, rescaled=True, calls=calls), d, SHAPE, sampler=sampler, steps=50 if sampler == "ddim" else 25,
-                      clip_denoised=False, generator=torch.Generator().manual_seed(0))
+    x = sample_images(
+        oracle(d, rescaled=True, calls=calls),
+        d,
+        SHAPE,
+        sampler=sampler,
+        steps=50 if sampler == "ddim" else 25,
+        clip_denoised=False,
+        generator=torch.Generator().manual_seed(0),
+    )
     seen = torch.cat(calls)
     assert seen.dtype == torch.float32 and seen.min() >= 0 and seen.max() < 1000
     assert seen.max() == pytest.approx(499 * 2) or sampler == "ddim"  # ddim50 strides 0..490
@@ -177,7 +245,9 @@ def test_dpm_solver_timesteps_are_distinct_and_span_the_chain():
 def test_single_step_processes():
     d = create_diffusion(steps=1000, timestep_respacing="1")
     for sampler in SAMPLERS:
-        x = sample_images(oracle(d), d, (2, 1, 2, 2), sampler=sampler, steps=1, generator=torch.Generator().manual_seed(0))
+        x = sample_images(
+            oracle(d), d, (2, 1, 2, 2), sampler=sampler, steps=1, generator=torch.Generator().manual_seed(0)
+        )
         assert torch.isfinite(x).all()
 
 
@@ -206,8 +276,12 @@ def test_bad_arguments():
 
 def test_predict_xstart_models_sample_too():
     betas = get_named_beta_schedule("linear", 1000)
-    d = GaussianDiffusion(betas=betas, model_mean_type=ModelMeanType.START_X,
-                          model_var_type=ModelVarType.FIXED_SMALL, loss_type=LossType.MSE)
+    d = GaussianDiffusion(
+        betas=betas,
+        model_mean_type=ModelMeanType.START_X,
+        model_var_type=ModelVarType.FIXED_SMALL,
+        loss_type=LossType.MSE,
+    )
     eps_model = oracle(d)
     abar = torch.from_numpy(d.alphas_cumprod)
 
@@ -216,8 +290,15 @@ def test_predict_xstart_models_sample_too():
         return (x - (1 - a).sqrt() * eps_model(x, t)) / a.sqrt()
 
     for sampler, steps in (("dpm++", 20), ("ddim", 50)):
-        x = sample_images(x0_model, d, SHAPE, sampler=sampler, steps=steps, clip_denoised=False,
-                          generator=torch.Generator().manual_seed(0))
+        x = sample_images(
+            x0_model,
+            d,
+            SHAPE,
+            sampler=sampler,
+            steps=steps,
+            clip_denoised=False,
+            generator=torch.Generator().manual_seed(0),
+        )
         mean, std = stats(x)
         assert mean == pytest.approx(MU, abs=0.02) and std == pytest.approx(S, rel=0.08)
 
@@ -229,10 +310,13 @@ def test_cuda_matches_cpu_with_a_cpu_generator():
     net = torch.nn.Conv2d(2, 4, 3, padding=1)
     model = lambda x, t: torch.tanh(net(x))  # noqa: E731
     for sampler in SAMPLERS:
-        cpu = sample_images(model, d, (2, 2, 4, 4), sampler=sampler, steps=10, generator=torch.Generator().manual_seed(0))
+        cpu = sample_images(
+            model, d, (2, 2, 4, 4), sampler=sampler, steps=10, generator=torch.Generator().manual_seed(0)
+        )
         net.cuda()
-        gpu = sample_images(model, d, (2, 2, 4, 4), sampler=sampler, steps=10, device="cuda",
-                            generator=torch.Generator().manual_seed(0))
+        gpu = sample_images(
+            model, d, (2, 2, 4, 4), sampler=sampler, steps=10, device="cuda", generator=torch.Generator().manual_seed(0)
+        )
         net.cpu()
         assert gpu.device.type == "cuda"
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)

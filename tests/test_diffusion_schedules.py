@@ -95,7 +95,9 @@ def test_discretized_gaussian_sums_to_one_over_256_bins(log_scale):
 
 def test_discretized_gaussian_peaks_at_the_mean_bin():
     bins = -1 + 2 * torch.arange(256, dtype=torch.float64) / 255
-    logp = discretized_gaussian_log_likelihood(bins, means=torch.full_like(bins, bins[100].item()), log_scales=torch.full_like(bins, -4.0))
+    logp = discretized_gaussian_log_likelihood(
+        bins, means=torch.full_like(bins, bins[100].item()), log_scales=torch.full_like(bins, -4.0)
+    )
     assert int(logp.argmax()) == 100
 
 

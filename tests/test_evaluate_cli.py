@@ -16,8 +16,22 @@ from clinalign.data.transforms import save_png
 
 from .conftest import REPO, SHARED_DATA, subprocess_env
 
-FAST = ["--image_size", "16", "--epochs", "15", "--width", "8", "--batch_size", "16", "--bootstrap", "30",
-        "--utility_steps", "20", "--utility_max_train", "120"]
+FAST = [
+    "--image_size",
+    "16",
+    "--epochs",
+    "15",
+    "--width",
+    "8",
+    "--batch_size",
+    "16",
+    "--bootstrap",
+    "30",
+    "--utility_steps",
+    "20",
+    "--utility_max_train",
+    "120",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +47,21 @@ def folders(tmp_path_factory):
 
 def test_cli_evaluate_end_to_end_with_baseline_and_model_reuse(folders, tmp_path):
     out = tmp_path / "eval1"
-    cmd = [sys.executable, "-m", "clinalign.cli", "evaluate", "--real", str(folders / "real"), "--samples",
-           str(folders / "samples"), "--baseline", str(folders / "noise"), "--out", str(out), *FAST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "clinalign.cli",
+        "evaluate",
+        "--real",
+        str(folders / "real"),
+        "--samples",
+        str(folders / "samples"),
+        "--baseline",
+        str(folders / "noise"),
+        "--out",
+        str(out),
+        *FAST,
+    ]
     res = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "samples: 24 images, plausible" in res.stdout and "samples - baseline" in res.stdout
@@ -50,8 +77,25 @@ def test_cli_evaluate_end_to_end_with_baseline_and_model_reuse(folders, tmp_path
     # A second sample set against the same real data reuses the cached models (no retraining).
     out2 = tmp_path / "eval2"
     start = time.perf_counter()
-    assert main(["evaluate", "--real", str(folders / "real"), "--samples", str(folders / "noise"), "--out",
-                 str(out2), "--models_dir", str(out / "models"), "--utility", "False", *FAST]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real",
+                str(folders / "real"),
+                "--samples",
+                str(folders / "noise"),
+                "--out",
+                str(out2),
+                "--models_dir",
+                str(out / "models"),
+                "--utility",
+                "False",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert time.perf_counter() - start < 20
     assert not (out2 / "models").exists()
     again = json.loads((out2 / "metrics.json").read_text())
@@ -62,13 +106,27 @@ def test_cli_evaluate_end_to_end_with_baseline_and_model_reuse(folders, tmp_path
 def test_cli_evaluate_reports_user_errors_in_one_line(folders, tmp_path, capsys):
     bad = tmp_path / "bad"
     save_png(np.zeros((16, 16, 3), np.uint8), bad / "blast_000.png")
-    argv = ["evaluate", "--real", str(folders / "real"), "--samples", str(bad), "--out", str(tmp_path / "o"),
-            "--models_dir", str(tmp_path / "m"), "--utility", "False", *FAST]
+    argv = [
+        "evaluate",
+        "--real",
+        str(folders / "real"),
+        "--samples",
+        str(bad),
+        "--out",
+        str(tmp_path / "o"),
+        "--models_dir",
+        str(tmp_path / "m"),
+        "--utility",
+        "False",
+        *FAST,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "blast_000.png" in err and "blast" in err
-    assert main(["evaluate", "--real", str(tmp_path / "nowhere"), "--samples", str(bad), "--out",
-                 str(tmp_path / "o")]) == 2
+    assert (
+        main(["evaluate", "--real", str(tmp_path / "nowhere"), "--samples", str(bad), "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -100,9 +158,14 @@ def test_evaluate_and_expert_on_real_pbc_cells(tmp_path):
         held = test.subset(np.arange(0, len(test), 8))  # ~430 unseen real cells as "samples"
         rng = np.random.default_rng(0)
         noise = ImageSet.from_arrays(rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8), held.classes[:200])
-        result = evaluate_samples(models, real, held, baseline=noise, test=test,
-                                  config=MetricConfig(bootstrap=50, max_reference=4000,
-                                                      utility=UtilityConfig(steps=100, max_train=800)))
+        result = evaluate_samples(
+            models,
+            real,
+            held,
+            baseline=noise,
+            test=test,
+            config=MetricConfig(bootstrap=50, max_reference=4000, utility=UtilityConfig(steps=100, max_train=800)),
+        )
         s, b = result.metrics["sets"]["samples"], result.metrics["sets"]["baseline"]
         assert s["plausibility"]["rate"] >= 0.7 and b["plausibility"]["rate"] <= 0.05
         assert s["memorisation"]["feature"]["near_copy_fraction"] <= 0.05
@@ -119,13 +182,18 @@ def test_one_evaluator_judges_many_folders_against_one_real_reference(folders, t
 
     oracle = OracleConfig(image_size=16, epochs=15, width=8, batch_size=16)
     metrics = MetricConfig(bootstrap=30, utility=None)
-    evaluator = Evaluator(folders / "real", models_dir=tmp_path / "models", oracle_config=oracle,
-                          metric_config=metrics)
+    evaluator = Evaluator(folders / "real", models_dir=tmp_path / "models", oracle_config=oracle, metric_config=metrics)
     good, noise = evaluator.judge(folders / "samples"), evaluator.judge(folders / "noise")
     assert noise.reference is good.reference  # the real data is embedded once, not per folder
     assert good.samples.metrics["plausibility"]["rate"] > noise.samples.metrics["plausibility"]["rate"]
     # ... and judges exactly as a one-off evaluate() with the same models does
-    alone = evaluate(folders / "real", folders / "noise", tmp_path / "alone", models_dir=tmp_path / "models",
-                     oracle_config=oracle, metric_config=metrics)
+    alone = evaluate(
+        folders / "real",
+        folders / "noise",
+        tmp_path / "alone",
+        models_dir=tmp_path / "models",
+        oracle_config=oracle,
+        metric_config=metrics,
+    )
     assert alone.samples.metrics["plausibility"] == noise.samples.metrics["plausibility"]
     assert alone.samples.metrics["fid"] == pytest.approx(noise.samples.metrics["fid"])

@@ -95,8 +95,14 @@ def test_prdc_of_far_apart_sets_is_zero():
 
 
 @settings(max_examples=25, deadline=None)
-@given(n_real=st.integers(7, 40), n_fake=st.integers(7, 40), dim=st.integers(1, 6), shift=st.floats(0, 2),
-       k=st.integers(1, 5), seed=st.integers(0, 10_000))
+@given(
+    n_real=st.integers(7, 40),
+    n_fake=st.integers(7, 40),
+    dim=st.integers(1, 6),
+    shift=st.floats(0, 2),
+    k=st.integers(1, 5),
+    seed=st.integers(0, 10_000),
+)
 def test_prdc_matches_brute_force(n_real, n_fake, dim, shift, k, seed):
     rng = np.random.default_rng(seed)
     real, fake = rng.normal(size=(n_real, dim)), rng.normal(size=(n_fake, dim)) + shift

@@ -67,8 +67,15 @@ def result(models, real, reference, noise):
     samples = fresh.concat(ImageSet.from_arrays(copies.images, copies.classes, [f"copy-{i}" for i in copies.ids]))
     baseline = ImageSet.from_arrays(noise[:48], fresh.classes, [f"noise-{i}" for i in fresh.ids])
     config = MetricConfig(bootstrap=100, utility=UtilityConfig(arch="vgg", width=8, steps=80, max_train=400))
-    return evaluate_samples(models, real, samples, baseline=baseline, reference=reference, config=config,
-                            reward=lambda s: np.array([float(c == "neutrophil") for c in s.classes]))
+    return evaluate_samples(
+        models,
+        real,
+        samples,
+        baseline=baseline,
+        reference=reference,
+        config=config,
+        reward=lambda s: np.array([float(c == "neutrophil") for c in s.classes]),
+    )
 
 
 def test_oracle_is_trained_on_half_b_only_and_never_on_the_test_split(models, reference):
@@ -139,8 +146,7 @@ def test_tstr_real_only_is_high_on_toy_cells(result):
 
 def test_outputs_are_strict_json_and_a_self_contained_report_with_every_metric(result, tmp_path):
     paths = write_outputs(result, tmp_path)
-    metrics = json.loads(paths["metrics"].read_text(),
-                         parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}"))
+    metrics = json.loads(paths["metrics"].read_text(), parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}"))
     assert metrics == json_safe(result.metrics)
     page = paths["report"].read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
@@ -224,11 +230,16 @@ def test_mean_reward_with_a_real_reward_model_checkpoint(models, real, reference
 
     names = toy_class_map(4).names
     net = reward_model.RewardNet(len(names), 3, width=8, arch="resnet")
-    reward_model.RewardModel(net.eval(), models.class_map, 1.0, 16, 3,
-                             {"arch": "resnet", "width": 8}).save(tmp_path)
+    reward_model.RewardModel(net.eval(), models.class_map, 1.0, 16, 3, {"arch": "resnet", "width": 8}).save(tmp_path)
     fresh = toy_set(3, seed=8)
-    out = evaluate_samples(models, real, fresh, reference=reference, reward=reward_scorer(tmp_path),
-                           config=MetricConfig(bootstrap=10, utility=None))
+    out = evaluate_samples(
+        models,
+        real,
+        fresh,
+        reference=reference,
+        reward=reward_scorer(tmp_path),
+        config=MetricConfig(bootstrap=10, utility=None),
+    )
     r = out.samples.reward
     assert r is not None and len(r) == len(fresh) and ((r >= 0) & (r <= 1)).all()
     assert out.metrics["sets"]["samples"]["reward"]["mean"] == pytest.approx(r.mean())

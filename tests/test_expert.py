@@ -131,8 +131,9 @@ def test_subtype_labels_sum_to_the_declared_class(real, fresh):
     neut = [k for k, lab in enumerate(sub.labels) if lab.startswith("neutrophil:")]
     assert np.allclose(sub.p_declared(fresh.images, ["neutrophil"] * len(fresh)), proba[:, neut].sum(axis=1))
     # A subtype can itself be declared (concepts, later).
-    assert np.allclose(sub.p_declared(fresh.images, ["neutrophil:BAND"] * len(fresh)),
-                       proba[:, sub.labels.index("neutrophil:BAND")])
+    assert np.allclose(
+        sub.p_declared(fresh.images, ["neutrophil:BAND"] * len(fresh)), proba[:, sub.labels.index("neutrophil:BAND")]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -160,17 +161,35 @@ def test_simulate_writes_the_feedback_layout_and_judgements_and_caches_the_exper
         assert (float(by_id[path.name]["p_declared"]) >= 0.5) == bool(verdict)
     # The same real data and config reuse the cached expert.
     monkeypatch.setattr(ExpertSimulator, "fit", classmethod(lambda *a, **k: pytest.fail("retrained")))
-    again = simulate(folders / "samples", folders / "run1" / "feedback2", folders / "real", noise=1.0,
-                     config=config)
+    again = simulate(folders / "samples", folders / "run1" / "feedback2", folders / "real", noise=1.0, config=config)
     assert again.expert_dir == result.expert_dir
     assert again.plausible_rate == pytest.approx(1.0 - result.plausible_rate)
 
 
 def test_cli_expert_simulate(folders, capsys):
     out = folders / "cli" / "judged"
-    argv = ["expert", "simulate", "--samples", str(folders / "samples"), "--out", str(out), "--real",
-            str(folders / "real"), "--tau", "0.4", "--noise", "0.1", "--seed", "3", "--image_size", "16",
-            "--epochs", "2", "--width", "4"]
+    argv = [
+        "expert",
+        "simulate",
+        "--samples",
+        str(folders / "samples"),
+        "--out",
+        str(out),
+        "--real",
+        str(folders / "real"),
+        "--tau",
+        "0.4",
+        "--noise",
+        "0.1",
+        "--seed",
+        "3",
+        "--image_size",
+        "16",
+        "--epochs",
+        "2",
+        "--width",
+        "4",
+    ]
     assert main(argv) == 0
     assert "judged 20 images" in capsys.readouterr().out
     assert (out / "judgements.csv").exists() and (folders / "cli" / "expert").is_dir()
@@ -193,14 +212,31 @@ def test_simulated_reviewer_works_through_the_review_apps_queue(folders, tmp_pat
     for name in ("sim-a", "sim-b"):
         add_user(store, name, "reviewer")
     store.dispose()
-    expert = ExpertSimulator.fit(ImageSet.from_folder(folders / "real", 16), ExpertConfig(image_size=16, epochs=2,
-                                                                                           width=4))
+    expert = ExpertSimulator.fit(
+        ImageSet.from_folder(folders / "real", 16), ExpertConfig(image_size=16, epochs=2, width=4)
+    )
     first = review_queue(url, "sim-a", expert, limit=5)
     assert first.n == 5
     rest = review_queue(url, "sim-a", expert)  # resumes where it stopped
     assert rest.n == 15 and review_queue(url, "sim-a", expert).n == 0
-    argv = ["expert", "simulate", "--real", str(folders / "real"), "--db", url, "--reviewer", "sim-b",
-            "--expert_dir", str(tmp_path / "expert"), "--image_size", "16", "--epochs", "2", "--width", "4"]
+    argv = [
+        "expert",
+        "simulate",
+        "--real",
+        str(folders / "real"),
+        "--db",
+        url,
+        "--reviewer",
+        "sim-b",
+        "--expert_dir",
+        str(tmp_path / "expert"),
+        "--image_size",
+        "16",
+        "--epochs",
+        "2",
+        "--width",
+        "4",
+    ]
     assert main(argv) == 0
     assert "sim-b: judged 20 image(s)" in capsys.readouterr().out
     store = Store(url, create=False)
@@ -208,8 +244,23 @@ def test_simulated_reviewer_works_through_the_review_apps_queue(folders, tmp_pat
         sources = s.scalars(select(Verdict.source)).all()
     store.dispose()
     assert len(sources) == 40 and set(sources) == {"simulated"}
-    assert main(["expert", "simulate", "--real", str(folders / "real"), "--db", url, "--reviewer", "nobody",
-                 "--expert_dir", str(tmp_path / "never")]) == 2
+    assert (
+        main(
+            [
+                "expert",
+                "simulate",
+                "--real",
+                str(folders / "real"),
+                "--db",
+                url,
+                "--reviewer",
+                "nobody",
+                "--expert_dir",
+                str(tmp_path / "never"),
+            ]
+        )
+        == 2
+    )
     assert "nobody" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()  # refused before any training
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from clinalign.training.checkpoint import find_checkpoint
 from clinalign.cli import main
 from clinalign.data.naming import list_images
 from clinalign.errors import DataError
+from clinalign.training.checkpoint import find_checkpoint
 from clinalign.training.finetune import read_rewards_csv, transform_rewards
 
 from .conftest import REPO, TINY_DIFFUSION, TINY_MODEL, subprocess_env
@@ -35,9 +35,24 @@ def scored_folder(src: Path, out: Path, reward) -> Path:
 
 
 def finetune_argv(pretrained, toy_dir, mod, run, *extra):
-    return ["finetune", "--resume_checkpoint", str(pretrained), "--data_pre_dir", str(toy_dir),
-            "--data_mod_dir", str(mod), "--run_dir", str(run), "--batch_size", "4", "--log_interval", "1",
-            "--weight_decay", "0", *extra]
+    return [
+        "finetune",
+        "--resume_checkpoint",
+        str(pretrained),
+        "--data_pre_dir",
+        str(toy_dir),
+        "--data_mod_dir",
+        str(mod),
+        "--run_dir",
+        str(run),
+        "--batch_size",
+        "4",
+        "--log_interval",
+        "1",
+        "--weight_decay",
+        "0",
+        *extra,
+    ]
 
 
 def test_beta_zero_and_zero_rewards_leave_the_model_unchanged(pretrained, toy_dir, tmp_path):
@@ -58,8 +73,10 @@ def test_loss_is_beta_times_real_plus_reward_times_synthetic(pretrained, toy_dir
     runs = {}
     for beta in ("0.5", "1.0"):
         runs[beta] = tmp_path / f"beta{beta}"
-        assert main(finetune_argv(pretrained, toy_dir, mod, runs[beta], "--beta", beta, "--max_steps", "1",
-                                  "--lr", "0")) == 0
+        assert (
+            main(finetune_argv(pretrained, toy_dir, mod, runs[beta], "--beta", beta, "--max_steps", "1", "--lr", "0"))
+            == 0
+        )
     first = {b: json.loads((r / "metrics.jsonl").read_text().splitlines()[0])["loss"] for b, r in runs.items()}
     assert first["0.5"] > 0
     assert first["1.0"] == pytest.approx(2 * first["0.5"], rel=1e-5)
@@ -68,10 +85,30 @@ def test_loss_is_beta_times_real_plus_reward_times_synthetic(pretrained, toy_dir
 def test_seed_finetune_script_and_checkpoint_meta(pretrained, toy_dir, tmp_path):
     mod = scored_folder(toy_dir, tmp_path / "mod", lambda p: 1.0 if p.name.startswith("neutrophil") else 0.2)
     run = tmp_path / "seed"
-    cmd = [sys.executable, str(REPO / "scripts" / "image_finetuned.py"), "--data_pre_dir", str(toy_dir),
-           "--data_mod_dir", str(mod), "--resume_checkpoint", str(pretrained), "--image_size", "16",
-           "--num_channels", "32", "--num_res_blocks", "1", "--lr", "1e-4", "--batch_size", "4",
-           "--max_steps", "2", "--run_dir", str(run)]
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "image_finetuned.py"),
+        "--data_pre_dir",
+        str(toy_dir),
+        "--data_mod_dir",
+        str(mod),
+        "--resume_checkpoint",
+        str(pretrained),
+        "--image_size",
+        "16",
+        "--num_channels",
+        "32",
+        "--num_res_blocks",
+        "1",
+        "--lr",
+        "1e-4",
+        "--batch_size",
+        "4",
+        "--max_steps",
+        "2",
+        "--run_dir",
+        str(run),
+    ]
     res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     ck = find_checkpoint(run)
@@ -112,9 +149,30 @@ def test_reward_weighted_finetuning_moves_samples_towards_high_reward(tmp_path):
     real = tmp_path / "real"
     generate(real, classes=2, per_class=24, size=16, seed=1)
     pre = tmp_path / "pre"
-    assert main(["train", "--data_dir", str(real), "--run_dir", str(pre), *TINY_MODEL, *TINY_DIFFUSION,
-                 "--class_cond", "True", "--batch_size", "8", "--max_steps", "300", "--lr", "1e-3",
-                 "--ema_rate", "0.99"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data_dir",
+                str(real),
+                "--run_dir",
+                str(pre),
+                *TINY_MODEL,
+                *TINY_DIFFUSION,
+                "--class_cond",
+                "True",
+                "--batch_size",
+                "8",
+                "--max_steps",
+                "300",
+                "--lr",
+                "1e-3",
+                "--ema_rate",
+                "0.99",
+            ]
+        )
+        == 0
+    )
     # synthetic pool: the real cells, half brightened, half darkened
     pool = tmp_path / "pool"
     pool.mkdir()
@@ -131,8 +189,29 @@ def test_reward_weighted_finetuning_moves_samples_towards_high_reward(tmp_path):
     means = {}
     for name, mod in (("bright", bright), ("dark", dark)):
         run = tmp_path / f"ft_{name}"
-        assert main(finetune_argv(pre, real, mod, run, "--max_steps", "300", "--batch_size", "8", "--lr", "1e-3",
-                                  "--beta", "0.1", "--ema_rate", "0.99", "--log_interval", "50")) == 0
+        assert (
+            main(
+                finetune_argv(
+                    pre,
+                    real,
+                    mod,
+                    run,
+                    "--max_steps",
+                    "300",
+                    "--batch_size",
+                    "8",
+                    "--lr",
+                    "1e-3",
+                    "--beta",
+                    "0.1",
+                    "--ema_rate",
+                    "0.99",
+                    "--log_interval",
+                    "50",
+                )
+            )
+            == 0
+        )
         out = tmp_path / f"samples_{name}"
         sample_folder(run, out, SampleConfig(num_samples=32, sampler="ddim", steps=20, batch_size=32, seed=0))
         means[name] = float(np.mean([brightness(p) for p in list_images(out)]))
@@ -145,8 +224,29 @@ def test_kto_lowers_the_loss_of_liked_and_raises_that_of_disliked_images(pretrai
     liked = {p.name for p in list_images(toy_dir) if p.name.startswith(("eosinophil", "lymphocyte"))}
     mod = scored_folder(toy_dir, tmp_path / "mod", lambda p: 1.0 if p.name in liked else 0.0)
     run = tmp_path / "kto"
-    assert main(finetune_argv(pretrained, toy_dir, mod, run, "--objective", "kto", "--beta", "0",
-                              "--kto_beta", "20", "--lr", "3e-4", "--max_steps", "20", "--ema_rate", "0.5")) == 0
+    assert (
+        main(
+            finetune_argv(
+                pretrained,
+                toy_dir,
+                mod,
+                run,
+                "--objective",
+                "kto",
+                "--beta",
+                "0",
+                "--kto_beta",
+                "20",
+                "--lr",
+                "3e-4",
+                "--max_steps",
+                "20",
+                "--ema_rate",
+                "0.5",
+            )
+        )
+        == 0
+    )
     assert json.loads((run / "config.json").read_text())["objective"] == "kto"
     assert "kto" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
 
@@ -165,8 +265,9 @@ def test_kto_lowers_the_loss_of_liked_and_raises_that_of_disliked_images(pretrai
     def losses(ck):
         model = ck.build_model(ema=False).eval()
         with torch.no_grad():
-            out = diffusion.training_losses(model, x.repeat(reps, 1, 1, 1), t, noise=noise,
-                                            model_kwargs={"y": y.repeat(reps)})["loss"]
+            out = diffusion.training_losses(
+                model, x.repeat(reps, 1, 1, 1), t, noise=noise, model_kwargs={"y": y.repeat(reps)}
+            )["loss"]
         return out.view(reps, -1).mean(0)
 
     delta = losses(end) - losses(start)

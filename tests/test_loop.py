@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
 from pathlib import Path
 
 import pytest
 
-from clinalign.training.checkpoint import find_checkpoint
 from clinalign.data.naming import list_images
 from clinalign.pipeline.rounds import AwaitingFeedback, RoundConfig, run_loop, split_feedback
+from clinalign.training.checkpoint import find_checkpoint
 
-
-TINY_ROUND = RoundConfig(samples_per_class=4, sampler="ddim", steps=4, sample_batch=16, reward_epochs=2,
-                         finetune_steps=3, finetune_batch=4, seed=0, device="cpu")
+TINY_ROUND = RoundConfig(
+    samples_per_class=4,
+    sampler="ddim",
+    steps=4,
+    sample_batch=16,
+    reward_epochs=2,
+    finetune_steps=3,
+    finetune_batch=4,
+    seed=0,
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +57,9 @@ def test_one_round_with_the_simulated_expert_then_rerun_resumes(pretrained, toy_
     rows = (tmp_path / "rs_all" / "manifest.csv").read_text().splitlines()
     assert all(row.split(",")[-1] for row in rows[1:]), "the reward of each kept sample is recorded"
     accept_none = reward_acceptor(str(r.reward), 1.01, str(r.checkpoint))
-    none = sample_folder(r.checkpoint, tmp_path / "rs_none", dataclasses.replace(cfg, max_draw_factor=2),
-                         accept=accept_none)
+    none = sample_folder(
+        r.checkpoint, tmp_path / "rs_none", dataclasses.replace(cfg, max_draw_factor=2), accept=accept_none
+    )
     assert none.written == 0 and none.drawn == 8
     # a rerun finds every step complete and does no work again
     again = run_loop(pretrained, toy_dir, out, rounds=1, cfg=TINY_ROUND)
@@ -100,8 +108,17 @@ def test_split_feedback_is_deterministic(tmp_path):
 def test_demo_smallest_size_writes_report_and_every_metric(tmp_path):
     from clinalign.pipeline.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(out=tmp_path / "demo", minutes=0.2, classes=3, per_class=40, test_per_class=20, image_size=16,
-                     samples_per_class=12, reward_epochs=2, device="cpu")
+    cfg = DemoConfig(
+        out=tmp_path / "demo",
+        minutes=0.2,
+        classes=3,
+        per_class=40,
+        test_per_class=20,
+        image_size=16,
+        samples_per_class=12,
+        reward_epochs=2,
+        device="cpu",
+    )
     summary = run_demo(cfg, progress=False)
     report = Path(summary["report"])
     assert report.exists() and report.stat().st_size > 10_000
@@ -130,8 +147,26 @@ def test_reward_model_sees_real_and_synthetic_images_at_the_generators_resolutio
     real = tmp_path / "real32"
     generate(real, classes=2, per_class=20, size=32, seed=0)
     pre = tmp_path / "pre"
-    assert main(["train", "--data_dir", str(real), "--run_dir", str(pre), *TINY_MODEL, *TINY_DIFFUSION,
-                 "--class_cond", "True", "--batch_size", "4", "--max_steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data_dir",
+                str(real),
+                "--run_dir",
+                str(pre),
+                *TINY_MODEL,
+                *TINY_DIFFUSION,
+                "--class_cond",
+                "True",
+                "--batch_size",
+                "4",
+                "--max_steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert find_checkpoint(pre).model.image_size == 16
     r = run_loop(pre, real, tmp_path / "loop", rounds=1, cfg=TINY_ROUND)[0]
     reward = RewardModel.load(r.reward)

@@ -10,8 +10,17 @@ from clinalign.models.unet import ModelConfig, build_denoiser, count_parameters,
 
 
 def tiny(**over):
-    return ModelConfig(**{"image_size": 16, "num_channels": 32, "num_res_blocks": 1, "attention_resolutions": "8",
-                          "num_heads": 2, "class_cond": True, **over})
+    return ModelConfig(
+        **{
+            "image_size": 16,
+            "num_channels": 32,
+            "num_res_blocks": 1,
+            "attention_resolutions": "8",
+            "num_heads": 2,
+            "class_cond": True,
+            **over,
+        }
+    )
 
 
 @pytest.mark.parametrize("channels", [16, 32, 48, 64, 128])

@@ -18,8 +18,28 @@ OLD_RUN = REPO / "tests" / "fixtures" / "run_v0_1"
 @pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpm++"])
 def test_an_old_checkpoint_samples_what_it_sampled_before(tmp_path, sampler, one_thread):
     out = tmp_path / "samples"
-    assert main(["sample", "--checkpoint", str(OLD_RUN), "--num_samples", "4", "--sampler", sampler,
-                 "--steps", "6", "--batch_size", "4", "--out", str(out), "--seed", "5"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(OLD_RUN),
+                "--num_samples",
+                "4",
+                "--sampler",
+                sampler,
+                "--steps",
+                "6",
+                "--batch_size",
+                "4",
+                "--out",
+                str(out),
+                "--seed",
+                "5",
+            ]
+        )
+        == 0
+    )
     expected = np.load(OLD_RUN / "samples_seed5_steps6.npz")
     key = sampler.replace("+", "p")
     got = np.load(out / "samples.npz")
@@ -36,8 +56,26 @@ def test_an_old_run_resumes_from_its_checkpoint(tmp_path, one_thread):
     generate(data, classes=2, per_class=4, size=16, seed=0)
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)
-    assert main(["train", "--data_dir", str(data), "--run_dir", str(run), "--batch_size", "4",
-                 "--max_steps", "3", "--ema_rate", "0.999", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data_dir",
+                str(data),
+                "--run_dir",
+                str(run),
+                "--batch_size",
+                "4",
+                "--max_steps",
+                "3",
+                "--ema_rate",
+                "0.999",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     from clinalign.training.checkpoint import find_checkpoint
 
     ck = find_checkpoint(run)

@@ -33,8 +33,12 @@ def folders(tmp_path) -> dict[str, Path]:
     generate(tmp_path / "val", classes=2, per_class=3, size=SIZE, seed=1, layout="imagenet")
     write_feedback(toy_feedback(classes=2, per_class=6, size=SIZE, seed=2), tmp_path / "anno")
     write_feedback(toy_feedback(classes=2, per_class=4, size=SIZE, seed=3), tmp_path / "val_anno")
-    return {"train_dir": tmp_path / "train", "train_anno_dir": tmp_path / "anno",
-            "val_dir": tmp_path / "val", "val_anno_dir": tmp_path / "val_anno"}
+    return {
+        "train_dir": tmp_path / "train",
+        "train_anno_dir": tmp_path / "anno",
+        "val_dir": tmp_path / "val",
+        "val_anno_dir": tmp_path / "val_anno",
+    }
 
 
 def load(f: dict[str, Path], **kw):
@@ -65,8 +69,11 @@ def test_feedback_class_without_real_images_warns(folders, caplog):
 def test_misspelt_feedback_class_is_an_error(folders):
     anno = folders["train_anno_dir"]
     (anno / "lymphocyte").rename(anno / "lymphocite")
-    with pytest.raises(DataError, match=r"lymphocite: class 'lymphocite' has no real images.*rename the folder to "
-                                        r"'lymphocyte'"):
+    with pytest.raises(
+        DataError,
+        match=r"lymphocite: class 'lymphocite' has no real images.*rename the folder to "
+        r"'lymphocyte'",
+    ):
         load(folders)
 
 
@@ -161,8 +168,9 @@ def test_training_is_deterministic(folders, tmp_path):
 
 def test_real_images_only_without_validation(folders, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        res = train_reward(TrainConfig(train_dir=folders["train_dir"], save_dir=tmp_path / "ck", epochs=1,
-                                       batch_size=8))
+        res = train_reward(
+            TrainConfig(train_dir=folders["train_dir"], save_dir=tmp_path / "ck", epochs=1, batch_size=8)
+        )
     assert "no validation data" in caplog.text
     assert res.model.temperature == 1.0 and res.report["validation"] is None
 
@@ -181,8 +189,9 @@ def test_init_trunk_from_a_classifier(folders, tmp_path):
     with torch.no_grad():
         for p in clf.parameters():
             p.normal_()
-    path = save_classifier(tmp_path / "clf.safetensors", clf, {"arch": "resnet", "channels": 3, "num_outputs": 5,
-                                                               "width": 8})
+    path = save_classifier(
+        tmp_path / "clf.safetensors", clf, {"arch": "resnet", "channels": 3, "num_outputs": 5, "width": 8}
+    )
     data = load(folders)
     net, meta = build_net(TrainConfig(**folders, init_trunk=path), data)
     assert meta["width"] == 8 and meta["stem_stride"] == 1
@@ -216,10 +225,18 @@ def test_feedback_straight_from_the_review_database(folders, tmp_path):
     with store.write() as s:
         rid = s.scalar(select(User.id).where(User.name == "alice"))
         for image in s.scalars(select(DbImage).where(DbImage.kind == SAMPLE)):
-            queue.record_verdict(s, rid, request_id=str(uuid.uuid4()), item=image.uid,
-                                 verdict=truth[image.filename], require_slot=False)
-    cfg = TrainConfig(train_dir=folders["train_dir"], train_anno_db=url, val_dir=folders["val_dir"],
-                      val_anno_dir=folders["val_anno_dir"], save_dir=tmp_path / "ck", epochs=1, batch_size=8)
+            queue.record_verdict(
+                s, rid, request_id=str(uuid.uuid4()), item=image.uid, verdict=truth[image.filename], require_slot=False
+            )
+    cfg = TrainConfig(
+        train_dir=folders["train_dir"],
+        train_anno_db=url,
+        val_dir=folders["val_dir"],
+        val_anno_dir=folders["val_anno_dir"],
+        save_dir=tmp_path / "ck",
+        epochs=1,
+        batch_size=8,
+    )
     res = train_reward(cfg)
     fb = res.report["data"]["train_feedback"]
     assert fb["images"] == len(truth)
@@ -235,16 +252,20 @@ def test_review_database_that_does_not_exist(folders, tmp_path):
     pytest.importorskip("sqlalchemy")
     missing = tmp_path / "typo.db"
     with pytest.raises(DataError, match="no such database file"):
-        train_reward(TrainConfig(train_dir=folders["train_dir"], train_anno_db=f"sqlite:///{missing}",
-                                 save_dir=tmp_path / "ck"))
+        train_reward(
+            TrainConfig(train_dir=folders["train_dir"], train_anno_db=f"sqlite:///{missing}", save_dir=tmp_path / "ck")
+        )
     assert not missing.exists()
     not_review = tmp_path / "other.db"
     import sqlite3
 
     sqlite3.connect(not_review).execute("create table t (x int)").connection.commit()
     with pytest.raises(DataError, match="cannot read judgements"):
-        train_reward(TrainConfig(train_dir=folders["train_dir"], train_anno_db=f"sqlite:///{not_review}",
-                                 save_dir=tmp_path / "ck"))
+        train_reward(
+            TrainConfig(
+                train_dir=folders["train_dir"], train_anno_db=f"sqlite:///{not_review}", save_dir=tmp_path / "ck"
+            )
+        )
 
 
 def test_ratio_subsamples_feedback_per_class(folders):
@@ -269,5 +290,6 @@ def test_real_images_in_the_seed_naming_are_accepted(folders, tmp_path):
     b = load({**folders, "train_dir": flat})
     assert b.class_map.names == a.class_map.names
     assert sorted(a.train_real.classes.tolist()) == sorted(b.train_real.classes.tolist())
-    np.testing.assert_array_equal(np.sort(a.train_real.images.reshape(12, -1), axis=0),
-                                  np.sort(b.train_real.images.reshape(12, -1), axis=0))
+    np.testing.assert_array_equal(
+        np.sort(a.train_real.images.reshape(12, -1), axis=0), np.sort(b.train_real.images.reshape(12, -1), axis=0)
+    )

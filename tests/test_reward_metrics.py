@@ -32,7 +32,8 @@ def brute_force_auroc(scores, labels) -> float:
 
 # Few distinct score values, so ties between positives and negatives are frequent.
 scored = st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=2, max_size=60).filter(
-    lambda xs: 0 < sum(y for _, y in xs) < len(xs))
+    lambda xs: 0 < sum(y for _, y in xs) < len(xs)
+)
 
 
 @settings(max_examples=150, deadline=None)

@@ -41,12 +41,17 @@ def test_real_vs_wrong_class_on_pbc(tmp_path):
     train = imagenet_layout(PBC / "train", tmp_path / "train", per_class=250, seed=0)
     val = imagenet_layout(PBC / "val", tmp_path / "val", per_class=50, seed=1)
     start = time.perf_counter()
-    res = train_reward(TrainConfig(train_dir=train, val_dir=val, save_dir=tmp_path / "ck", image_size=32,
-                                   epochs=25, batch_size=64, seed=0))
+    res = train_reward(
+        TrainConfig(
+            train_dir=train, val_dir=val, save_dir=tmp_path / "ck", image_size=32, epochs=25, batch_size=64, seed=0
+        )
+    )
     seconds = time.perf_counter() - start
     overall = res.report["validation"]["overall"]
-    print(f"PBC real vs wrong class at 32 px: AUROC {overall['auroc']:.4f}, ECE {overall['ece']:.4f}, "
-          f"{res.report['epochs_run']} epochs in {seconds:.0f}s")
+    print(
+        f"PBC real vs wrong class at 32 px: AUROC {overall['auroc']:.4f}, ECE {overall['ece']:.4f}, "
+        f"{res.report['epochs_run']} epochs in {seconds:.0f}s"
+    )
     assert res.report["selection_metric"] == "val_auroc_overall"  # no feedback: falls back
     assert len(res.model.class_map) == 8
     assert overall["auroc"] >= 0.9

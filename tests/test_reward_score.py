@@ -36,9 +36,14 @@ def checkpoint(tmp_path_factory) -> Path:
     net = RewardNet(len(CLASSES), 3, 8, "resnet", 2)
     with torch.no_grad():
         net.film.weight.normal_(0, 1.0)
-    model = RewardModel(net.eval(), ClassMap(CLASSES), 1.7, SIZE, 3,
-                        {"arch": "resnet", "width": 8, "stem_stride": 2, "hidden": net.proj.out_features,
-                         "dropout": 0.1})
+    model = RewardModel(
+        net.eval(),
+        ClassMap(CLASSES),
+        1.7,
+        SIZE,
+        3,
+        {"arch": "resnet", "width": 8, "stem_stride": 2, "hidden": net.proj.out_features, "dropout": 0.1},
+    )
     out = tmp_path_factory.mktemp("reward_ckpt")
     model.save(out)
     return out
@@ -156,13 +161,26 @@ def test_other_sizes_are_scaled_with_a_warning(checkpoint, tmp_path, caplog):
 
 def test_score_cli(checkpoint, samples, tmp_path, capsys):
     out = tmp_path / "rewards.csv"
-    rc = clinalign_main(["reward", "score", "--checkpoint", str(checkpoint), "--images", str(samples),
-                         "--out", str(out), "--batch_size", "5"])
+    rc = clinalign_main(
+        [
+            "reward",
+            "score",
+            "--checkpoint",
+            str(checkpoint),
+            "--images",
+            str(samples),
+            "--out",
+            str(out),
+            "--batch_size",
+            "5",
+        ]
+    )
     assert rc == 0
     assert "wrote 12 rewards" in capsys.readouterr().out
     assert len(out.read_text().splitlines()) == 13
-    rc = clinalign_main(["reward", "score", "--checkpoint", str(tmp_path / "nope"), "--images", str(samples),
-                         "--out", str(out)])
+    rc = clinalign_main(
+        ["reward", "score", "--checkpoint", str(tmp_path / "nope"), "--images", str(samples), "--out", str(out)]
+    )
     assert rc == 2
     assert "no reward model here" in capsys.readouterr().err
 
@@ -185,9 +203,18 @@ def test_in_memory_api(checkpoint):
 
 
 def test_pick_uncertain_round_robin():
-    rewards = np.array([0.51, 0.9, 0.45, 0.02,    # class a: most uncertain 0.51, then 0.45
-                        0.7, 0.35, 0.99,          # class b: 0.35 (0.15 away), then 0.7 (0.2 away)
-                        0.6])                     # class c: only one
+    rewards = np.array(
+        [
+            0.51,
+            0.9,
+            0.45,
+            0.02,  # class a: most uncertain 0.51, then 0.45
+            0.7,
+            0.35,
+            0.99,  # class b: 0.35 (0.15 away), then 0.7 (0.2 away)
+            0.6,
+        ]
+    )  # class c: only one
     classes = ["a", "a", "a", "a", "b", "b", "b", "c"]
     picked = pick_uncertain(rewards, classes, 5, seed=0)
     assert sorted(picked[:3]) == [0, 5, 7]  # first round: each class's most uncertain
@@ -212,8 +239,10 @@ def test_select_for_review(checkpoint, samples, tmp_path):
     assert list(manifest[0]) == ["ID", "class", "reward"]
     assert read_manifest(out / "manifest.csv") == dict(zip(res.ids, res.classes))
     # They are the most uncertain of each class.
-    all_scores = {r["ID"]: (r["class"], float(r["rewards"])) for r in csv.DictReader(
-        open(score_folder(checkpoint, samples, tmp_path / "r.csv").detail, newline=""))}
+    all_scores = {
+        r["ID"]: (r["class"], float(r["rewards"]))
+        for r in csv.DictReader(open(score_folder(checkpoint, samples, tmp_path / "r.csv").detail, newline=""))
+    }
     for cls in CLASSES:
         ranked = sorted((abs(p - 0.5), i) for i, (c, p) in all_scores.items() if c == cls)
         assert {i for _, i in ranked[:2]} == {i for i, c in zip(res.ids, res.classes) if c == cls}
@@ -230,8 +259,22 @@ def test_selected_folder_loads_into_the_review_app(checkpoint, samples, tmp_path
     from clinalign.review.ingest import add_batch
 
     out = tmp_path / "next"
-    rc = clinalign_main(["reward", "select", "--checkpoint", str(checkpoint), "--images", str(samples),
-                         "--n", "3", "--out", str(out), "--seed", "0"])
+    rc = clinalign_main(
+        [
+            "reward",
+            "select",
+            "--checkpoint",
+            str(checkpoint),
+            "--images",
+            str(samples),
+            "--n",
+            "3",
+            "--out",
+            str(out),
+            "--seed",
+            "0",
+        ]
+    )
     assert rc == 0
     summary = add_batch(Store(f"sqlite:///{tmp_path / 'fb.db'}"), out, name="next", qc_share=0.0)
     assert summary.samples == 3

@@ -28,8 +28,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("reward_toy")
-    dirs = write_toy_reward_data(root / "data", classes=4, real_per_class=60, feedback_per_class=60,
-                                 val_real_per_class=20, val_feedback_per_class=40, size=SIZE, seed=0)
+    dirs = write_toy_reward_data(
+        root / "data",
+        classes=4,
+        real_per_class=60,
+        feedback_per_class=60,
+        val_real_per_class=20,
+        val_feedback_per_class=40,
+        size=SIZE,
+        seed=0,
+    )
     cfg = TrainConfig(**dirs, save_dir=root / "ckpt", epochs=40, batch_size=64, seed=0)
     start = time.perf_counter()
     result = train_reward(cfg)
@@ -43,8 +51,10 @@ def test_reward_model_learns_clinical_plausibility(trained):
     p = result.model.score_names(images_to_tensor(test.images), test.declared).numpy()
     auc = auroc(p, test.plausible)
     ece = expected_calibration_error(p, test.plausible)
-    print(f"held-out synthetic feedback: AUROC {auc:.4f}, ECE {ece:.4f}, T {result.model.temperature:.3f}, "
-          f"trained in {result.seconds:.1f}s, {len(result.history)} epochs")
+    print(
+        f"held-out synthetic feedback: AUROC {auc:.4f}, ECE {ece:.4f}, T {result.model.temperature:.3f}, "
+        f"trained in {result.seconds:.1f}s, {len(result.history)} epochs"
+    )
     assert auc >= 0.9
     assert ece <= 0.1
     # Every kind of implausibility is recognised, not just the easy ones.
@@ -93,8 +103,9 @@ def test_checkpoint_dir_round_trip(trained):
     assert loaded.temperature == pytest.approx(result.model.temperature)
     assert loaded.meta["width"] == result.model.meta["width"]
     x = images_to_tensor(test.images[:50])
-    torch.testing.assert_close(loaded.score_names(x, test.declared[:50]),
-                               result.model.score_names(x, test.declared[:50]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        loaded.score_names(x, test.declared[:50]), result.model.score_names(x, test.declared[:50]), atol=1e-5, rtol=0
+    )
     # Uncalibrated and calibrated probabilities differ exactly by the temperature.
     z = loaded.logits(x, loaded.class_indices(test.declared[:50]))
     torch.testing.assert_close(loaded.score_names(x, test.declared[:50]), torch.sigmoid(z / loaded.temperature))

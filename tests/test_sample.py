@@ -22,8 +22,23 @@ from .conftest import REPO, TINY_DIFFUSION, TINY_MODEL, subprocess_env
 @pytest.fixture(scope="module")
 def tiny_run(toy_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    argv = ["train", "--data_dir", str(toy_dir), "--run_dir", str(run), *TINY_MODEL, *TINY_DIFFUSION,
-            "--class_cond", "True", "--learn_sigma", "True", "--batch_size", "4", "--max_steps", "2"]
+    argv = [
+        "train",
+        "--data_dir",
+        str(toy_dir),
+        "--run_dir",
+        str(run),
+        *TINY_MODEL,
+        *TINY_DIFFUSION,
+        "--class_cond",
+        "True",
+        "--learn_sigma",
+        "True",
+        "--batch_size",
+        "4",
+        "--max_steps",
+        "2",
+    ]
     assert main(argv) == 0
     return run
 
@@ -31,8 +46,25 @@ def tiny_run(toy_dir, tmp_path_factory):
 @pytest.mark.parametrize("sampler,steps", [("ancestral", 10), ("ddim", 5), ("dpm++", 5)])
 def test_sample_writes_seed_named_files_manifest_and_npz(tiny_run, tmp_path, sampler, steps):
     out = tmp_path / sampler
-    rc = main(["sample", "--checkpoint", str(tiny_run), "--num_samples", "6", "--classes", "lymphocyte,neutrophil",
-               "--sampler", sampler, "--steps", str(steps), "--batch_size", "4", "--out", str(out)])
+    rc = main(
+        [
+            "sample",
+            "--checkpoint",
+            str(tiny_run),
+            "--num_samples",
+            "6",
+            "--classes",
+            "lymphocyte,neutrophil",
+            "--sampler",
+            sampler,
+            "--steps",
+            str(steps),
+            "--batch_size",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     files = list_images(out)
     assert len(files) == 6
@@ -59,8 +91,9 @@ def test_rejection_sampling_gives_up_on_a_hopeless_class_without_starving_the_ot
         keep = labels != hopeless
         return keep, keep.float()
 
-    cfg = SampleConfig(num_samples=6, classes="lymphocyte,neutrophil", sampler="ddim", steps=2, batch_size=4,
-                       max_draw_factor=3)
+    cfg = SampleConfig(
+        num_samples=6, classes="lymphocyte,neutrophil", sampler="ddim", steps=2, batch_size=4, max_draw_factor=3
+    )
     result = sample_folder(tiny_run, tmp_path / "rs", cfg, accept=accept)
     assert result.per_class == {"lymphocyte": 3, "neutrophil": 0}
     assert result.short == {"neutrophil": 3}
@@ -102,7 +135,9 @@ def test_same_seed_same_images_and_interrupted_run_resumes_exactly(tiny_run, tmp
 
 def test_unknown_class_and_foreign_folder_are_refused(tiny_run, tmp_path):
     with pytest.raises(DataError, match="basophil"):
-        sample_folder(tiny_run, tmp_path / "x", SampleConfig(num_samples=1, classes="basophil", sampler="ddim", steps=2))
+        sample_folder(
+            tiny_run, tmp_path / "x", SampleConfig(num_samples=1, classes="basophil", sampler="ddim", steps=2)
+        )
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     Image.new("RGB", (4, 4)).save(foreign / "cat_1.png")
@@ -112,13 +147,44 @@ def test_unknown_class_and_foreign_folder_are_refused(tiny_run, tmp_path):
 
 def test_seed_sample_script(tiny_run, tmp_path):
     out = tmp_path / "seed"
-    res = subprocess.run([sys.executable, str(REPO / "scripts" / "image_sample.py"), "--model_path", str(tiny_run),
-                          "--num_samples", "2", "--batch_size", "2", "--timestep_respacing", "ddim4",
-                          "--image_size", "16", "--out", str(out)], env=subprocess_env(), capture_output=True,
-                         text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "image_sample.py"),
+            "--model_path",
+            str(tiny_run),
+            "--num_samples",
+            "2",
+            "--batch_size",
+            "2",
+            "--timestep_respacing",
+            "ddim4",
+            "--image_size",
+            "16",
+            "--out",
+            str(out),
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert len(list_images(out)) == 2
-    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "image_sample.py"), "--model_path", str(tiny_run),
-                          "--image_size", "64", "--out", str(tmp_path / "bad")], env=subprocess_env(),
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "image_sample.py"),
+            "--model_path",
+            str(tiny_run),
+            "--image_size",
+            "64",
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "image_size" in bad.stderr

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from clinalign.training.checkpoint import find_checkpoint, list_checkpoints
 from clinalign.cli import main
 from clinalign.data.classmap import ClassMap
-from clinalign.errors import CheckpointError, ConfigError
 from clinalign.diffusion import DiffusionConfig
+from clinalign.errors import CheckpointError, ConfigError
 from clinalign.models.unet import ModelConfig
+from clinalign.training.checkpoint import find_checkpoint, list_checkpoints
 from clinalign.training.config import TrainConfig
 from clinalign.training.loop import TrainSpec, train
 
@@ -25,8 +25,22 @@ from .conftest import REPO, TINY_DIFFUSION, TINY_MODEL, subprocess_env
 
 
 def train_argv(data: Path, run: Path, *extra: str) -> list[str]:
-    return ["train", "--data_dir", str(data), "--run_dir", str(run), *TINY_MODEL, *TINY_DIFFUSION,
-            "--class_cond", "True", "--batch_size", "4", "--log_interval", "1", *extra]
+    return [
+        "train",
+        "--data_dir",
+        str(data),
+        "--run_dir",
+        str(run),
+        *TINY_MODEL,
+        *TINY_DIFFUSION,
+        "--class_cond",
+        "True",
+        "--batch_size",
+        "4",
+        "--log_interval",
+        "1",
+        *extra,
+    ]
 
 
 def weights_of(path: Path, ema: bool = False) -> dict[str, torch.Tensor]:
@@ -62,8 +76,10 @@ def test_resume_replays_an_uninterrupted_run_exactly(toy_dir, tmp_path):
     assert main(train_argv(toy_dir, straight, "--max_steps", "4", "--save_interval", "2")) == 0
     assert main(train_argv(toy_dir, split, "--max_steps", "2")) == 0
     # the same command with a larger budget resumes from the run dir, no flags repeated but data
-    assert main(["train", "--data_dir", str(toy_dir), "--run_dir", str(split), "--batch_size", "4",
-                 "--max_steps", "4"]) == 0
+    assert (
+        main(["train", "--data_dir", str(toy_dir), "--run_dir", str(split), "--batch_size", "4", "--max_steps", "4"])
+        == 0
+    )
     a, b = weights_of(straight), weights_of(split)
     assert find_checkpoint(split).step == 4
     for name in a:
@@ -77,8 +93,8 @@ def test_typed_flags_that_contradict_the_checkpoint_are_refused(toy_dir, tmp_pat
     run = tmp_path / "run"
     assert main(train_argv(toy_dir, run, "--max_steps", "1")) == 0
     with pytest.raises(ConfigError, match="num_channels"):
-        from clinalign.training.pretrain import pretrain
         from clinalign.cli import build_parser
+        from clinalign.training.pretrain import pretrain
 
         args = build_parser().parse_args(train_argv(toy_dir, run, "--max_steps", "2", "--num_channels", "64"))
         pretrain(args)
@@ -99,11 +115,19 @@ def test_bad_checkpoint_paths_are_named(tmp_path):
 
 
 def _tiny_spec(run: Path, stream, **train_over) -> TrainSpec:
-    model = ModelConfig(image_size=16, num_channels=32, num_res_blocks=1, attention_resolutions="8", num_heads=2,
-                        class_cond=True)
+    model = ModelConfig(
+        image_size=16, num_channels=32, num_res_blocks=1, attention_resolutions="8", num_heads=2, class_cond=True
+    )
     train_cfg = TrainConfig(**{"batch_size": 2, "log_interval": 1, "save_interval": 100, **train_over})
-    return TrainSpec(run_dir=run, model=model, diffusion=DiffusionConfig(diffusion_steps=50), train=train_cfg, channels=3,
-                     class_map=ClassMap.from_labels(["a", "b"]), streams=lambda d, s: [stream()])
+    return TrainSpec(
+        run_dir=run,
+        model=model,
+        diffusion=DiffusionConfig(diffusion_steps=50),
+        train=train_cfg,
+        channels=3,
+        class_map=ClassMap.from_labels(["a", "b"]),
+        streams=lambda d, s: [stream()],
+    )
 
 
 def test_non_finite_step_is_skipped_and_never_written(tmp_path):
@@ -131,6 +155,7 @@ def test_non_finite_step_is_skipped_and_never_written(tmp_path):
 
 def test_zero_weights_leave_the_model_unchanged(tmp_path):
     """Per-sample weights really scale the loss: all-zero weights give zero gradients."""
+
     def stream():
         while True:
             yield torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([0, 1]), torch.zeros(2)
@@ -149,11 +174,40 @@ def test_zero_weights_leave_the_model_unchanged(tmp_path):
 
 def test_seed_script_runs_with_the_seed_flags(toy_dir, tmp_path):
     run = tmp_path / "seedrun"
-    cmd = [sys.executable, str(REPO / "scripts" / "image_train.py"), "--data_dir", str(toy_dir),
-           "--image_size", "16", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions", "8",
-           "--diffusion_steps", "100", "--noise_schedule", "linear", "--learn_sigma", "True", "--use_kl", "True",
-           "--schedule_sampler", "loss-second-moment", "--class_cond", "True", "--lr", "1e-4", "--batch_size", "4",
-           "--max_steps", "3", "--run_dir", str(run)]
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "image_train.py"),
+        "--data_dir",
+        str(toy_dir),
+        "--image_size",
+        "16",
+        "--num_channels",
+        "32",
+        "--num_res_blocks",
+        "1",
+        "--attention_resolutions",
+        "8",
+        "--diffusion_steps",
+        "100",
+        "--noise_schedule",
+        "linear",
+        "--learn_sigma",
+        "True",
+        "--use_kl",
+        "True",
+        "--schedule_sampler",
+        "loss-second-moment",
+        "--class_cond",
+        "True",
+        "--lr",
+        "1e-4",
+        "--batch_size",
+        "4",
+        "--max_steps",
+        "3",
+        "--run_dir",
+        str(run),
+    ]
     res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     ck = find_checkpoint(run)
@@ -163,7 +217,12 @@ def test_seed_script_runs_with_the_seed_flags(toy_dir, tmp_path):
 
 def test_kill_9_mid_run_then_resume_reaches_the_same_step(toy_dir, tmp_path):
     run = tmp_path / "killed"
-    argv = [sys.executable, "-m", "clinalign.cli", *train_argv(toy_dir, run, "--max_steps", "40", "--save_interval", "3")]
+    argv = [
+        sys.executable,
+        "-m",
+        "clinalign.cli",
+        *train_argv(toy_dir, run, "--max_steps", "40", "--save_interval", "3"),
+    ]
     proc = subprocess.Popen(argv, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and not list_checkpoints(run):
@@ -185,9 +244,29 @@ def test_kill_9_mid_run_then_resume_reaches_the_same_step(toy_dir, tmp_path):
 
 def test_ddp_two_gloo_processes(toy_dir, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "clinalign.cli", *train_argv(toy_dir, run, "--max_steps", "3", "--batch_size", "2",
-                                              "--schedule_sampler", "loss-second-moment", "--microbatch", "1")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "clinalign.cli",
+        *train_argv(
+            toy_dir,
+            run,
+            "--max_steps",
+            "3",
+            "--batch_size",
+            "2",
+            "--schedule_sampler",
+            "loss-second-moment",
+            "--microbatch",
+            "1",
+        ),
+    ]
     res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     ck = find_checkpoint(run)

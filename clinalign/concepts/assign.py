@@ -31,8 +31,13 @@ def _samples_by_id(samples: Path) -> dict[str, tuple[Path, str]]:
     return by_id
 
 
-def _relabel(by_id: dict[str, tuple[Path, str]], assigned: dict[str, tuple[str, bool]], parents: dict[str, str],
-             feedback: Path, only_assigned: bool) -> tuple[list[tuple[str, str, Path]], dict[str, int]]:
+def _relabel(
+    by_id: dict[str, tuple[Path, str]],
+    assigned: dict[str, tuple[str, bool]],
+    parents: dict[str, str],
+    feedback: Path,
+    only_assigned: bool,
+) -> tuple[list[tuple[str, str, Path]], dict[str, int]]:
     """(rows of (ID, new class, path), images per concept): an assigned image becomes its concept."""
 
     def ancestors(name: str) -> set[str]:
@@ -48,8 +53,10 @@ def _relabel(by_id: dict[str, tuple[Path, str]], assigned: dict[str, tuple[str, 
         if file_id in assigned:
             concept = assigned[file_id][0]
             if cls not in ancestors(concept):
-                raise DataError(f"{feedback / concept}: {file_id} was sampled as {cls!r}, not as {concept!r}'s "
-                                f"parent {parents[concept]!r}; move it back to {cls}/")
+                raise DataError(
+                    f"{feedback / concept}: {file_id} was sampled as {cls!r}, not as {concept!r}'s "
+                    f"parent {parents[concept]!r}; move it back to {cls}/"
+                )
             label = concept
             counts[concept] = counts.get(concept, 0) + 1
         elif only_assigned:
@@ -66,9 +73,15 @@ class AssignResult:
     n: int = 0
 
 
-def assign(samples: str | Path, feedback: str | Path, out: str | Path, known: Iterable[str],
-           given: Mapping[str, str] | None = None, overwrite: bool = False,
-           only_assigned: bool = False) -> AssignResult:
+def assign(
+    samples: str | Path,
+    feedback: str | Path,
+    out: str | Path,
+    known: Iterable[str],
+    given: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+    only_assigned: bool = False,
+) -> AssignResult:
     """Copy ``samples`` to ``out`` declaring each image the expert assigned to a concept as that concept.
 
     ``known``: the classes of the model the samples came from. File names are kept (they are the
@@ -84,14 +97,18 @@ def assign(samples: str | Path, feedback: str | Path, out: str | Path, known: It
     known = set(known)
     parents = concept_parents(feedback, known, given)
     if not parents:
-        raise DataError(f"{feedback}: assigns no image to a concept (every class folder is one of the model's "
-                        f"classes); name concepts in the review app or with expert simulate --concept")
+        raise DataError(
+            f"{feedback}: assigns no image to a concept (every class folder is one of the model's "
+            f"classes); name concepts in the review app or with expert simulate --concept"
+        )
     assigned = concept_assignments(feedback, parents)
     by_id = _samples_by_id(samples)
     missing = sorted(set(assigned) - set(by_id))
     if missing:
-        raise DataError(f"{feedback}: {len(missing)} assigned image(s) are not in {samples}, e.g. {missing[0]}; "
-                        "pass the sample folder the feedback was collected on")
+        raise DataError(
+            f"{feedback}: {len(missing)} assigned image(s) are not in {samples}, e.g. {missing[0]}; "
+            "pass the sample folder the feedback was collected on"
+        )
 
     rows, counts = _relabel(by_id, assigned, parents, feedback, only_assigned)
 
@@ -104,6 +121,7 @@ def assign(samples: str | Path, feedback: str | Path, out: str | Path, known: It
             w.writerow(["ID", "class"])
             w.writerows((file_id, label) for file_id, label, _ in rows)
         write_concepts_file(tmp, parents)
-    log.info("declared %s in %s (%d images)", ", ".join(f"{n} as {c}" for c, n in sorted(counts.items())),
-             out, len(rows))
+    log.info(
+        "declared %s in %s (%d images)", ", ".join(f"{n} as {c}" for c, n in sorted(counts.items())), out, len(rows)
+    )
     return AssignResult(out, parents, counts, len(rows))

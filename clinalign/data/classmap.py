@@ -147,4 +147,3 @@ class ClassMap:
             return cls.from_dict(data)
         except DataError as exc:
             raise DataError(f"{path}: {exc}") from None
-

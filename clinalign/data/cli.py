@@ -10,8 +10,7 @@ from tqdm import tqdm
 
 from ..errors import ConfigError
 from ..utils.config import str2bool
-from . import medmnist
-from . import toy
+from . import medmnist, toy
 from .folder import ImageFolderDataset
 
 DEFAULT_DOWNLOAD_DIR = Path("~/.medmnist")  # the medmnist package's own cache: its files are reused
@@ -19,7 +18,8 @@ DEFAULT_DOWNLOAD_DIR = Path("~/.medmnist")  # the medmnist package's own cache: 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "data", help="make or check an image folder",
+        "data",
+        help="make or check an image folder",
         description="Make an image folder (toy cells offline, or MedMNIST) or check one.",
     )
     sub = parser.add_subparsers(dest="data_command", metavar="<command>")
@@ -30,19 +30,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser.set_defaults(func=usage)
 
-    p = sub.add_parser("toy", help="generate toy blood-cell images (offline)",
-                       description="Generate procedural blood-cell images named CLASS_SUBTYPE_000000.png.")
+    p = sub.add_parser(
+        "toy",
+        help="generate toy blood-cell images (offline)",
+        description="Generate procedural blood-cell images named CLASS_SUBTYPE_000000.png.",
+    )
     p.add_argument("--classes", type=int, default=4, help=f"how many of {', '.join(toy.CLASS_NAMES)} (in that order)")
     p.add_argument("--per_class", type=int, default=100)
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", choices=("prefix", "imagenet"), default="prefix",
-                   help="prefix: OUT/CLASS_*.png; imagenet: OUT/CLASS/CLASS_*.png")
+    p.add_argument(
+        "--layout",
+        choices=("prefix", "imagenet"),
+        default="prefix",
+        help="prefix: OUT/CLASS_*.png; imagenet: OUT/CLASS/CLASS_*.png",
+    )
     p.set_defaults(func=run_toy)
 
-    p = sub.add_parser("medmnist", help="export a MedMNIST split as PNGs",
-                       description="Write one split of a MedMNIST .npz as OUT/CLASS_000123.png.")
+    p = sub.add_parser(
+        "medmnist",
+        help="export a MedMNIST split as PNGs",
+        description="Write one split of a MedMNIST .npz as OUT/CLASS_000123.png.",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--npz", type=Path, help="a MedMNIST .npz file on disk")
     source.add_argument("--download", metavar="FLAG", help="download the official file, e.g. bloodmnist")
@@ -54,8 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--flag", default=None, help="which MedMNIST set the --npz is (default: bloodmnist)")
     p.set_defaults(func=run_medmnist)
 
-    p = sub.add_parser("inspect", help="count images per class and find unreadable files",
-                       description="Decode every image of a folder as training would, and report.")
+    p = sub.add_parser(
+        "inspect",
+        help="count images per class and find unreadable files",
+        description="Decode every image of a folder as training would, and report.",
+    )
     p.add_argument("folder", type=Path)
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--class_cond", type=str2bool, default=True)
@@ -84,8 +97,10 @@ def run_toy(args: argparse.Namespace) -> int:
     with _Bar(None, "toy cells") as bar:
         paths = toy.generate(args.out, args.classes, args.per_class, args.size, args.seed, args.layout, progress=bar)
     names = sorted(toy.CLASS_NAMES[: args.classes])
-    print(f"wrote {len(paths)} images ({args.per_class} per class: {', '.join(names)}), "
-          f"{args.size}x{args.size}, seed {args.seed}, to {args.out}")
+    print(
+        f"wrote {len(paths)} images ({args.per_class} per class: {', '.join(names)}), "
+        f"{args.size}x{args.size}, seed {args.seed}, to {args.out}"
+    )
     return 0
 
 
@@ -107,10 +122,13 @@ def run_medmnist(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    dataset = ImageFolderDataset(args.folder, args.image_size, class_cond=args.class_cond,
-                                 skip_bad_images=True, cache=False)
-    print(f"{args.folder}: {len(dataset)} images, {dataset.channels} channel(s), "
-          f"{'RGB' if dataset.channels == 3 else 'grayscale'}, read at {args.image_size}x{args.image_size}")
+    dataset = ImageFolderDataset(
+        args.folder, args.image_size, class_cond=args.class_cond, skip_bad_images=True, cache=False
+    )
+    print(
+        f"{args.folder}: {len(dataset)} images, {dataset.channels} channel(s), "
+        f"{'RGB' if dataset.channels == 3 else 'grayscale'}, read at {args.image_size}x{args.image_size}"
+    )
     if args.class_cond:
         _print_counts(Counter(dataset.class_map.names[y] for y in dataset.labels), order=dataset.class_map.names)
     if dataset.skipped:

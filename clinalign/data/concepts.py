@@ -12,8 +12,8 @@ cannot say whether ``neutrophil-band`` is a concept or a class whose real images
 The path through the stages:
 
 1. feedback folder with concept folders + ``concepts.json`` (review export, simulated expert);
-2. :func:`clinalign.concepts.assign.assign`: a copy of the sample folder whose ``manifest.csv`` declares each assigned image
-   as its concept (file names, the IDs, are kept), plus ``concepts.json``;
+2. :func:`clinalign.concepts.assign.assign`: a copy of the sample folder whose ``manifest.csv``
+   declares each assigned image as its concept (file names, the IDs, are kept), plus ``concepts.json``;
 3. reward model trained on the feedback folder learns Γ(x, concept) like any class; scoring the
    assigned folder gives r(x, concept) for the assigned images;
 4. finetuning grows the class map and the class embedding (new rows copied from the parent's row)
@@ -27,10 +27,10 @@ import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .classmap import ClassMap, validate_class_name
-from .naming import is_image_file
 from ..errors import DataError
 from ..utils.fileio import atomic_writer
+from .classmap import ClassMap, validate_class_name
+from .naming import is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ def read_concepts_file(folder: str | Path) -> dict[str, str]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc}); write it as {{\"CONCEPT\": \"PARENT\", ...}}") from None
+        raise DataError(f'{path}: cannot read ({exc}); write it as {{"CONCEPT": "PARENT", ...}}') from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-        raise DataError(f"{path}: expected an object {{\"CONCEPT\": \"PARENT\", ...}}; fix or delete the file")
+        raise DataError(f'{path}: expected an object {{"CONCEPT": "PARENT", ...}}; fix or delete the file')
     for name in data:
         try:
             validate_class_name(name)
@@ -84,8 +84,12 @@ def write_concepts_file(folder: str | Path, parents: Mapping[str, str]) -> Path:
     return path
 
 
-def concept_parents(folder: str | Path, known: Iterable[str], given: Mapping[str, str] | None = None,
-                    classes: Iterable[str] | None = None) -> dict[str, str]:
+def concept_parents(
+    folder: str | Path,
+    known: Iterable[str],
+    given: Mapping[str, str] | None = None,
+    classes: Iterable[str] | None = None,
+) -> dict[str, str]:
     """The parent of every class of ``folder`` that ``known`` lacks: from ``given``, else concepts.json.
 
     ``classes``: the classes ``folder`` holds (default: its sub-folder names, the feedback layout).
@@ -96,8 +100,9 @@ def concept_parents(folder: str | Path, known: Iterable[str], given: Mapping[str
     known = set(known)
     recorded = {**read_concepts_file(folder), **(given or {})}
     if classes is None:
-        classes = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")] \
-            if folder.is_dir() else []
+        classes = (
+            [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")] if folder.is_dir() else []
+        )
     parents: dict[str, str] = {}
     for cls in sorted(set(classes) - known):
         parent = recorded.get(cls)
@@ -105,15 +110,18 @@ def concept_parents(folder: str | Path, known: Iterable[str], given: Mapping[str
             raise DataError(
                 f"{folder / cls}: class {cls!r} is not one of the model's classes ({', '.join(sorted(known))}) and "
                 f"no parent is recorded for it; if it is a concept, add it to {folder / CONCEPTS_FILE} "
-                f"({{\"{cls}\": \"PARENT\"}}) or pass --concept {cls}=PARENT, else rename the folder to a known class")
+                f'({{"{cls}": "PARENT"}}) or pass --concept {cls}=PARENT, else rename the folder to a known class'
+            )
         parents[cls] = parent
     # A concept's parent may itself be a concept of the same folder; it must end in a known class.
     for cls, parent in parents.items():
         seen = {cls}
         while parent not in known:
             if parent not in parents or parent in seen:
-                raise DataError(f"{folder / cls}: parent {parent!r} of concept {cls!r} is not a known class "
-                                f"({', '.join(sorted(known))}); fix {folder / CONCEPTS_FILE} or --concept")
+                raise DataError(
+                    f"{folder / cls}: parent {parent!r} of concept {cls!r} is not a known class "
+                    f"({', '.join(sorted(known))}); fix {folder / CONCEPTS_FILE} or --concept"
+                )
             seen.add(parent)
             parent = parents[parent]
     return parents
@@ -132,8 +140,10 @@ def grow_class_map(class_map: ClassMap, parents: Mapping[str, str]) -> ClassMap:
         for name, parent in list(pending.items()):
             if name in grown:
                 if grown.parents.get(name) != parent:
-                    raise DataError(f"concept {name!r} is already in the class map with parent "
-                                    f"{grown.parents.get(name)!r}, not {parent!r}; use another name")
+                    raise DataError(
+                        f"concept {name!r} is already in the class map with parent "
+                        f"{grown.parents.get(name)!r}, not {parent!r}; use another name"
+                    )
             elif parent in grown:
                 grown = grown.grow(name, parent)
             else:
@@ -142,8 +152,10 @@ def grow_class_map(class_map: ClassMap, parents: Mapping[str, str]) -> ClassMap:
             progressed = True
         if not progressed:
             name, parent = next(iter(pending.items()))
-            raise DataError(f"parent {parent!r} of concept {name!r} is not in the class map "
-                            f"({', '.join(grown.names)}); add the parent first")
+            raise DataError(
+                f"parent {parent!r} of concept {name!r} is not in the class map "
+                f"({', '.join(grown.names)}); add the parent first"
+            )
     return grown
 
 
@@ -154,17 +166,21 @@ def extension_parents(old: ClassMap, new: ClassMap) -> list[int]:
     by position, so the old classes must keep their indices.
     """
     if new.names[: len(old)] != old.names:
-        raise DataError(f"class map {new.names} does not extend the checkpoint's {old.names} (the first "
-                        f"{len(old)} classes must be the same, in the same order); grow the checkpoint's own map")
+        raise DataError(
+            f"class map {new.names} does not extend the checkpoint's {old.names} (the first "
+            f"{len(old)} classes must be the same, in the same order); grow the checkpoint's own map"
+        )
     rows = []
-    for name in new.names[len(old):]:
+    for name in new.names[len(old) :]:
         ancestor, seen = new.parents.get(name), {name}
         while ancestor is not None and ancestor not in old and ancestor not in seen:
             seen.add(ancestor)
             ancestor = new.parents.get(ancestor)
         if ancestor is None or ancestor not in old:
-            raise DataError(f"new class {name!r} has no parent among the checkpoint's classes "
-                            f"({', '.join(old.names)}); its embedding row needs one to start from")
+            raise DataError(
+                f"new class {name!r} has no parent among the checkpoint's classes "
+                f"({', '.join(old.names)}); its embedding row needs one to start from"
+            )
         rows.append(old.index(ancestor))
     return rows
 
@@ -182,7 +198,9 @@ def concept_assignments(feedback: str | Path, concepts: Iterable[str]) -> dict[s
                 if not (p.is_file() and is_image_file(p)):
                     continue
                 if p.name in out and out[p.name][0] != concept:
-                    raise DataError(f"{p}: assigned to both {out[p.name][0]!r} and {concept!r}; "
-                                    "keep the image in one concept folder")
+                    raise DataError(
+                        f"{p}: assigned to both {out[p.name][0]!r} and {concept!r}; "
+                        "keep the image in one concept folder"
+                    )
                 out[p.name] = (concept, plausible)
     return out

@@ -174,9 +174,13 @@ class ImageFolderDataset(ImageArrayDataset):
         self.image_size, self.channels = image_size, channels
         logger.info(
             "%s: %d images, %s, %d channel(s), %dx%d, in %.1fs",
-            self.root, len(self.paths),
+            self.root,
+            len(self.paths),
             f"{len(class_map)} classes" if class_cond else "unconditional",
-            channels, image_size, image_size, time.perf_counter() - start,
+            channels,
+            image_size,
+            image_size,
+            time.perf_counter() - start,
         )
 
     def _pixels(self, indices: np.ndarray) -> np.ndarray:
@@ -185,9 +189,7 @@ class ImageFolderDataset(ImageArrayDataset):
         return np.stack([load_image(self.paths[i], self.image_size, self.channels) for i in indices])
 
 
-def _label_files(
-    paths: list[Path], root: Path, class_map: ClassMap | None
-) -> tuple[ClassMap, list[int]]:
+def _label_files(paths: list[Path], root: Path, class_map: ClassMap | None) -> tuple[ClassMap, list[int]]:
     names = declared_classes(paths, root)
     checked: set[str] = set()
     for path, name in zip(paths, names):
@@ -229,8 +231,16 @@ def _decode_all(
     bad: dict[int, str] = {}
     with ThreadPoolExecutor(_DECODE_THREADS) as pool:
         results = pool.map(decode, paths)
-        for i, result in enumerate(tqdm(results, total=len(paths), desc="decoding images", unit="img",
-                                        disable=len(paths) < _PROGRESS_MIN or None, leave=False)):
+        for i, result in enumerate(
+            tqdm(
+                results,
+                total=len(paths),
+                desc="decoding images",
+                unit="img",
+                disable=len(paths) < _PROGRESS_MIN or None,
+                leave=False,
+            )
+        ):
             if isinstance(result, DataError):
                 if not skip_bad:
                     pool.shutdown(wait=False, cancel_futures=True)

@@ -72,8 +72,9 @@ def _decode(paths: list[Path], image_size: int, channels: int | None, skip_bad: 
     return _stack([arrays[i] for i in keep], ch), keep
 
 
-def read_class_folder(root: str | Path, image_size: int, channels: int | None = None,
-                      skip_bad_images: bool = False) -> LabelledImages:
+def read_class_folder(
+    root: str | Path, image_size: int, channels: int | None = None, skip_bad_images: bool = False
+) -> LabelledImages:
     """Real images in ImageNet layout ``CLASS/**/img.png`` (``align``/``notalign`` sub-folders excluded)."""
     root = Path(root)
     paths, classes = [], []
@@ -89,8 +90,9 @@ def read_class_folder(root: str | Path, image_size: int, channels: int | None = 
     return LabelledImages(images, [classes[i] for i in keep], [paths[i] for i in keep])
 
 
-def read_feedback_folder(root: str | Path, image_size: int, channels: int | None = None,
-                         skip_bad_images: bool = False) -> LabelledImages:
+def read_feedback_folder(
+    root: str | Path, image_size: int, channels: int | None = None, skip_bad_images: bool = False
+) -> LabelledImages:
     """Judged synthetic images: ``CLASS/align/*.png`` (plausible) and ``CLASS/notalign/*.png``."""
     root = Path(root)
     paths, classes, verdicts = [], [], []
@@ -104,17 +106,27 @@ def read_feedback_folder(root: str | Path, image_size: int, channels: int | None
                     classes.append(d.name)
                     verdicts.append(verdict)
         if not found:
-            raise DataError(f"{d}: has neither an 'align' nor a 'notalign' sub-folder; "
-                            "put judged images in CLASS/align/ (plausible) and CLASS/notalign/ (implausible)")
+            raise DataError(
+                f"{d}: has neither an 'align' nor a 'notalign' sub-folder; "
+                "put judged images in CLASS/align/ (plausible) and CLASS/notalign/ (implausible)"
+            )
     if not paths:
         raise DataError(f"{root}: no judged images in any CLASS/align or CLASS/notalign folder")
     images, keep = _decode(paths, image_size, channels, skip_bad_images)
-    return LabelledImages(images, [classes[i] for i in keep], [paths[i] for i in keep],
-                          np.asarray([verdicts[i] for i in keep], dtype=np.int64))
+    return LabelledImages(
+        images,
+        [classes[i] for i in keep],
+        [paths[i] for i in keep],
+        np.asarray([verdicts[i] for i in keep], dtype=np.int64),
+    )
 
 
-def write_feedback_folder(out: str | Path, items: Iterable[tuple[Path, str, bool]], overwrite: bool = False,
-                          concepts: dict[str, str] | None = None) -> dict:
+def write_feedback_folder(
+    out: str | Path,
+    items: Iterable[tuple[Path, str, bool]],
+    overwrite: bool = False,
+    concepts: dict[str, str] | None = None,
+) -> dict:
     """Copy ``(source image, declared class, plausible)`` items into ``out/CLASS/align|notalign/``.
 
     File names are kept (they are the IDs of the rewards CSV). ``concepts`` ({concept: parent})

@@ -43,12 +43,39 @@ class MedMNISTInfo:
 # the names a clinician would use, in the official index order.
 INFO: dict[str, MedMNISTInfo] = {
     "pathmnist": MedMNISTInfo(
-        ("adipose", "background", "debris", "lymphocytes", "mucus", "smooth-muscle",
-         "normal-mucosa", "stroma", "tumor-epithelium"), 3),
+        (
+            "adipose",
+            "background",
+            "debris",
+            "lymphocytes",
+            "mucus",
+            "smooth-muscle",
+            "normal-mucosa",
+            "stroma",
+            "tumor-epithelium",
+        ),
+        3,
+    ),
     "chestmnist": MedMNISTInfo(
-        ("atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
-         "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia"), 1,
-        multi_label=True),
+        (
+            "atelectasis",
+            "cardiomegaly",
+            "effusion",
+            "infiltration",
+            "mass",
+            "nodule",
+            "pneumonia",
+            "pneumothorax",
+            "consolidation",
+            "edema",
+            "emphysema",
+            "fibrosis",
+            "pleural",
+            "hernia",
+        ),
+        1,
+        multi_label=True,
+    ),
     # HAM10000's standard abbreviations.
     "dermamnist": MedMNISTInfo(("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"), 3),
     "octmnist": MedMNISTInfo(("cnv", "dme", "drusen", "normal"), 1),
@@ -56,15 +83,38 @@ INFO: dict[str, MedMNISTInfo] = {
     "retinamnist": MedMNISTInfo(("grade0", "grade1", "grade2", "grade3", "grade4"), 3),
     "breastmnist": MedMNISTInfo(("malignant", "normal-benign"), 1),
     "bloodmnist": MedMNISTInfo(
-        ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil",
-         "platelet"), 3),
+        ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"), 3
+    ),
     "tissuemnist": MedMNISTInfo(
-        ("collecting-duct", "distal-tubule", "glomerular-endothelial", "interstitial-endothelial",
-         "leukocytes", "podocytes", "proximal-tubule", "thick-ascending-limb"), 1),
+        (
+            "collecting-duct",
+            "distal-tubule",
+            "glomerular-endothelial",
+            "interstitial-endothelial",
+            "leukocytes",
+            "podocytes",
+            "proximal-tubule",
+            "thick-ascending-limb",
+        ),
+        1,
+    ),
     **{
         flag: MedMNISTInfo(
-            ("bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
-             "lung-left", "lung-right", "pancreas", "spleen"), 1)
+            (
+                "bladder",
+                "femur-left",
+                "femur-right",
+                "heart",
+                "kidney-left",
+                "kidney-right",
+                "liver",
+                "lung-left",
+                "lung-right",
+                "pancreas",
+                "spleen",
+            ),
+            1,
+        )
         for flag in ("organamnist", "organcmnist", "organsmnist")
     },
 }

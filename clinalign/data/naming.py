@@ -28,8 +28,9 @@ def list_images(root: str | Path) -> list[Path]:
         raise DataError(f"{root}: folder does not exist; pass the folder that holds your images")
     if not root.is_dir():
         raise DataError(f"{root}: is a file, not a folder; pass the folder that holds your images")
-    paths = sorted((p for p in root.rglob("*") if p.is_file() and is_image_file(p)),
-                   key=lambda p: p.relative_to(root).as_posix())
+    paths = sorted(
+        (p for p in root.rglob("*") if p.is_file() and is_image_file(p)), key=lambda p: p.relative_to(root).as_posix()
+    )
     if not paths:
         raise DataError(
             f"{root}: no .jpg/.jpeg/.png images found (searched recursively); "

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..utils.fileio import atomic_directory, write_json_atomic
-from ..utils.splits import HALF_EXPERT, hash01, half_of
+from ..utils.splits import HALF_EXPERT, half_of, hash01
 from .naming import check_unique_names, declared_classes, list_images
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,11 @@ class Pools:
         out = {"source": str(self.source), "per_class": self.per_class, "seed": self.seed}
         for name in POOL_NAMES:
             files = getattr(self, name)
-            out[name] = {"n": len(files), "classes": dict(sorted(Counter(declared_classes(files)).items())),
-                         "fingerprint": fingerprint(files)}
+            out[name] = {
+                "n": len(files),
+                "classes": dict(sorted(Counter(declared_classes(files)).items())),
+                "fingerprint": fingerprint(files),
+            }
         return out
 
 
@@ -89,8 +92,10 @@ def split_pools(train_dir: str | Path, per_class: int, seed: int = 0) -> Pools:
     short = {c: len(fs) for c, fs in by_class.items() if len(fs) <= per_class}
     if short:
         detail = ", ".join(f"{c} has {n}" for c, n in sorted(short.items()))
-        raise DataError(f"{source}: --real_per_class {per_class} leaves no image of some classes for the expert "
-                        f"and the oracle ({detail}); pass --real_per_class below {min(short.values())}")
+        raise DataError(
+            f"{source}: --real_per_class {per_class} leaves no image of some classes for the expert "
+            f"and the oracle ({detail}); pass --real_per_class below {min(short.values())}"
+        )
     g: list[Path] = []
     for c in sorted(by_class):
         ranked = sorted(by_class[c], key=lambda p: hash01(f"clinalign-pool-G:{seed}", p.name))
@@ -123,10 +128,12 @@ def write_pools(pools: Pools, root: str | Path) -> dict[str, Path]:
     if record.exists():
         old = json.loads(record.read_text())
         if all(old.get(p, {}).get("fingerprint") == summary[p]["fingerprint"] for p in POOL_NAMES) and all(
-                f.is_dir() for f in folders.values()):
+            f.is_dir() for f in folders.values()
+        ):
             return folders
-        raise DataError(f"{root}: holds pools from other data or settings ({record}); "
-                        "use a new output folder or delete this one")
+        raise DataError(
+            f"{root}: holds pools from other data or settings ({record}); use a new output folder or delete this one"
+        )
     root.mkdir(parents=True, exist_ok=True)
     for name, folder in folders.items():
         with atomic_directory(folder) as tmp:

@@ -34,8 +34,14 @@ logger = logging.getLogger(__name__)
 
 #: Class order: ``classes=k`` takes the first k, chosen so that any prefix is maximally distinct.
 CLASS_NAMES: tuple[str, ...] = (
-    "neutrophil", "lymphocyte", "eosinophil", "monocyte",
-    "basophil", "platelet", "erythroblast", "ig",
+    "neutrophil",
+    "lymphocyte",
+    "eosinophil",
+    "monocyte",
+    "basophil",
+    "platelet",
+    "erythroblast",
+    "ig",
 )
 #: Hidden subtypes (second file-name token). Only neutrophils have more than one.
 SUBTYPES: dict[str, tuple[str, ...]] = {name: ("STD",) for name in CLASS_NAMES} | {"neutrophil": ("BAND", "SEG")}
@@ -214,7 +220,9 @@ def _draw_neutrophil(cv: _Canvas, subtype: str) -> _Cell:
     nucleus = cv.coverage(_lumpy(cv, dn, 0.02)) * body
     fine = _granules(cv, frame, 140, R * 0.92, 0.016, 0.35, region=body)
     return _Cell(
-        body, _jitter(rng, (0.92, 0.82, 0.84), 0.02), nucleus,
+        body,
+        _jitter(rng, (0.92, 0.82, 0.84), 0.02),
+        nucleus,
         _chromatin(cv, _jitter(rng, (0.36, 0.19, 0.50), 0.02), 0.35),
         [(fine, (0.70, 0.52, 0.76), False)],
     )
@@ -229,8 +237,13 @@ def _draw_lymphocyte(cv: _Canvas, subtype: str) -> _Cell:
     off = R - nr - 0.01  # eccentric: the blue rim is a crescent, thicker on one side
     dn = _ellipse(x, y, off * rng.uniform(0.3, 1.0), 0.0, nr, nr * rng.uniform(0.9, 1.0))
     nucleus = cv.coverage(_lumpy(cv, dn, 0.015)) * body
-    return _Cell(body, _jitter(rng, (0.68, 0.77, 0.93)), nucleus,
-                 _chromatin(cv, _jitter(rng, (0.27, 0.15, 0.42), 0.02), 0.45, cells=16), rim=0.05)
+    return _Cell(
+        body,
+        _jitter(rng, (0.68, 0.77, 0.93)),
+        nucleus,
+        _chromatin(cv, _jitter(rng, (0.27, 0.15, 0.42), 0.02), 0.45, cells=16),
+        rim=0.05,
+    )
 
 
 def _draw_eosinophil(cv: _Canvas, subtype: str) -> _Cell:
@@ -245,7 +258,10 @@ def _draw_eosinophil(cv: _Canvas, subtype: str) -> _Cell:
     nucleus = cv.coverage(_lumpy(cv, dn, 0.02)) * body
     coarse = _granules(cv, frame, 110, R * 0.93, 0.03, 0.9, region=body)
     return _Cell(
-        body, _jitter(rng, (0.93, 0.70, 0.60)), nucleus, _chromatin(cv, _jitter(rng, (0.40, 0.24, 0.52)), 0.3),
+        body,
+        _jitter(rng, (0.93, 0.70, 0.60)),
+        nucleus,
+        _chromatin(cv, _jitter(rng, (0.40, 0.24, 0.52)), 0.3),
         [(coarse, tuple(_jitter(rng, (0.90, 0.42, 0.28), 0.03)), False)],
     )
 
@@ -267,8 +283,13 @@ def _draw_monocyte(cv: _Canvas, subtype: str) -> _Cell:
         vx, vy = _points_in_disc(rng, 1, R * 0.8)
         vac = np.maximum(vac, cv.coverage(_circle(x, y, vx[0], vy[0], R * rng.uniform(0.05, 0.09)), 0.01))
     vac *= body * (1 - nucleus)
-    return _Cell(body, cyto, nucleus, _chromatin(cv, _jitter(rng, (0.55, 0.40, 0.68)), 0.4, cells=20),
-                 [(vac * 0.8, (0.95, 0.93, 0.96), False)])
+    return _Cell(
+        body,
+        cyto,
+        nucleus,
+        _chromatin(cv, _jitter(rng, (0.55, 0.40, 0.68)), 0.4, cells=20),
+        [(vac * 0.8, (0.95, 0.93, 0.96), False)],
+    )
 
 
 def _draw_basophil(cv: _Canvas, subtype: str) -> _Cell:
@@ -279,9 +300,13 @@ def _draw_basophil(cv: _Canvas, subtype: str) -> _Cell:
     dn = _lumpy(cv, _ellipse(x, y, 0.0, 0.0, R * 0.62, R * 0.5), 0.08, cells=6)
     nucleus = cv.coverage(dn) * body
     dark = _granules(cv, frame, 90, R * 0.95, 0.032, 1.0, region=body)
-    return _Cell(body, _jitter(rng, (0.80, 0.70, 0.86)), nucleus,
-                 _chromatin(cv, _jitter(rng, (0.36, 0.20, 0.50)), 0.2),
-                 [(dark, tuple(_jitter(rng, (0.20, 0.08, 0.32), 0.02)), True)])
+    return _Cell(
+        body,
+        _jitter(rng, (0.80, 0.70, 0.86)),
+        nucleus,
+        _chromatin(cv, _jitter(rng, (0.36, 0.20, 0.50)), 0.2),
+        [(dark, tuple(_jitter(rng, (0.20, 0.08, 0.32), 0.02)), True)],
+    )
 
 
 def _draw_platelet(cv: _Canvas, subtype: str) -> _Cell:
@@ -298,8 +323,14 @@ def _draw_platelet(cv: _Canvas, subtype: str) -> _Cell:
         part = cv.coverage(_lumpy(cv, d, 0.04, cells=12))
         body = np.maximum(body, part)
         centre = np.maximum(centre, _granules(cv, frame, 12, R * 0.6, 0.018, 0.8) * part)
-    return _Cell(body, _jitter(rng, (0.74, 0.62, 0.84)), None, None,
-                 [(centre, tuple(_jitter(rng, (0.40, 0.22, 0.55), 0.02)), False)], rim=0.0)
+    return _Cell(
+        body,
+        _jitter(rng, (0.74, 0.62, 0.84)),
+        None,
+        None,
+        [(centre, tuple(_jitter(rng, (0.40, 0.22, 0.55), 0.02)), False)],
+        rim=0.0,
+    )
 
 
 def _draw_erythroblast(cv: _Canvas, subtype: str) -> _Cell:
@@ -310,8 +341,13 @@ def _draw_erythroblast(cv: _Canvas, subtype: str) -> _Cell:
     nr = R * rng.uniform(0.55, 0.66)
     dn = _circle(x, y, rng.normal(0, R * 0.08), rng.normal(0, R * 0.08), nr)
     nucleus = cv.coverage(_lumpy(cv, dn, 0.01), 0.006) * body
-    return _Cell(body, _jitter(rng, (0.70, 0.66, 0.80)), nucleus,
-                 _chromatin(cv, _jitter(rng, (0.17, 0.09, 0.24), 0.015), 0.25), rim=0.05)
+    return _Cell(
+        body,
+        _jitter(rng, (0.70, 0.66, 0.80)),
+        nucleus,
+        _chromatin(cv, _jitter(rng, (0.17, 0.09, 0.24), 0.015), 0.25),
+        rim=0.05,
+    )
 
 
 def _draw_ig(cv: _Canvas, subtype: str) -> _Cell:
@@ -323,15 +359,24 @@ def _draw_ig(cv: _Canvas, subtype: str) -> _Cell:
     dn = _ellipse(x, y, R * rng.uniform(0.05, 0.2), 0.0, a, a * rng.uniform(0.78, 0.95))
     nucleus = cv.coverage(_lumpy(cv, dn, 0.025)) * body
     sparse = _granules(cv, frame, 25, R * 0.9, 0.02, 0.5, region=body)
-    return _Cell(body, _jitter(rng, (0.60, 0.68, 0.90)), nucleus,
-                 _chromatin(cv, _jitter(rng, (0.47, 0.32, 0.64)), 0.25, cells=22),
-                 [(sparse, (0.78, 0.55, 0.75), False)])
+    return _Cell(
+        body,
+        _jitter(rng, (0.60, 0.68, 0.90)),
+        nucleus,
+        _chromatin(cv, _jitter(rng, (0.47, 0.32, 0.64)), 0.25, cells=22),
+        [(sparse, (0.78, 0.55, 0.75), False)],
+    )
 
 
 _DRAWERS: dict[str, Callable[[_Canvas, str], _Cell]] = {
-    "neutrophil": _draw_neutrophil, "lymphocyte": _draw_lymphocyte, "eosinophil": _draw_eosinophil,
-    "monocyte": _draw_monocyte, "basophil": _draw_basophil, "platelet": _draw_platelet,
-    "erythroblast": _draw_erythroblast, "ig": _draw_ig,
+    "neutrophil": _draw_neutrophil,
+    "lymphocyte": _draw_lymphocyte,
+    "eosinophil": _draw_eosinophil,
+    "monocyte": _draw_monocyte,
+    "basophil": _draw_basophil,
+    "platelet": _draw_platelet,
+    "erythroblast": _draw_erythroblast,
+    "ig": _draw_ig,
 }
 
 
@@ -350,7 +395,9 @@ def _smear(cv: _Canvas) -> np.ndarray:
         ang = rng.uniform(0, 2 * math.pi)
         dist = rng.uniform(0.55, 1.25)  # mostly around the white cell, which is drawn on top
         r = rng.uniform(0.27, 0.34)
-        x, y = cv.local(dist * math.cos(ang), dist * math.sin(ang), rng.uniform(0, math.pi), 1.0, rng.uniform(0.85, 1.0))
+        x, y = cv.local(
+            dist * math.cos(ang), dist * math.sin(ang), rng.uniform(0, math.pi), 1.0, rng.uniform(0.85, 1.0)
+        )
         rho = np.hypot(x, y)
         disc = cv.coverage(rho - r, 0.02)
         pallor = np.exp(-((rho / (0.45 * r)) ** 2))  # the thin centre of a biconcave disc

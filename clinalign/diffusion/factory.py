@@ -25,14 +25,21 @@ class DiffusionConfig:
     rescale_learned_sigmas: bool = option(True, "hybrid loss (L_simple + lambda L_vlb) when learn_sigma")
 
 
-def diffusion_from_config(cfg: DiffusionConfig, *, learn_sigma: bool, sigma_small: bool,
-                          timestep_respacing: str | None = None) -> SpacedDiffusion:
+def diffusion_from_config(
+    cfg: DiffusionConfig, *, learn_sigma: bool, sigma_small: bool, timestep_respacing: str | None = None
+) -> SpacedDiffusion:
     """The one place a config becomes a diffusion (training: respacing ""; sampling: the config's or given)."""
     return create_diffusion(
-        steps=cfg.diffusion_steps, learn_sigma=learn_sigma, sigma_small=sigma_small, noise_schedule=cfg.noise_schedule,
-        use_kl=cfg.use_kl, predict_xstart=cfg.predict_xstart, rescale_timesteps=cfg.rescale_timesteps,
+        steps=cfg.diffusion_steps,
+        learn_sigma=learn_sigma,
+        sigma_small=sigma_small,
+        noise_schedule=cfg.noise_schedule,
+        use_kl=cfg.use_kl,
+        predict_xstart=cfg.predict_xstart,
+        rescale_timesteps=cfg.rescale_timesteps,
         rescale_learned_sigmas=cfg.rescale_learned_sigmas,
-        timestep_respacing=cfg.timestep_respacing if timestep_respacing is None else timestep_respacing)
+        timestep_respacing=cfg.timestep_respacing if timestep_respacing is None else timestep_respacing,
+    )
 
 
 def create_diffusion(

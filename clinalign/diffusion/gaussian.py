@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any, Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -173,9 +175,7 @@ class GaussianDiffusion:
         first = self.posterior_variance[1] if self.num_timesteps > 1 else betas[0]
         self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (
-            (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
-        )
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
     # ----------------------------------------------------------------------------------------
     # helpers
@@ -246,9 +246,9 @@ class GaussianDiffusion:
 
     def _predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor):
         """ε = (x_t / √ᾱ_t − x_0) / √(1/ᾱ_t − 1), [iDDPM] eq. 9 solved for ε."""
-        return (
-            self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_xstart
-        ) / self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_xstart) / self._extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t
+        )
 
     def _predict_xstart_from_xprev(self, x_t: torch.Tensor, t: torch.Tensor, xprev: torch.Tensor):
         """x_0 = (μ̃ − coef2·x_t) / coef1, [DDPM] eq. 7 solved for x_0 (μ̃ = predicted x_{t−1})."""
@@ -421,12 +421,10 @@ class GaussianDiffusion:
         device=None,
     ) -> torch.Tensor:
         """Ancestral samples of ``shape`` from x_T ~ N(0, I) (or ``noise``); [DDPM] Algorithm 2."""
-        final = None
-        for final in self.p_sample_loop_progressive(
+        steps = self.p_sample_loop_progressive(
             model, shape, noise, clip_denoised, model_kwargs, progress, generator, denoised_fn, device
-        ):
-            pass
-        return final["sample"]
+        )
+        return deque(steps, maxlen=1)[0]["sample"]  # only the last step's output is kept alive
 
     # ----------------------------------------------------------------------------------------
     # DDIM sampling ([DDIM] eqs. 12 and 16)
@@ -452,11 +450,7 @@ class GaussianDiffusion:
         eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])
         alpha_bar = self._extract(self.alphas_cumprod, t, x)
         alpha_bar_prev = self._extract(self.alphas_cumprod_prev, t, x)
-        sigma = (
-            eta
-            * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
-            * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
-        )
+        sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
         mean_pred = (
             out["pred_xstart"] * torch.sqrt(alpha_bar_prev)
             + torch.sqrt((1 - alpha_bar_prev - sigma**2).clamp(min=0.0)) * eps
@@ -485,9 +479,7 @@ class GaussianDiffusion:
         for i in self._indices(progress):
             t = torch.full((shape[0],), i, device=img.device, dtype=torch.long)
             with torch.no_grad():
-                out = self.ddim_sample(
-                    model, img, t, clip_denoised, denoised_fn, model_kwargs, eta, generator
-                )
+                out = self.ddim_sample(model, img, t, clip_denoised, denoised_fn, model_kwargs, eta, generator)
             yield out
             img = out["sample"]
 
@@ -505,12 +497,10 @@ class GaussianDiffusion:
         device=None,
     ) -> torch.Tensor:
         """DDIM samples of ``shape``; deterministic given the start noise when eta = 0."""
-        final = None
-        for final in self.ddim_sample_loop_progressive(
+        steps = self.ddim_sample_loop_progressive(
             model, shape, noise, clip_denoised, model_kwargs, eta, progress, generator, denoised_fn, device
-        ):
-            pass
-        return final["sample"]
+        )
+        return deque(steps, maxlen=1)[0]["sample"]
 
     # ----------------------------------------------------------------------------------------
     # variational bound and training losses
@@ -572,9 +562,9 @@ class GaussianDiffusion:
 
         terms: dict[str, torch.Tensor] = {}
         if self.loss_type.is_vb():
-            terms["loss"] = self._vb_terms_bpd(
-                model, x_start, x_t, t, clip_denoised=False, model_kwargs=model_kwargs
-            )["output"]
+            terms["loss"] = self._vb_terms_bpd(model, x_start, x_t, t, clip_denoised=False, model_kwargs=model_kwargs)[
+                "output"
+            ]
             if self.loss_type == LossType.RESCALED_KL:
                 terms["loss"] = terms["loss"] * self.num_timesteps
             return terms
@@ -585,9 +575,7 @@ class GaussianDiffusion:
         mean_out, var_values = self._split_model_output(model_output, x_t)
         if var_values is not None:
             frozen = torch.cat([mean_out.detach(), var_values], dim=1)
-            terms["vb"] = self._vb_terms_bpd(
-                None, x_start, x_t, t, clip_denoised=False, model_output=frozen
-            )["output"]
+            terms["vb"] = self._vb_terms_bpd(None, x_start, x_t, t, clip_denoised=False, model_output=frozen)["output"]
             if self.loss_type == LossType.RESCALED_MSE:
                 terms["vb"] = terms["vb"] * (self.num_timesteps / 1000.0)
 

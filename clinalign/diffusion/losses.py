@@ -39,13 +39,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
         x if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=ref.dtype, device=ref.device)
         for x in (logvar1, logvar2)
     )
-    return 0.5 * (
-        -1.0
-        + logvar2
-        - logvar1
-        + torch.exp(logvar1 - logvar2)
-        + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
-    )
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
 def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +59,7 @@ def discretized_gaussian_log_likelihood(
     """
     if not x.shape == means.shape == log_scales.shape:
         raise ValueError(
-            f"shapes differ: x {tuple(x.shape)}, means {tuple(means.shape)}, "
-            f"log_scales {tuple(log_scales.shape)}"
+            f"shapes differ: x {tuple(x.shape)}, means {tuple(means.shape)}, log_scales {tuple(log_scales.shape)}"
         )
     centered = x - means
     inv_std = torch.exp(-log_scales)

@@ -8,7 +8,7 @@ process's timestep indices.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | Iterable[int]) -> 
     """
     if isinstance(section_counts, str):
         if section_counts.startswith("ddim"):
-            desired = int(section_counts[len("ddim"):])
+            desired = int(section_counts[len("ddim") :])
             # Strides up to T inclusive, so that "ddim1" gives {0} (improved-diffusion stops at
             # T − 1 and cannot make one step); every other result is the same.
             for stride in range(1, num_timesteps + 1):
@@ -71,9 +71,7 @@ class SpacedDiffusion(GaussianDiffusion):
         self.original_num_steps = len(self.base_betas)
         self.use_timesteps = set(int(t) for t in use_timesteps)
         if not self.use_timesteps or not all(0 <= t < self.original_num_steps for t in self.use_timesteps):
-            raise ValueError(
-                f"use_timesteps must be a non-empty subset of 0..{self.original_num_steps - 1}"
-            )
+            raise ValueError(f"use_timesteps must be a non-empty subset of 0..{self.original_num_steps - 1}")
         base_alphas_cumprod = np.cumprod(1.0 - self.base_betas)
         self.timestep_map = sorted(self.use_timesteps)
         kept = base_alphas_cumprod[self.timestep_map]

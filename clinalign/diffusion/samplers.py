@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .gaussian import GaussianDiffusion, Model, randn, _resolve_device
+from .gaussian import GaussianDiffusion, Model, _resolve_device, randn
 from .respace import base_betas, respace
 
 __all__ = ["SAMPLERS", "dpm_solver_pp_sample_loop", "dpm_solver_pp_timesteps", "sample_images"]
@@ -99,10 +99,11 @@ def dpm_solver_pp_sample_loop(
     """DPM-Solver++(2M) with ``steps`` model evaluations on the base process's discrete ᾱ.
 
     Integrates the probability-flow ODE in data-prediction form over logSNR-uniform steps
-    (:func:`dpm_solver_pp_timesteps`) from base index T−1 to base index 0 (where σ_0 = √β_0 ≈ 0.01) and returns that state, as Lu et al.'s discrete-time code
-    does. x̂_0 comes from ``p_mean_variance`` of the full-step process, so every mean and
-    variance type works (learned-sigma channels are dropped), x̂_0 is clipped to [−1, 1] when
-    ``clip_denoised`` (the final state too), and the model sees original indices.
+    (:func:`dpm_solver_pp_timesteps`) from base index T−1 to base index 0 (where σ_0 = √β_0 ≈ 0.01)
+    and returns that state, as Lu et al.'s discrete-time code does. x̂_0 comes from ``p_mean_variance``
+    of the full-step process, so every mean and variance type works (learned-sigma channels are
+    dropped), x̂_0 is clipped to [−1, 1] when ``clip_denoised`` (the final state too), and the model
+    sees original indices.
     """
     full = respace(diffusion, str(len(base_betas(diffusion))))
     ts = dpm_solver_pp_timesteps(full.alphas_cumprod, steps)
@@ -117,12 +118,10 @@ def dpm_solver_pp_sample_loop(
     for s, t in pairs:
         t_batch = torch.full((x.shape[0],), int(s), device=x.device, dtype=torch.long)
         with torch.no_grad():
-            x0 = full.p_mean_variance(
-                model, x, t_batch, clip_denoised=clip_denoised, model_kwargs=model_kwargs
-            )["pred_xstart"]
-        x, h_prev = dpm_solver_pp_update(
-            x, x0, prev_x0, full.alphas_cumprod[s], full.alphas_cumprod[t], h_prev
-        )
+            x0 = full.p_mean_variance(model, x, t_batch, clip_denoised=clip_denoised, model_kwargs=model_kwargs)[
+                "pred_xstart"
+            ]
+        x, h_prev = dpm_solver_pp_update(x, x0, prev_x0, full.alphas_cumprod[s], full.alphas_cumprod[t], h_prev)
         prev_x0 = x0
     if len(ts) == 1:  # a single-step process: the best estimate is x̂_0 itself
         t_batch = torch.zeros((x.shape[0],), device=x.device, dtype=torch.long)
@@ -167,13 +166,24 @@ def sample_images(
     shape = tuple(shape)
     if sampler == "dpm++":
         return dpm_solver_pp_sample_loop(
-            model, diffusion, shape, steps=DEFAULT_DPM_STEPS if steps is None else int(steps),
-            noise=noise, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
-            generator=generator, progress=progress, device=device,
+            model,
+            diffusion,
+            shape,
+            steps=DEFAULT_DPM_STEPS if steps is None else int(steps),
+            noise=noise,
+            clip_denoised=clip_denoised,
+            model_kwargs=model_kwargs,
+            generator=generator,
+            progress=progress,
+            device=device,
         )
     common = dict(
-        noise=noise, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
-        progress=progress, generator=generator, device=device,
+        noise=noise,
+        clip_denoised=clip_denoised,
+        model_kwargs=model_kwargs,
+        progress=progress,
+        generator=generator,
+        device=device,
     )
     if sampler == "ancestral":
         process = diffusion if steps is None else respace(diffusion, str(int(steps)))

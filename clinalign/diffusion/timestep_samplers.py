@@ -8,7 +8,7 @@ t. LossSecondMomentResampler uses p_t ∝ √E[L_t²] to reduce the variance of 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ class ScheduleSampler(ABC):
         """Tensors needed to resume sampling exactly (none for a stateless sampler)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:  # noqa: B027 - optional: stateless by default
         """Restore what :meth:`state_dict` returned."""
 
 
@@ -186,7 +186,7 @@ SCHEDULE_SAMPLERS = {
 
 
 def create_named_schedule_sampler(name: str, diffusion) -> ScheduleSampler:
-    """"uniform" or "loss-second-moment"."""
+    """ "uniform" or "loss-second-moment"."""
     if name not in SCHEDULE_SAMPLERS:
         raise ValueError(f"unknown schedule sampler {name!r}; valid names are: {', '.join(SCHEDULE_SAMPLERS)}")
     return SCHEDULE_SAMPLERS[name](diffusion)

@@ -39,8 +39,9 @@ def replicate_mean(values: np.ndarray, draws: int, seed: int) -> np.ndarray:
     return values[draw_indices(len(values), draws, seed)].mean(axis=1)
 
 
-def percentile_interval(replicates: np.ndarray, level: float = 0.95,
-                        bias_from: float | None = None) -> tuple[float, float]:
+def percentile_interval(
+    replicates: np.ndarray, level: float = 0.95, bias_from: float | None = None
+) -> tuple[float, float]:
     """The ((1-level)/2, (1+level)/2) percentiles of the replicates (NaN draws ignored).
 
     With ``bias_from`` (the point estimate), the interval is shifted by the bootstrap bias
@@ -71,7 +72,13 @@ def estimate(value: float, replicates: np.ndarray, level: float = 0.95, bias_cor
     return Estimate(float(value), *percentile_interval(replicates, level, value if bias_correct else None))
 
 
-def difference(value_a: float, replicates_a: np.ndarray, value_b: float, replicates_b: np.ndarray,
-               level: float = 0.95, bias_correct: bool = False) -> Estimate:
+def difference(
+    value_a: float,
+    replicates_a: np.ndarray,
+    value_b: float,
+    replicates_b: np.ndarray,
+    level: float = 0.95,
+    bias_correct: bool = False,
+) -> Estimate:
     """a - b with the interval of the per-draw differences (independent resampling of each set)."""
     return estimate(value_a - value_b, np.asarray(replicates_a) - np.asarray(replicates_b), level, bias_correct)

@@ -45,12 +45,13 @@ _NUCLEUS_LUMA = 0.5  # nuclei (and basophil granules) are darker than this; cyto
 
 def _cell_masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cell body, nucleus, inner cytoplasm) boolean masks of one float HxWx3 image in [0, 1]."""
-    border = np.concatenate([x[:2].reshape(-1, 3), x[-2:].reshape(-1, 3), x[:, :2].reshape(-1, 3),
-                             x[:, -2:].reshape(-1, 3)])
+    border = np.concatenate(
+        [x[:2].reshape(-1, 3), x[-2:].reshape(-1, 3), x[:, :2].reshape(-1, 3), x[:, -2:].reshape(-1, 3)]
+    )
     differs = np.linalg.norm(x - np.median(border, axis=0), axis=2) > _BODY_CONTRAST
     labels, n = ndi.label(differs)
     c, r = x.shape[0] // 2, max(1, x.shape[0] // 12)
-    centre = labels[c - r:c + r + 1, c - r:c + r + 1].ravel()
+    centre = labels[c - r : c + r + 1, c - r : c + r + 1].ravel()
     centre = centre[centre > 0]
     if n == 0 or len(centre) == 0:
         empty = np.zeros(x.shape[:2], dtype=bool)
@@ -74,14 +75,16 @@ def measure(image: np.ndarray) -> np.ndarray:
     cyto = inner if inner.sum() >= 3 else body & ~nucleus
     hue = float((x[cyto][:, 0] - x[cyto][:, 2]).mean()) if cyto.any() else np.nan
     detail = np.abs(luma - ndi.gaussian_filter(luma, 1.0))
-    return np.array([
-        area / body.size,
-        float(nucleus.sum()) / area,
-        float((sizes >= 2).sum()),
-        float(luma[nucleus].mean()) if nucleus.any() else np.nan,
-        hue,
-        float(detail[inner].mean()) if inner.any() else np.nan,
-    ])
+    return np.array(
+        [
+            area / body.size,
+            float(nucleus.sum()) / area,
+            float((sizes >= 2).sum()),
+            float(luma[nucleus].mean()) if nucleus.any() else np.nan,
+            hue,
+            float(detail[inner].mean()) if inner.any() else np.nan,
+        ]
+    )
 
 
 def measure_all(images: np.ndarray) -> np.ndarray:
@@ -112,12 +115,13 @@ class ChecklistVerdict:
         def rates(mask: np.ndarray) -> dict[str, Any]:
             n = int(mask.sum())
             out: dict[str, Any] = {"n": n, "all": float(self.plausible[mask].mean()) if n else float("nan")}
-            out.update({c: float(self.passed[mask, i].mean()) if n else float("nan")
-                        for i, c in enumerate(CRITERIA)})
+            out.update({c: float(self.passed[mask, i].mean()) if n else float("nan") for i, c in enumerate(CRITERIA)})
             return out
 
-        return {**rates(np.ones(len(classes), dtype=bool)),
-                "per_class": {c: rates(classes == c) for c in sorted(set(self.classes))}}
+        return {
+            **rates(np.ones(len(classes), dtype=bool)),
+            "per_class": {c: rates(classes == c) for c in sorted(set(self.classes))},
+        }
 
 
 @dataclass
@@ -152,8 +156,7 @@ class Checklist:
             ranges[c] = [[float(a), float(b)] for a, b in zip(lo, hi)]
         checklist = cls(ranges, quantile, missing_ok, n_real=counts)
         checklist.real_pass = checklist.judge_features(feats, list(classes)).summary()
-        log.info("checklist calibrated on %d real images: real pass rate %.3f", len(feats),
-                 checklist.real_pass["all"])
+        log.info("checklist calibrated on %d real images: real pass rate %.3f", len(feats), checklist.real_pass["all"])
         return checklist
 
     def judge(self, images: np.ndarray, classes: list[str]) -> ChecklistVerdict:
@@ -171,14 +174,25 @@ class Checklist:
         return ChecklistVerdict(list(classes), feats, passed)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"criteria": list(CRITERIA), "quantile": self.quantile, "ranges": self.ranges,
-                "missing_ok": self.missing_ok, "real_pass": self.real_pass, "n_real": self.n_real}
+        return {
+            "criteria": list(CRITERIA),
+            "quantile": self.quantile,
+            "ranges": self.ranges,
+            "missing_ok": self.missing_ok,
+            "real_pass": self.real_pass,
+            "n_real": self.n_real,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Checklist:
         if list(d.get("criteria", [])) != list(CRITERIA):
-            raise DataError(f"checklist criteria {d.get('criteria')} differ from this version's {list(CRITERIA)}; "
-                            "recalibrate")
-        return cls({c: [list(map(float, r)) for r in v] for c, v in d["ranges"].items()}, float(d["quantile"]),
-                   {c: list(map(bool, v)) for c, v in d["missing_ok"].items()}, d.get("real_pass", {}),
-                   d.get("n_real", {}))
+            raise DataError(
+                f"checklist criteria {d.get('criteria')} differ from this version's {list(CRITERIA)}; recalibrate"
+            )
+        return cls(
+            {c: [list(map(float, r)) for r in v] for c, v in d["ranges"].items()},
+            float(d["quantile"]),
+            {c: list(map(bool, v)) for c, v in d["missing_ok"].items()},
+            d.get("real_pass", {}),
+            d.get("n_real", {}),
+        )

@@ -59,24 +59,38 @@ class SubtypeOracle:
         return [self.subtypes[k] for k in self.proba(images).argmax(axis=1)]
 
     @classmethod
-    def fit(cls, real: RealData, parent: str, config: OracleConfig | None = None, progress: bool = False,
-            subtypes: Sequence[str] | None = None) -> SubtypeOracle:
+    def fit(
+        cls,
+        real: RealData,
+        parent: str,
+        config: OracleConfig | None = None,
+        progress: bool = False,
+        subtypes: Sequence[str] | None = None,
+    ) -> SubtypeOracle:
         """``subtypes``: keep only these (e.g. leave out a handful of unlabelled ``NEUTROPHIL`` images)."""
         config = config or OracleConfig()
         start = time.perf_counter()
         real = as_image_set(real)
         real = real.at(config.image_size, real.channels)
-        mine = np.array([c == parent and half_of(i) == HALF_ORACLE and (subtypes is None or subtype_of(i) in subtypes)
-                         for c, i in zip(real.classes, real.ids)])
+        mine = np.array(
+            [
+                c == parent and half_of(i) == HALF_ORACLE and (subtypes is None or subtype_of(i) in subtypes)
+                for c, i in zip(real.classes, real.ids)
+            ]
+        )
         if not mine.any():
-            raise DataError(f"{real.name or 'real data'}: no real {parent!r} image in the oracle's half; "
-                            f"pass real images named {parent}_SUBTYPE_*.png")
+            raise DataError(
+                f"{real.name or 'real data'}: no real {parent!r} image in the oracle's half; "
+                f"pass real images named {parent}_SUBTYPE_*.png"
+            )
         own = real.subset(mine)
         subtypes_of = [subtype_of(i) for i in own.ids]
         subtypes = sorted(set(subtypes_of))
         if len(subtypes) < 2:
-            raise DataError(f"{real.name or 'real data'}: real {parent!r} images carry one subtype only "
-                            f"({subtypes}); a subtype oracle needs file names {parent}_SUBTYPE_*.png with two or more")
+            raise DataError(
+                f"{real.name or 'real data'}: real {parent!r} images carry one subtype only "
+                f"({subtypes}); a subtype oracle needs file names {parent}_SUBTYPE_*.png with two or more"
+            )
         val = np.array([is_validation(i, config.val_fraction) for i in own.ids])
         fit_idx = np.flatnonzero(~val)
         fit_idx = fit_idx[stratified_cap([subtypes_of[i] for i in fit_idx], config.max_train, config.seed)]
@@ -86,45 +100,106 @@ class SubtypeOracle:
         seed = derived_seed("concept-oracle", config.seed)
         model = seeded_classifier(ORACLE_ARCH, real.channels, len(subtypes), config.width, seed)
         x = images_to_tensor(own.images)
-        log.info("training the %s subtype oracle (%s, %s) on %d real images of half B", parent, ORACLE_ARCH,
-                 "/".join(subtypes), len(fit_idx))
-        result = fit_classifier(model, x[fit_idx], y[fit_idx], x[val_idx] if len(val_idx) else None,
-                                y[val_idx] if len(val_idx) else None, num_classes=len(subtypes),
-                                epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed,
-                                progress=progress)
-        info = {"role": "concept-oracle", "arch": ORACLE_ARCH, "half": HALF_ORACLE, "seed": seed,
-                "parent": parent, "train_ids": sorted(own.ids[i] for i in fit_idx), "n_train": len(fit_idx),
-                "n_val": len(val_idx), "val_accuracy": result.best_val_accuracy,
-                "fit_seconds": round(time.perf_counter() - start, 2)}
+        log.info(
+            "training the %s subtype oracle (%s, %s) on %d real images of half B",
+            parent,
+            ORACLE_ARCH,
+            "/".join(subtypes),
+            len(fit_idx),
+        )
+        result = fit_classifier(
+            model,
+            x[fit_idx],
+            y[fit_idx],
+            x[val_idx] if len(val_idx) else None,
+            y[val_idx] if len(val_idx) else None,
+            num_classes=len(subtypes),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=seed,
+            progress=progress,
+        )
+        info = {
+            "role": "concept-oracle",
+            "arch": ORACLE_ARCH,
+            "half": HALF_ORACLE,
+            "seed": seed,
+            "parent": parent,
+            "train_ids": sorted(own.ids[i] for i in fit_idx),
+            "n_train": len(fit_idx),
+            "n_val": len(val_idx),
+            "val_accuracy": result.best_val_accuracy,
+            "fit_seconds": round(time.perf_counter() - start, 2),
+        }
         log.info("%s subtype oracle: validation accuracy %.3f", parent, info["val_accuracy"])
         return cls(model, parent, subtypes, real.channels, config, info)
 
     def save(self, directory: str | Path) -> Path:
-        meta = {"format": _FORMAT, "config": asdict(self.config), "parent": self.parent, "subtypes": self.subtypes,
-                "channels": self.channels, "info": self.info}
-        self.directory = save_model_dir(directory, self.model, {
-            "arch": ORACLE_ARCH, "channels": self.channels, "num_outputs": len(self.subtypes),
-            "width": self.config.width}, meta, MODEL_FILE, META_FILE)
+        meta = {
+            "format": _FORMAT,
+            "config": asdict(self.config),
+            "parent": self.parent,
+            "subtypes": self.subtypes,
+            "channels": self.channels,
+            "info": self.info,
+        }
+        self.directory = save_model_dir(
+            directory,
+            self.model,
+            {
+                "arch": ORACLE_ARCH,
+                "channels": self.channels,
+                "num_outputs": len(self.subtypes),
+                "width": self.config.width,
+            },
+            meta,
+            MODEL_FILE,
+            META_FILE,
+        )
         return self.directory
 
     @classmethod
     def load(cls, directory: str | Path) -> SubtypeOracle:
         model, meta = load_model_dir(directory, MODEL_FILE, META_FILE, "clinalign concepts accuracy")
         try:
-            return cls(model, meta["parent"], list(meta["subtypes"]), int(meta["channels"]),
-                       OracleConfig(**meta["config"]), meta["info"], Path(directory))
+            return cls(
+                model,
+                meta["parent"],
+                list(meta["subtypes"]),
+                int(meta["channels"]),
+                OracleConfig(**meta["config"]),
+                meta["info"],
+                Path(directory),
+            )
         except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{directory}: {META_FILE} is from another clinalign version ({exc}); "
-                                  "delete the folder to retrain") from None
+            raise CheckpointError(
+                f"{directory}: {META_FILE} is from another clinalign version ({exc}); delete the folder to retrain"
+            ) from None
 
     @classmethod
-    def fit_or_load(cls, real: RealData, parent: str, config: OracleConfig, models_dir: str | Path,
-                    progress: bool = False, subtypes: Sequence[str] | None = None) -> SubtypeOracle:
+    def fit_or_load(
+        cls,
+        real: RealData,
+        parent: str,
+        config: OracleConfig,
+        models_dir: str | Path,
+        progress: bool = False,
+        subtypes: Sequence[str] | None = None,
+    ) -> SubtypeOracle:
         real = as_image_set(real)
         real = real.at(config.image_size, real.channels)
-        directory = cache_dir(models_dir, {"format": _FORMAT, "role": "concept-oracle", "parent": parent,
-                                           "subtypes": sorted(subtypes) if subtypes else None,
-                                           "real": real.fingerprint(), "config": asdict(config)})
+        directory = cache_dir(
+            models_dir,
+            {
+                "format": _FORMAT,
+                "role": "concept-oracle",
+                "parent": parent,
+                "subtypes": sorted(subtypes) if subtypes else None,
+                "real": real.fingerprint(),
+                "config": asdict(config),
+            },
+        )
         if (directory / META_FILE).exists():
             return cls.load(directory)
         oracle = cls.fit(real, parent, config, progress, subtypes)
@@ -143,13 +218,16 @@ def subtype_shares(oracle: SubtypeOracle, images: np.ndarray | torch.Tensor) -> 
 def concept_accuracy(oracle: SubtypeOracle, images: np.ndarray | torch.Tensor, subtype: str) -> float:
     """Share of ``images`` (requested as a concept) the oracle puts in the concept's ``subtype``."""
     if subtype not in oracle.subtypes:
-        raise DataError(f"subtype {subtype!r} is not one the {oracle.parent} oracle knows "
-                        f"({', '.join(oracle.subtypes)}); name it as in the real file names")
+        raise DataError(
+            f"subtype {subtype!r} is not one the {oracle.parent} oracle knows "
+            f"({', '.join(oracle.subtypes)}); name it as in the real file names"
+        )
     return subtype_shares(oracle, images)[subtype]
 
 
-def concept_report(oracle: SubtypeOracle, samples: Sequence[tuple[str, np.ndarray]],
-                   targets: dict[str, str]) -> dict[str, Any]:
+def concept_report(
+    oracle: SubtypeOracle, samples: Sequence[tuple[str, np.ndarray]], targets: dict[str, str]
+) -> dict[str, Any]:
     """Per sample group (name, images): n, subtype shares and, for a concept in ``targets``, its accuracy."""
     out: dict[str, Any] = {}
     for name, images in samples:

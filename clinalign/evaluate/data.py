@@ -30,6 +30,7 @@ from ..utils.splits import HALF_EXPERT, HALF_ORACLE, derived_seed, half_of, is_h
 
 log = logging.getLogger(__name__)
 
+
 def assert_disjoint(first: Sequence[str], second: Sequence[str], what: str) -> None:
     """Raise if any file name is in both training sets (the judges must not share images)."""
     both = {Path(n).name for n in first} & {Path(n).name for n in second}
@@ -98,18 +99,36 @@ class ImageSet:
         return int(self.images.shape[3])
 
     @classmethod
-    def from_folder(cls, root: str | Path, image_size: int, channels: int | None = None,
-                    class_map: ClassMap | None = None, skip_bad_images: bool = False) -> ImageSet:
+    def from_folder(
+        cls,
+        root: str | Path,
+        image_size: int,
+        channels: int | None = None,
+        class_map: ClassMap | None = None,
+        skip_bad_images: bool = False,
+    ) -> ImageSet:
         """A folder in the seed's naming (class = prefix before the first ``_``, or manifest.csv)."""
-        ds = ImageFolderDataset(root, image_size, class_cond=True, class_map=class_map,
-                                rgb=channels == 3, skip_bad_images=skip_bad_images)
+        ds = ImageFolderDataset(
+            root, image_size, class_cond=True, class_map=class_map, rgb=channels == 3, skip_bad_images=skip_bad_images
+        )
         images = ds.images if channels is None else match_channels(ds.images, channels)
-        return cls(images, [ds.class_map.names[y] for y in ds.labels], [p.name for p in ds.paths],
-                   list(ds.paths), name=str(root))
+        return cls(
+            images,
+            [ds.class_map.names[y] for y in ds.labels],
+            [p.name for p in ds.paths],
+            list(ds.paths),
+            name=str(root),
+        )
 
     @classmethod
-    def from_arrays(cls, images: np.ndarray, classes: Sequence[str], ids: Sequence[str] | None = None,
-                    image_size: int | None = None, name: str = "") -> ImageSet:
+    def from_arrays(
+        cls,
+        images: np.ndarray,
+        classes: Sequence[str],
+        ids: Sequence[str] | None = None,
+        image_size: int | None = None,
+        name: str = "",
+    ) -> ImageSet:
         """In-memory images (uint8 NHWC); ``ids`` default to ``CLASS_000123.png`` names."""
         images = np.asarray(images)
         if images.dtype != np.uint8:
@@ -123,8 +142,9 @@ class ImageSet:
         return cls(np.ascontiguousarray(images), list(classes), list(ids), None, name=name)
 
     @classmethod
-    def from_toy(cls, classes: int = 4, per_class: int = 100, size: int = 32, seed: int = 0,
-                 id_suffix: str = "") -> ImageSet:
+    def from_toy(
+        cls, classes: int = 4, per_class: int = 100, size: int = 32, seed: int = 0, id_suffix: str = ""
+    ) -> ImageSet:
         """Toy blood cells in memory, with the IDs ``clinalign.data.toy.generate`` would write.
 
         Two toy sets drawn with different seeds share file names; give one an ``id_suffix`` when
@@ -146,13 +166,23 @@ class ImageSet:
         idx = np.asarray(index)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
-        return ImageSet(self.images[idx], [self.classes[i] for i in idx], [self.ids[i] for i in idx],
-                        None if self.paths is None else [self.paths[i] for i in idx], self.name)
+        return ImageSet(
+            self.images[idx],
+            [self.classes[i] for i in idx],
+            [self.ids[i] for i in idx],
+            None if self.paths is None else [self.paths[i] for i in idx],
+            self.name,
+        )
 
     def concat(self, other: ImageSet) -> ImageSet:
         paths = None if self.paths is None or other.paths is None else self.paths + other.paths
-        return ImageSet(np.concatenate([self.images, other.images]), self.classes + other.classes,
-                        self.ids + other.ids, paths, self.name)
+        return ImageSet(
+            np.concatenate([self.images, other.images]),
+            self.classes + other.classes,
+            self.ids + other.ids,
+            paths,
+            self.name,
+        )
 
     def at(self, image_size: int, channels: int) -> ImageSet:
         """This set at another size / channel count (re-decoded from the files when there are any)."""
@@ -188,12 +218,19 @@ def as_image_set(data: RealData) -> ImageSet:
     if isinstance(data, ImageSet):
         return data
     if isinstance(data, ImageFolderDataset) and data.images is not None:
-        return ImageSet(data.images, [data.class_map.names[y] for y in data.labels], [p.name for p in data.paths],
-                        list(data.paths), name=str(data.root))
+        return ImageSet(
+            data.images,
+            [data.class_map.names[y] for y in data.labels],
+            [p.name for p in data.paths],
+            list(data.paths),
+            name=str(data.root),
+        )
     if isinstance(data, tuple) and len(data) in (2, 3):
         return ImageSet.from_arrays(*data)
-    raise TypeError(f"expected an ImageSet, an ImageFolderDataset (cache=True) or (images, classes[, ids]), "
-                    f"got {type(data).__name__}")
+    raise TypeError(
+        f"expected an ImageSet, an ImageFolderDataset (cache=True) or (images, classes[, ids]), "
+        f"got {type(data).__name__}"
+    )
 
 
 def split_real(real: ImageSet, test: ImageSet | None, test_fraction: float) -> tuple[ImageSet, ImageSet]:
@@ -201,15 +238,21 @@ def split_real(real: ImageSet, test: ImageSet | None, test_fraction: float) -> t
     if test is not None:
         overlap = set(real.ids) & set(test.ids)
         if overlap:
-            log.warning("%d real test file name(s) also appear in the real training folder, e.g. %s; "
-                        "memorisation and utility numbers will be optimistic", len(overlap), sorted(overlap)[0])
+            log.warning(
+                "%d real test file name(s) also appear in the real training folder, e.g. %s; "
+                "memorisation and utility numbers will be optimistic",
+                len(overlap),
+                sorted(overlap)[0],
+            )
         return real, test
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test fraction must be in (0, 1), got {test_fraction}; or pass --real_test DIR")
     held = np.array([is_held_out(n, test_fraction) for n in real.ids])
     if held.all() or not held.any():
-        raise DataError(f"{real.name or 'real data'}: {len(real)} images are too few to hold out a test split; "
-                        "add images or pass --real_test DIR")
+        raise DataError(
+            f"{real.name or 'real data'}: {len(real)} images are too few to hold out a test split; "
+            "add images or pass --real_test DIR"
+        )
     return real.subset(~held), real.subset(held)
 
 

@@ -89,8 +89,10 @@ def load_inception(path: str | Path, batch_size: int = 64) -> FeatureExtractor:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception:
-            raise ConfigError(f"--inception {path}: not a TorchScript file ({jit_exc}); pass NVlabs' "
-                              "inception-2015-12-05.pt (TorchScript)") from None
+            raise ConfigError(
+                f"--inception {path}: not a TorchScript file ({jit_exc}); pass NVlabs' "
+                "inception-2015-12-05.pt (TorchScript)"
+            ) from None
         kind = "a state dict" if isinstance(obj, dict) else f"a pickled {type(obj).__name__}"
         raise ConfigError(
             f"--inception {path}: is {kind}, not TorchScript. Rebuilding Inception-v3 from a state dict "
@@ -104,13 +106,15 @@ def load_inception(path: str | Path, batch_size: int = 64) -> FeatureExtractor:
         rgb = match_channels(images, 3)
         outs = []
         for i in range(0, len(rgb), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(rgb[i:i + batch_size])).permute(0, 3, 1, 2)  # uint8 NCHW
+            x = torch.from_numpy(np.ascontiguousarray(rgb[i : i + batch_size])).permute(0, 3, 1, 2)  # uint8 NCHW
             outs.append(net(x, return_features=True).double().cpu())
         return torch.cat(outs).numpy()
 
     probe = embed(np.zeros((2, 32, 32, 3), np.uint8))
     if probe.ndim != 2:
-        raise ConfigError(f"--inception {path}: returned shape {probe.shape} for return_features=True; "
-                          "expected (N, 2048) pool features")
+        raise ConfigError(
+            f"--inception {path}: returned shape {probe.shape} for return_features=True; "
+            "expected (N, 2048) pool features"
+        )
     log.info("standard FID with %s (%d-d features)", path, probe.shape[1])
     return FeatureExtractor(f"Inception-v3 ({path.name})", embed, int(probe.shape[1]))

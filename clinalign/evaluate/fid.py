@@ -28,8 +28,9 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
     """d² = ||mu1 - mu2||² + Tr(S1 + S2 - 2 (S1 S2)^{1/2})  (Dowson & Landau 1982; Heusel et al. 2017)."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
@@ -50,8 +51,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             # sqrtm went astray (near-singular, ill-conditioned); the symmetric form below is the
             # same quantity computed stably, so use it rather than fail the whole evaluation.
-            log.debug("FID: sqrtm has imaginary component %g; using the symmetric form",
-                      float(np.max(np.abs(covmean.imag))))
+            log.debug(
+                "FID: sqrtm has imaginary component %g; using the symmetric form", float(np.max(np.abs(covmean.imag)))
+            )
             return frechet_distance_symmetric(mu1, sigma1, mu2, sigma2)
         covmean = covmean.real
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))

@@ -53,8 +53,9 @@ class CopyReference:
         train_pixels = pixel_vectors(reference.generator.images)
         nn_f = nearest_neighbours(reference.test_features, reference.generator_features).distance
         nn_p = nearest_neighbours(pixel_vectors(reference.test.images), train_pixels).distance
-        return cls(train_pixels, nn_f, nn_p, copy_threshold(nn_f, percentile), copy_threshold(nn_p, percentile),
-                   percentile)
+        return cls(
+            train_pixels, nn_f, nn_p, copy_threshold(nn_f, percentile), copy_threshold(nn_p, percentile), percentile
+        )
 
 
 @dataclass
@@ -68,18 +69,24 @@ class Memorisation:
 
     def summary(self, ref: CopyReference) -> dict:
         def space(nn: NearestNeighbours, flags: np.ndarray, real_nn: np.ndarray, threshold: float) -> dict:
-            return {"near_copy_fraction": float(flags.mean()) if len(flags) else float("nan"),
-                    "n_near_copies": int(flags.sum()), "threshold": threshold,
-                    "median_nn_distance": float(np.median(nn.distance)) if len(flags) else float("nan"),
-                    "real_median_nn_distance": float(np.median(real_nn))}
+            return {
+                "near_copy_fraction": float(flags.mean()) if len(flags) else float("nan"),
+                "n_near_copies": int(flags.sum()),
+                "threshold": threshold,
+                "median_nn_distance": float(np.median(nn.distance)) if len(flags) else float("nan"),
+                "real_median_nn_distance": float(np.median(real_nn)),
+            }
 
-        return {"percentile": ref.percentile,
-                "feature": space(self.feature, self.near_copy_feature, ref.real_nn_feature, ref.threshold_feature),
-                "pixel": space(self.pixel, self.near_copy_pixel, ref.real_nn_pixel, ref.threshold_pixel)}
+        return {
+            "percentile": ref.percentile,
+            "feature": space(self.feature, self.near_copy_feature, ref.real_nn_feature, ref.threshold_feature),
+            "pixel": space(self.pixel, self.near_copy_pixel, ref.real_nn_pixel, ref.threshold_pixel),
+        }
 
 
-def memorisation(sample_features: np.ndarray, sample_images: np.ndarray, reference: RealReference,
-                 copies: CopyReference) -> Memorisation:
+def memorisation(
+    sample_features: np.ndarray, sample_images: np.ndarray, reference: RealReference, copies: CopyReference
+) -> Memorisation:
     """Nearest image of the generator's training set to each sample, and whether it is closer than the
     copy threshold."""
     nn_f = nearest_neighbours(sample_features, reference.generator_features)

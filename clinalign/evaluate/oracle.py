@@ -30,9 +30,9 @@ from torch import nn
 from ..data.classmap import ClassMap
 from ..data.folder import images_to_tensor
 from ..errors import CheckpointError, DataError
-from ..utils.fileio import atomic_directory
 from ..models.classifier import build_classifier, load_classifier, save_classifier
 from ..models.fit import balanced_accuracy, fit_classifier
+from ..utils.fileio import atomic_directory
 from .data import (
     HALF_ORACLE,
     RealData,
@@ -86,8 +86,14 @@ def cache_dir(root: str | Path, payload: dict[str, Any]) -> Path:
     return Path(root) / hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save_model_dir(directory: str | Path, model: nn.Module, weights_meta: dict[str, Any], meta: dict[str, Any],
-                   model_file: str, meta_file: str) -> Path:
+def save_model_dir(
+    directory: str | Path,
+    model: nn.Module,
+    weights_meta: dict[str, Any],
+    meta: dict[str, Any],
+    model_file: str,
+    meta_file: str,
+) -> Path:
     """Weights + a JSON description, written into a temp sibling and renamed into place."""
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
@@ -96,15 +102,17 @@ def save_model_dir(directory: str | Path, model: nn.Module, weights_meta: dict[s
     return directory
 
 
-def load_model_dir(directory: str | Path, model_file: str, meta_file: str,
-                   made_by: str) -> tuple[nn.Module, dict[str, Any]]:
+def load_model_dir(
+    directory: str | Path, model_file: str, meta_file: str, made_by: str
+) -> tuple[nn.Module, dict[str, Any]]:
     """Inverse of :func:`save_model_dir`; user-fixable problems become CheckpointErrors."""
     directory = Path(directory)
     try:
         meta = json.loads((directory / meta_file).read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{directory}: no {meta_file}; pass a folder written by {made_by} "
-                              "(or delete it to retrain)") from None
+        raise CheckpointError(
+            f"{directory}: no {meta_file}; pass a folder written by {made_by} (or delete it to retrain)"
+        ) from None
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{directory / meta_file}: unreadable ({exc}); delete the folder to retrain") from None
     model, _ = load_classifier(directory / model_file)
@@ -152,8 +160,9 @@ class EvaluationModels:
     # -- training -------------------------------------------------------------------------------
 
     @classmethod
-    def fit(cls, real: RealData, test: RealData | None = None, config: OracleConfig | None = None,
-            progress: bool = False) -> EvaluationModels:
+    def fit(
+        cls, real: RealData, test: RealData | None = None, config: OracleConfig | None = None, progress: bool = False
+    ) -> EvaluationModels:
         """Train the oracle on real half B (minus the test split); see the module docstring.
 
         ``real`` / ``test``: an ImageSet, an ImageFolderDataset or ``(uint8 NHWC, class names[, ids])``.
@@ -172,36 +181,62 @@ class EvaluationModels:
         val_set = train.subset(np.flatnonzero(in_b & val_mask))
         fit_set = fit_set.subset(stratified_cap(fit_set.classes, config.max_train, config.seed))
         if len(fit_set) < 2:
-            raise DataError(f"{real.name or 'real data'}: only {len(fit_set)} image(s) in the oracle's half; "
-                            "add real images")
+            raise DataError(
+                f"{real.name or 'real data'}: only {len(fit_set)} image(s) in the oracle's half; add real images"
+            )
         # Independence by construction: half B only, and nothing the metrics test on.
         assert all(half_of(i) == HALF_ORACLE for i in fit_set.ids + val_set.ids)
         assert_disjoint(fit_set.ids + val_set.ids, held.ids, "oracle training vs real test")
 
         seed = derived_seed("oracle", config.seed)
         model = seeded_classifier(ORACLE_ARCH, real.channels, len(class_map), config.width, seed)
-        log.info("training the evaluation oracle (%s, %d px) on %d real images of half B (%d for validation)",
-                 ORACLE_ARCH, config.image_size, len(fit_set), len(val_set))
+        log.info(
+            "training the evaluation oracle (%s, %d px) on %d real images of half B (%d for validation)",
+            ORACLE_ARCH,
+            config.image_size,
+            len(fit_set),
+            len(val_set),
+        )
         result = fit_classifier(
-            model, images_to_tensor(fit_set.images), torch.from_numpy(fit_set.labels(class_map)),
+            model,
+            images_to_tensor(fit_set.images),
+            torch.from_numpy(fit_set.labels(class_map)),
             images_to_tensor(val_set.images) if len(val_set) else None,
             torch.from_numpy(val_set.labels(class_map)) if len(val_set) else None,
-            num_classes=len(class_map), epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-            seed=seed, progress=progress)
+            num_classes=len(class_map),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=seed,
+            progress=progress,
+        )
         pred = classifier_proba(model, held.images).argmax(axis=1)
         y = held.labels(class_map)
         info = {
-            "role": "oracle", "arch": ORACLE_ARCH, "half": HALF_ORACLE, "seed": seed, "user_seed": config.seed,
-            "train_ids": sorted(fit_set.ids), "n_train": len(fit_set), "n_val": len(val_set), "n_test": len(held),
-            "best_epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy,
+            "role": "oracle",
+            "arch": ORACLE_ARCH,
+            "half": HALF_ORACLE,
+            "seed": seed,
+            "user_seed": config.seed,
+            "train_ids": sorted(fit_set.ids),
+            "n_train": len(fit_set),
+            "n_val": len(val_set),
+            "n_test": len(held),
+            "best_epoch": result.best_epoch,
+            "val_accuracy": result.best_val_accuracy,
             "test_accuracy": float((pred == y).mean()),
             "test_balanced_accuracy": balanced_accuracy(torch.from_numpy(pred), torch.from_numpy(y), len(class_map)),
             "fit_seconds": round(time.perf_counter() - start, 2),
-            "real": real.name, "real_fingerprint": real.fingerprint(),
+            "real": real.name,
+            "real_fingerprint": real.fingerprint(),
             "test_fingerprint": test.fingerprint() if test is not None else None,
         }
-        log.info("oracle: real test accuracy %.3f (balanced %.3f), trained in %.1fs",
-                 info["test_accuracy"], info["test_balanced_accuracy"], info["fit_seconds"])
+        log.info(
+            "oracle: real test accuracy %.3f (balanced %.3f), trained in %.1fs",
+            info["test_accuracy"],
+            info["test_balanced_accuracy"],
+            info["fit_seconds"],
+        )
         features = classifier_features(model, f"oracle penultimate layer ({ORACLE_ARCH}, real half B)")
         return cls(model, features, class_map, real.channels, config, info)
 
@@ -209,11 +244,27 @@ class EvaluationModels:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``oracle.safetensors`` + ``evaluation_models.json`` into ``directory`` atomically."""
-        meta = {"format": _FORMAT, "config": asdict(self.config), "class_map": self.class_map.to_dict(),
-                "channels": self.channels, "info": self.info}
-        self.directory = save_model_dir(directory, self.oracle, {
-            "arch": ORACLE_ARCH, "channels": self.channels, "num_outputs": len(self.class_map),
-            "width": self.config.width, "classes": self.class_map.names}, meta, ORACLE_FILE, META_FILE)
+        meta = {
+            "format": _FORMAT,
+            "config": asdict(self.config),
+            "class_map": self.class_map.to_dict(),
+            "channels": self.channels,
+            "info": self.info,
+        }
+        self.directory = save_model_dir(
+            directory,
+            self.oracle,
+            {
+                "arch": ORACLE_ARCH,
+                "channels": self.channels,
+                "num_outputs": len(self.class_map),
+                "width": self.config.width,
+                "classes": self.class_map.names,
+            },
+            meta,
+            ORACLE_FILE,
+            META_FILE,
+        )
         return self.directory
 
     @classmethod
@@ -222,21 +273,29 @@ class EvaluationModels:
         try:
             config, class_map = OracleConfig(**meta["config"]), ClassMap.from_dict(meta["class_map"])
         except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{directory}: {META_FILE} is from another clinalign version ({exc}); "
-                                  "delete the folder to retrain") from None
+            raise CheckpointError(
+                f"{directory}: {META_FILE} is from another clinalign version ({exc}); delete the folder to retrain"
+            ) from None
         features = classifier_features(model, f"oracle penultimate layer ({ORACLE_ARCH}, real half B)")
-        return cls(model, features, class_map, int(meta["channels"]), config, meta["info"],
-                   directory=Path(directory))
+        return cls(model, features, class_map, int(meta["channels"]), config, meta["info"], directory=Path(directory))
 
     @classmethod
-    def fit_or_load(cls, real: RealData, test: RealData | None, config: OracleConfig, models_dir: str | Path,
-                    progress: bool = False) -> EvaluationModels:
+    def fit_or_load(
+        cls, real: RealData, test: RealData | None, config: OracleConfig, models_dir: str | Path, progress: bool = False
+    ) -> EvaluationModels:
         """Reuse ``models_dir/<key>`` when the same real data and config trained it, else fit and save."""
         real = as_image_set(real)
         real = real.at(config.image_size, real.channels)
         test = None if test is None else as_image_set(test).at(config.image_size, real.channels)
-        directory = cache_dir(models_dir, {"format": _FORMAT, "real": real.fingerprint(),
-                                           "test": test.fingerprint() if test else None, "config": asdict(config)})
+        directory = cache_dir(
+            models_dir,
+            {
+                "format": _FORMAT,
+                "real": real.fingerprint(),
+                "test": test.fingerprint() if test else None,
+                "config": asdict(config),
+            },
+        )
         if (directory / META_FILE).exists():
             log.info("reusing the evaluation models in %s", directory)
             return cls.load(directory)

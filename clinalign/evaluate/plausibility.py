@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import ImageSet, RealData, as_image_set, split_real, stratified_cap
 from .checklist import Checklist
+from .data import ImageSet, RealData, as_image_set, split_real, stratified_cap
 from .fid import gaussian_stats
 from .oracle import EvaluationModels
 from .prdc import ManifoldResult, knn_radii, prdc
@@ -59,8 +59,16 @@ class RealReference:
         return self.train_features[self.reference_index]
 
     @classmethod
-    def build(cls, models: EvaluationModels, real: RealData, test: RealData | None = None, k: int = 5,
-              max_reference: int = 10000, seed: int = 0, generator: RealData | None = None) -> RealReference:
+    def build(
+        cls,
+        models: EvaluationModels,
+        real: RealData,
+        test: RealData | None = None,
+        k: int = 5,
+        max_reference: int = 10000,
+        seed: int = 0,
+        generator: RealData | None = None,
+    ) -> RealReference:
         """Embed the real data once; ``real``/``test`` must be what ``models`` was fitted with.
 
         ``generator``: the generator's training images, when they are not ``real`` (memorisation is
@@ -69,8 +77,12 @@ class RealReference:
         real = as_image_set(real).at(models.image_size, models.channels)
         test = None if test is None else as_image_set(test).at(models.image_size, models.channels)
         if models.info.get("real_fingerprint") not in (None, real.fingerprint()):
-            log.warning("the evaluation models were trained on other real data (%s) than %s; the oracle may "
-                        "have seen the test images", models.info.get("real"), real.name or "this set")
+            log.warning(
+                "the evaluation models were trained on other real data (%s) than %s; the oracle may "
+                "have seen the test images",
+                models.info.get("real"),
+                real.name or "this set",
+            )
         train, held = split_real(real, test, models.config.test_fraction)
         feats = models.embed(train.images)
         ref_idx = stratified_cap(train.classes, max_reference, seed)
@@ -78,15 +90,29 @@ class RealReference:
             raise ValueError(f"need more than k={k} real training images, got {len(ref_idx)}")
         radii = knn_radii(feats[ref_idx], k)
         classes = np.asarray(train.classes, dtype=object)
-        class_stats = {c: gaussian_stats(feats[classes == c]) for c in sorted(set(train.classes))
-                       if (classes == c).sum() >= 2}
+        class_stats = {
+            c: gaussian_stats(feats[classes == c]) for c in sorted(set(train.classes)) if (classes == c).sum() >= 2
+        }
         test_feats = models.embed(held.images)
         inception_stats = gaussian_stats(models.inception(train.images)) if models.inception else None
         gen = None if generator is None else as_image_set(generator).at(models.image_size, models.channels)
-        return cls(train, held, feats, ref_idx, radii, k, gaussian_stats(feats), class_stats, test_feats,
-                   models.oracle_proba(held.images), prdc(feats[ref_idx], test_feats, k, radii), inception_stats,
-                   gen, None if gen is None else models.embed(gen.images),
-                   Checklist.calibrate(train.images, train.classes))
+        return cls(
+            train,
+            held,
+            feats,
+            ref_idx,
+            radii,
+            k,
+            gaussian_stats(feats),
+            class_stats,
+            test_feats,
+            models.oracle_proba(held.images),
+            prdc(feats[ref_idx], test_feats, k, radii),
+            inception_stats,
+            gen,
+            None if gen is None else models.embed(gen.images),
+            Checklist.calibrate(train.images, train.classes),
+        )
 
 
 @dataclass
@@ -114,16 +140,19 @@ def declared_probability(proba: np.ndarray, classes: Sequence[str], models: Eval
     return proba[np.arange(len(idx)), idx] if len(idx) else np.zeros(0)
 
 
-def judge(models: EvaluationModels, proba: np.ndarray, classes: Sequence[str], in_manifold: np.ndarray,
-          tau: float = 0.5) -> Judgement:
+def judge(
+    models: EvaluationModels, proba: np.ndarray, classes: Sequence[str], in_manifold: np.ndarray, tau: float = 0.5
+) -> Judgement:
     """Combine the oracle's probabilities with manifold membership (see the module docstring)."""
     predicted = [models.class_map.names[i] for i in proba.argmax(axis=1)] if len(proba) else []
-    return Judgement(list(classes), declared_probability(proba, classes, models), predicted,
-                     np.asarray(in_manifold, dtype=bool), tau)
+    return Judgement(
+        list(classes), declared_probability(proba, classes, models), predicted, np.asarray(in_manifold, dtype=bool), tau
+    )
 
 
-def judge_images(models: EvaluationModels, reference: RealReference, images: np.ndarray,
-                 classes: Sequence[str], tau: float = 0.5) -> Judgement:
+def judge_images(
+    models: EvaluationModels, reference: RealReference, images: np.ndarray, classes: Sequence[str], tau: float = 0.5
+) -> Judgement:
     """Plausibility of in-memory images (uint8 NHWC or float NCHW) declaring ``classes``."""
     images = models.prepare(images)
     inside = prdc(reference.reference_features, models.embed(images), reference.k, reference.radii).in_manifold
@@ -133,10 +162,20 @@ def judge_images(models: EvaluationModels, reference: RealReference, images: np.
 def _rates(j: Judgement, mask: np.ndarray) -> dict[str, float]:
     n = int(mask.sum())
     if n == 0:
-        return {"n": 0, "rate": float("nan"), "oracle_rate": float("nan"), "manifold_rate": float("nan"),
-                "mean_p_declared": float("nan")}
-    return {"n": n, "rate": float(j.plausible[mask].mean()), "oracle_rate": float(j.recognised[mask].mean()),
-            "manifold_rate": float(j.in_manifold[mask].mean()), "mean_p_declared": float(j.p_declared[mask].mean())}
+        return {
+            "n": 0,
+            "rate": float("nan"),
+            "oracle_rate": float("nan"),
+            "manifold_rate": float("nan"),
+            "mean_p_declared": float("nan"),
+        }
+    return {
+        "n": n,
+        "rate": float(j.plausible[mask].mean()),
+        "oracle_rate": float(j.recognised[mask].mean()),
+        "manifold_rate": float(j.in_manifold[mask].mean()),
+        "mean_p_declared": float(j.p_declared[mask].mean()),
+    }
 
 
 def summarise(j: Judgement) -> dict:

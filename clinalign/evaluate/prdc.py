@@ -96,8 +96,9 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5, real_radii: np.ndarray 
     with X the N real and Y the M fake feature vectors. ``real_radii`` may be passed precomputed.
     """
     if len(real) <= k or len(fake) == 0:
-        raise ValueError(f"need more than k={k} real vectors and at least one fake vector "
-                         f"(got {len(real)} and {len(fake)})")
+        raise ValueError(
+            f"need more than k={k} real vectors and at least one fake vector (got {len(real)} and {len(fake)})"
+        )
     radii = knn_radii(real, k) if real_radii is None else real_radii
     fake_radii = knn_radii(fake, k) if len(fake) > k else None
     inside = np.zeros(len(fake), dtype=bool)

@@ -90,8 +90,9 @@ def _figure(pixels: np.ndarray, alt: str, caption: str) -> str:
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else _fmt(c)}</td>" for c in row) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else _fmt(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -133,41 +134,74 @@ def _headline(result: EvaluationResult) -> str:
         cells.append(real_value)
         rows.append(cells)
 
-    row("plausible (oracle AND manifold)", lambda m: m["plausibility"]["rate"], real["plausibility"]["rate"],
-        "plausibility.rate")
-    row("  class-consistent (oracle recognises the declared class)", lambda m: m["plausibility"]["oracle_rate"],
-        real["plausibility"]["oracle_rate"], "plausibility.oracle_rate")
-    row("  on-manifold (inside the real data's k-NN balls)", lambda m: m["plausibility"]["manifold_rate"],
+    row(
+        "plausible (oracle AND manifold)",
+        lambda m: m["plausibility"]["rate"],
+        real["plausibility"]["rate"],
+        "plausibility.rate",
+    )
+    row(
+        "  class-consistent (oracle recognises the declared class)",
+        lambda m: m["plausibility"]["oracle_rate"],
+        real["plausibility"]["oracle_rate"],
+        "plausibility.oracle_rate",
+    )
+    row(
+        "  on-manifold (inside the real data's k-NN balls)",
+        lambda m: m["plausibility"]["manifold_rate"],
         real["plausibility"]["manifold_rate"],
-        "plausibility.manifold_rate")
+        "plausibility.manifold_rate",
+    )
     if "checklist" in real:
-        row("clinical checklist: every criterion", lambda m: m["checklist"]["all"], real["checklist"]["all"],
-            "checklist.all")
-    row("mean P(declared class)", lambda m: m["plausibility"]["mean_p_declared"],
-        real["plausibility"]["mean_p_declared"], "plausibility.mean_p_declared")
+        row(
+            "clinical checklist: every criterion",
+            lambda m: m["checklist"]["all"],
+            real["checklist"]["all"],
+            "checklist.all",
+        )
+    row(
+        "mean P(declared class)",
+        lambda m: m["plausibility"]["mean_p_declared"],
+        real["plausibility"]["mean_p_declared"],
+        "plausibility.mean_p_declared",
+    )
     row("FID (domain features)", lambda m: m["fid"], real["fid_vs_train"], "fid")
     if any("fid_inception" in r.metrics for r in result.sets.values()):
         row("FID (Inception-v3)", lambda m: m.get("fid_inception"))
     for key in ("precision", "recall", "density", "coverage"):
-        row(key, lambda m, key=key: m["prdc"][key], real["prdc"][key],
-            f"prdc.{key}" if key in ("precision", "density") else None)
-    row("near copies (feature space)", lambda m: m["memorisation"]["feature"]["near_copy_fraction"], None,
-        "memorisation.feature.near_copy_fraction")
+        row(
+            key,
+            lambda m, key=key: m["prdc"][key],
+            real["prdc"][key],
+            f"prdc.{key}" if key in ("precision", "density") else None,
+        )
+    row(
+        "near copies (feature space)",
+        lambda m: m["memorisation"]["feature"]["near_copy_fraction"],
+        None,
+        "memorisation.feature.near_copy_fraction",
+    )
     row("near copies (pixel space)", lambda m: m["memorisation"]["pixel"]["near_copy_fraction"])
     if any("reward" in r.metrics for r in result.sets.values()):
         row("mean reward", lambda m: m.get("reward", {}).get("mean"), None, "reward.mean")
     if any("utility" in r.metrics for r in result.sets.values()):
         first = next(r for r in result.sets.values() if "utility" in r.metrics)
-        row("TSTR accuracy: synthetic only", lambda m: m.get("utility", {}).get("synthetic_only", {}).get("accuracy"),
-            first.metrics["utility"]["real_only"]["accuracy"])
-        row("TSTR accuracy: real + synthetic",
-            lambda m: m.get("utility", {}).get("real_plus_synthetic", {}).get("accuracy"))
+        row(
+            "TSTR accuracy: synthetic only",
+            lambda m: m.get("utility", {}).get("synthetic_only", {}).get("accuracy"),
+            first.metrics["utility"]["real_only"]["accuracy"],
+        )
+        row(
+            "TSTR accuracy: real + synthetic",
+            lambda m: m.get("utility", {}).get("real_plus_synthetic", {}).get("accuracy"),
+        )
         row("TSTR accuracy: real only (baseline)", lambda m: m.get("utility", {}).get("real_only", {}).get("accuracy"))
     row("images", lambda m: m["n"], result.metrics["real"]["n_test"])
     return _table(["metric"] + cols, rows) + (
         "<p class='muted'>Brackets: 95 % bootstrap interval over samples. The <b>real test</b> column scores "
         "held-out real images the same way: the ceiling a generator can reach for plausibility and the floor for "
-        "FID at this sample size. Real-test TSTR is the real-only classifier.</p>")
+        "FID at this sample size. Real-test TSTR is the real-only classifier.</p>"
+    )
 
 
 def _comparison(result: EvaluationResult) -> str:
@@ -180,12 +214,15 @@ def _comparison(result: EvaluationResult) -> str:
         verdict = ""
         if lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)):
             verdict = "CI excludes 0" if lo > 0 or hi < 0 else "not significant"
-        rows.append([key, c.get("samples"), c.get("baseline"), c["difference"],
-                     None if lo is None else [lo, hi], verdict])
-    return ("<h2>Samples vs baseline</h2>" + _table(["metric", "samples", "baseline", "difference", "95 % CI",
-                                                      ""], rows) +
-            "<p class='muted'>Difference = samples − baseline; intervals resample each set independently "
-            "(lower FID and higher plausibility are better).</p>")
+        rows.append(
+            [key, c.get("samples"), c.get("baseline"), c["difference"], None if lo is None else [lo, hi], verdict]
+        )
+    return (
+        "<h2>Samples vs baseline</h2>"
+        + _table(["metric", "samples", "baseline", "difference", "95 % CI", ""], rows)
+        + "<p class='muted'>Difference = samples − baseline; intervals resample each set independently "
+        "(lower FID and higher plausibility are better).</p>"
+    )
 
 
 def _per_class(result: EvaluationResult) -> str:
@@ -193,8 +230,13 @@ def _per_class(result: EvaluationResult) -> str:
     names = result.models.class_map.names
     header = ["class"]
     for name in result.sets:
-        header += [f"{name}: n", f"{name}: plausible", f"{name}: class-consistent", f"{name}: on-manifold",
-                   f"{name}: FID"]
+        header += [
+            f"{name}: n",
+            f"{name}: plausible",
+            f"{name}: class-consistent",
+            f"{name}: on-manifold",
+            f"{name}: FID",
+        ]
         if result.sets[name].reward is not None:
             header.append(f"{name}: reward")
     header += ["real test: plausible"]
@@ -203,8 +245,13 @@ def _per_class(result: EvaluationResult) -> str:
         row: list[Any] = [c]
         for r in result.sets.values():
             pc = r.metrics["plausibility"]["per_class"].get(c, {})
-            row += [pc.get("n", 0), _Raw(_with_ci(r.metrics, pc.get("rate"), f"plausibility.per_class.{c}.rate")),
-                    pc.get("oracle_rate"), pc.get("manifold_rate"), r.metrics["fid_per_class"].get(c)]
+            row += [
+                pc.get("n", 0),
+                _Raw(_with_ci(r.metrics, pc.get("rate"), f"plausibility.per_class.{c}.rate")),
+                pc.get("oracle_rate"),
+                pc.get("manifold_rate"),
+                r.metrics["fid_per_class"].get(c),
+            ]
             if r.reward is not None:
                 row.append(r.metrics["reward"]["per_class"].get(c))
         row.append(real_pc.get(c, {}).get("rate"))
@@ -226,24 +273,33 @@ def _checklist(result: EvaluationResult) -> str:
             per = (real if r is None else r.metrics["checklist"])["per_class"].get(c)
             if per:
                 rows.append([c, f"{name} (n {per['n']})", per["all"]] + [per[k] for k in CRITERIA])
-    return ("<h2>Clinical checklist</h2><p class='muted'>Share of images whose feature lies within the range real "
-            "cells of the declared class show (1st..99th percentile of the real training images): cell size, "
-            "nucleus/cell ratio, nucleus lobes, chromatin brightness, cytoplasm hue, cytoplasm granules. The real "
-            "test rows are the ceiling.</p>" + _table(header, rows))
+    return (
+        "<h2>Clinical checklist</h2><p class='muted'>Share of images whose feature lies within the range real "
+        "cells of the declared class show (1st..99th percentile of the real training images): cell size, "
+        "nucleus/cell ratio, nucleus lobes, chromatin brightness, cytoplasm hue, cytoplasm granules. The real "
+        "test rows are the ceiling.</p>" + _table(header, rows)
+    )
 
 
 def _bar_per_class(result: EvaluationResult) -> str:
     names = result.models.class_map.names
     real_pc = result.metrics["real"]["real_test"]["plausibility"]["per_class"]
-    series = {n: [r.metrics["plausibility"]["per_class"].get(c, {}).get("rate", float("nan")) for c in names]
-              for n, r in result.sets.items()}
+    series = {
+        n: [r.metrics["plausibility"]["per_class"].get(c, {}).get("rate", float("nan")) for c in names]
+        for n, r in result.sets.items()
+    }
     series["real test"] = [real_pc.get(c, {}).get("rate", float("nan")) for c in names]
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names) + 2), 3.2))
     width = 0.8 / len(series)
     x = np.arange(len(names))
     for i, (n, vals) in enumerate(series.items()):
-        ax.bar(x + i * width - 0.4 + width / 2, np.nan_to_num(np.asarray(vals, float)), width, label=n,
-               color=SET_COLOURS.get(n))
+        ax.bar(
+            x + i * width - 0.4 + width / 2,
+            np.nan_to_num(np.asarray(vals, float)),
+            width,
+            label=n,
+            color=SET_COLOURS.get(n),
+        )
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylim(0, 1.2)  # headroom so the legend never hides a bar
     ax.set_yticks(np.linspace(0, 1, 6))
@@ -253,8 +309,7 @@ def _bar_per_class(result: EvaluationResult) -> str:
     return _fig_uri(fig)
 
 
-def _hist(series: dict[str, np.ndarray], title: str, xlabel: str, vline: float | None = None,
-          vlabel: str = "") -> str:
+def _hist(series: dict[str, np.ndarray], title: str, xlabel: str, vline: float | None = None, vlabel: str = "") -> str:
     fig, ax = plt.subplots(figsize=(5, 3))
     finite = [v[np.isfinite(v)] for v in series.values() if len(v)]
     lo = min((v.min() for v in finite if len(v)), default=0.0)
@@ -296,16 +351,18 @@ def _grid(images: np.ndarray, colours: list[tuple[int, int, int]], cols: int = 8
     canvas = np.full((rows * cell, min(n, cols) * cell, 3), 255, np.uint8)
     for i, (img, col) in enumerate(zip(rgb, colours)):
         r, k = divmod(i, cols)
-        canvas[r * cell:(r + 1) * cell, k * cell:(k + 1) * cell] = col
-        canvas[r * cell + 2:r * cell + 2 + s, k * cell + 2:k * cell + 2 + s] = img
+        canvas[r * cell : (r + 1) * cell, k * cell : (k + 1) * cell] = col
+        canvas[r * cell + 2 : r * cell + 2 + s, k * cell + 2 : k * cell + 2 + s] = img
     return canvas.repeat(scale, 0).repeat(scale, 1)
 
 
 def _sample_grids(result: EvaluationResult, per_class: int = 16) -> str:
-    parts = ["<h2>Samples by declared class</h2><p>Border: <b class='good'>green</b> plausible; "
-             "<b style='color:#e68c14'>orange</b> the oracle recognises the class but the image lies off the real "
-             "manifold; <b class='bad'>red</b> the oracle does not recognise the declared class. Real held-out "
-             "images of the class are shown first for reference.</p>"]
+    parts = [
+        "<h2>Samples by declared class</h2><p>Border: <b class='good'>green</b> plausible; "
+        "<b style='color:#e68c14'>orange</b> the oracle recognises the class but the image lies off the real "
+        "manifold; <b class='bad'>red</b> the oracle does not recognise the declared class. Real held-out "
+        "images of the class are shown first for reference.</p>"
+    ]
     ref = result.reference
     for c in result.models.class_map.names:
         figs = []
@@ -320,8 +377,13 @@ def _sample_grids(result: EvaluationResult, per_class: int = 16) -> str:
             j = r.judgement
             colours = [GREEN if j.plausible[i] else ORANGE if j.recognised[i] else RED for i in idx]
             pc = r.metrics["plausibility"]["per_class"][c]
-            figs.append(_figure(_grid(r.samples.images[idx], colours), f"{r.name} {c}",
-                                f"{_esc(r.name)}: {len(idx)} of {pc['n']}, plausible {_fmt(pc['rate'])}"))
+            figs.append(
+                _figure(
+                    _grid(r.samples.images[idx], colours),
+                    f"{r.name} {c}",
+                    f"{_esc(r.name)}: {len(idx)} of {pc['n']}, plausible {_fmt(pc['rate'])}",
+                )
+            )
         if figs:
             parts.append(f"<h3>{_esc(c)}</h3><div class='grid'>{''.join(figs)}</div>")
     return "".join(parts)
@@ -336,11 +398,15 @@ def _nearest_pairs(result: EvaluationResult, r: SetResult, count: int = 8) -> st
     for i in order:
         pair = np.concatenate([r.samples.images[i], train.images[r.memorisation.feature.index[i]]], axis=1)
         flag = " <b class='bad'>near copy</b>" if r.memorisation.near_copy_feature[i] else ""
-        caption = (f"{_esc(r.samples.ids[i])} | {_esc(train.ids[r.memorisation.feature.index[i]])}"
-                   f"<br>d = {_fmt(float(r.memorisation.feature.distance[i]))}{flag}")
+        caption = (
+            f"{_esc(r.samples.ids[i])} | {_esc(train.ids[r.memorisation.feature.index[i]])}"
+            f"<br>d = {_fmt(float(r.memorisation.feature.distance[i]))}{flag}"
+        )
         cells.append(_figure(pair.repeat(2, 0).repeat(2, 1), "sample and nearest real", caption))
-    return (f"<h3>{_esc(r.name)}: the {len(order)} samples closest to a training image (left: sample, "
-            f"right: nearest real training image)</h3><div class='grid'>{''.join(cells)}</div>")
+    return (
+        f"<h3>{_esc(r.name)}: the {len(order)} samples closest to a training image (left: sample, "
+        f"right: nearest real training image)</h3><div class='grid'>{''.join(cells)}</div>"
+    )
 
 
 def _plots(result: EvaluationResult) -> str:
@@ -349,26 +415,49 @@ def _plots(result: EvaluationResult) -> str:
     p_real = ref.test_proba[np.arange(len(ref.test)), result.models.class_map.indices(ref.test.classes)]
     series = {n: r.judgement.p_declared for n, r in result.sets.items()} | {"real test": p_real}
     tau = result.metrics["config"]["metrics"]["tau"]
-    figs.append((_hist(series, "Oracle probability of the declared class", "P(declared class)", tau, f"tau = {tau}"),
-                 "oracle probability histogram"))
+    figs.append(
+        (
+            _hist(series, "Oracle probability of the declared class", "P(declared class)", tau, f"tau = {tau}"),
+            "oracle probability histogram",
+        )
+    )
     rewards = {n: r.reward for n, r in result.sets.items() if r.reward is not None}
     if rewards:
         figs.append((_hist(rewards, "Reward model score", "reward"), "reward histogram"))
     mem = {n: r.memorisation.feature.distance for n, r in result.sets.items()} | {
-        "real test": result.copies.real_nn_feature}
-    figs.append((_hist(mem, "Distance to the nearest real training image (features)", "distance",
-                       result.copies.threshold_feature, "near-copy threshold"), "memorisation histogram"))
-    return "<h2>Plots</h2><div class='grid'>" + "".join(
-        f"<figure>{_img(uri, alt)}</figure>" for uri, alt in figs) + "</div>"
+        "real test": result.copies.real_nn_feature
+    }
+    figs.append(
+        (
+            _hist(
+                mem,
+                "Distance to the nearest real training image (features)",
+                "distance",
+                result.copies.threshold_feature,
+                "near-copy threshold",
+            ),
+            "memorisation histogram",
+        )
+    )
+    return (
+        "<h2>Plots</h2><div class='grid'>"
+        + "".join(f"<figure>{_img(uri, alt)}</figure>" for uri, alt in figs)
+        + "</div>"
+    )
 
 
 def _pools_line(pools: dict | None) -> str:
     if not pools:
         return ""
-    parts = [f"{name} {pools[name]['n']} images (fingerprint {_esc(pools[name]['fingerprint'])})"
-             for name in ("G", "E", "O") if name in pools]
-    return ("<p class='muted'>Real pools, disjoint: " + "; ".join(parts) + ". G trains the generator, E the "
-            "simulated expert, O the evaluation oracle and the reference; memorisation is measured against G.</p>")
+    parts = [
+        f"{name} {pools[name]['n']} images (fingerprint {_esc(pools[name]['fingerprint'])})"
+        for name in ("G", "E", "O")
+        if name in pools
+    ]
+    return (
+        "<p class='muted'>Real pools, disjoint: " + "; ".join(parts) + ". G trains the generator, E the "
+        "simulated expert, O the evaluation oracle and the reference; memorisation is measured against G.</p>"
+    )
 
 
 def render_report(result: EvaluationResult, title: str = "clinalign evaluation") -> str:
@@ -381,8 +470,9 @@ def render_report(result: EvaluationResult, title: str = "clinalign evaluation")
         f"<p class='muted'>{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} · real data: "
         f"{real['n_train']} training / {real['n_test']} held-out images, {len(real['classes'])} classes, "
         f"{real['image_size']} px · sets: {set_names}"
-        "</p>" + _pools_line(real.get("pools")) +
-        "<div class='note'><b>How plausibility is measured.</b> A classifier alone is easy to fool (it can be "
+        "</p>"
+        + _pools_line(real.get("pools"))
+        + "<div class='note'><b>How plausibility is measured.</b> A classifier alone is easy to fool (it can be "
         "confident on pure noise), so a sample counts as <i>plausible</i> only when the evaluation oracle gives "
         f"its declared class probability ≥ τ = {_fmt(m['config']['metrics']['tau'])} <b>and</b> its features lie "
         f"inside the real data's manifold (k-NN balls, k = {m['config']['metrics']['k']}). Both parts are shown. "
@@ -392,22 +482,35 @@ def render_report(result: EvaluationResult, title: str = "clinalign evaluation")
         "(different architecture, seed and half of the real data).</div>"
         "<div class='note'><b>FID uses domain features</b>: "
         f"{_esc(real['feature_extractor'])}, not Inception-v3 (no pretrained weights are downloaded). Values are "
-        "comparable between sets scored with the same models, not with published FIDs.</div>")
+        "comparable between sets scored with the same models, not with published FIDs.</div>"
+    )
     warnings = "".join(f"<div class='warn'><b>Warning:</b> {_esc(w)}</div>" for w in real.get("warnings", []))
-    body = [f"<h1>{_esc(title)}</h1>", warnings, intro, "<h2>Summary</h2>", _headline(result), _comparison(result),
-            _per_class(result), _checklist(result), _plots(result), _sample_grids(result), "<h2>Memorisation</h2>",
-            "<p>Near copy: closer to its nearest real training image than the "
-            f"{_fmt(result.copies.percentile)}st percentile of real held-out → real training distances "
-            f"(feature threshold {_fmt(result.copies.threshold_feature)}, pixel threshold "
-            f"{_fmt(result.copies.threshold_pixel)}).</p>",
-            "".join(_nearest_pairs(result, r) for r in result.sets.values()),
-            f"<h2>Definitions</h2><ul>{defs}</ul>",
-            "<h2>Every metric</h2><details open><summary>all values of metrics.json</summary>",
-            _table(["metric", "value"], [[k, v] for k, v in flatten({k: v for k, v in m.items()
-                                                                     if k != "definitions"})]),
-            "</details>"]
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+    body = [
+        f"<h1>{_esc(title)}</h1>",
+        warnings,
+        intro,
+        "<h2>Summary</h2>",
+        _headline(result),
+        _comparison(result),
+        _per_class(result),
+        _checklist(result),
+        _plots(result),
+        _sample_grids(result),
+        "<h2>Memorisation</h2>",
+        "<p>Near copy: closer to its nearest real training image than the "
+        f"{_fmt(result.copies.percentile)}st percentile of real held-out → real training distances "
+        f"(feature threshold {_fmt(result.copies.threshold_feature)}, pixel threshold "
+        f"{_fmt(result.copies.threshold_pixel)}).</p>",
+        "".join(_nearest_pairs(result, r) for r in result.sets.values()),
+        f"<h2>Definitions</h2><ul>{defs}</ul>",
+        "<h2>Every metric</h2><details open><summary>all values of metrics.json</summary>",
+        _table(["metric", "value"], [[k, v] for k, v in flatten({k: v for k, v in m.items() if k != "definitions"})]),
+        "</details>",
+    ]
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+    )
 
 
 def write_report(result: EvaluationResult, out_dir: str | Path, title: str = "clinalign evaluation") -> Path:

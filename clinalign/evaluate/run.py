@@ -48,23 +48,23 @@ RewardFn = Callable[[ImageSet], np.ndarray]
 
 DEFINITIONS = {
     "plausible": "the evaluation oracle gives the declared class probability >= tau AND the sample's domain "
-                 "features lie inside the k-NN ball (k = 5) of at least one real training image; "
-                 "'oracle_rate' (class-consistent) and 'manifold_rate' (on-manifold) are the two conditions alone",
+    "features lie inside the k-NN ball (k = 5) of at least one real training image; "
+    "'oracle_rate' (class-consistent) and 'manifold_rate' (on-manifold) are the two conditions alone",
     "checklist": "clinical criteria measured from the pixels (cell size, nucleus/cell ratio, nucleus lobes, "
-                 "chromatin brightness, cytoplasm hue, cytoplasm granules), each within the range real cells of the "
-                 "declared class show (their 1st..99th percentiles, calibrated on the real training images); 'all' "
-                 "is every criterion at once",
+    "chromatin brightness, cytoplasm hue, cytoplasm granules), each within the range real cells of the "
+    "declared class show (their 1st..99th percentiles, calibrated on the real training images); 'all' "
+    "is every criterion at once",
     "oracle": "an independent classifier (VGG, its own seed) trained on real half B only; the simulated "
-              "expert is a ResNet trained on half A (halves by a hash of the file name)",
+    "expert is a ResNet trained on half A (halves by a hash of the file name)",
     "fid": "Fréchet distance computed on domain features (the oracle's penultimate layer, or a given "
-           "classifier), not Inception-v3; comparable only between sets evaluated with the same models",
+    "classifier), not Inception-v3; comparable only between sets evaluated with the same models",
     "prdc": "precision / recall / density / coverage of Naeem et al. 2020 with k = 5 on the same features",
     "near_copy": "sample closer to its nearest real training image than the 1st percentile of real test -> "
-                 "real train nearest-neighbour distances",
+    "real train nearest-neighbour distances",
     "utility": "TSTR: classifiers trained on real only / synthetic only / real + synthetic, tested on real "
-               "held-out images",
+    "held-out images",
     "ci": "95 % percentile bootstrap over samples (real data fixed); FID intervals are shifted by the bootstrap "
-          "bias estimate, because resampling with replacement inflates FID",
+    "bias estimate, because resampling with replacement inflates FID",
 }
 
 
@@ -126,14 +126,24 @@ def _mean(x: np.ndarray) -> float:
     return float(np.mean(x)) if len(x) else float("nan")
 
 
-def _score_set(name: str, samples: ImageSet, models: EvaluationModels, ref: RealReference, copies: CopyReference,
-               config: MetricConfig, reward: RewardFn | None, utility_baseline: dict | None,
-               progress: bool) -> SetResult:
+def _score_set(
+    name: str,
+    samples: ImageSet,
+    models: EvaluationModels,
+    ref: RealReference,
+    copies: CopyReference,
+    config: MetricConfig,
+    reward: RewardFn | None,
+    utility_baseline: dict | None,
+    progress: bool,
+) -> SetResult:
     start = time.perf_counter()
     unknown = sorted(set(samples.classes) - set(models.class_map.names))
     if unknown:
-        raise DataError(f"{samples.name or name}: declares class(es) {', '.join(unknown)} that the real data does "
-                        f"not have (real classes: {', '.join(models.class_map.names)}); rename those files")
+        raise DataError(
+            f"{samples.name or name}: declares class(es) {', '.join(unknown)} that the real data does "
+            f"not have (real classes: {', '.join(models.class_map.names)}); rename those files"
+        )
     s = samples.at(models.image_size, models.channels)
     feats = models.embed(s.images)
     man = prdc(ref.reference_features, feats, config.k, ref.radii)
@@ -146,8 +156,10 @@ def _score_set(name: str, samples: ImageSet, models: EvaluationModels, ref: Real
     classes = np.asarray(s.classes, dtype=object)
     m: dict[str, Any] = {"n": len(s), "class_counts": class_counts(s.classes)}
     m["fid"] = fid_to_stats(feats, *ref.stats)
-    m["fid_per_class"] = {c: (fid_to_stats(feats[classes == c], *ref.class_stats[c]) if c in ref.class_stats
-                              else float("nan")) for c in sorted(set(s.classes))}
+    m["fid_per_class"] = {
+        c: (fid_to_stats(feats[classes == c], *ref.class_stats[c]) if c in ref.class_stats else float("nan"))
+        for c in sorted(set(s.classes))
+    }
     if models.inception is not None:
         m["fid_inception"] = fid_to_stats(models.inception(s.images), *ref.inception_stats)
     m["prdc"] = man.summary()
@@ -155,8 +167,10 @@ def _score_set(name: str, samples: ImageSet, models: EvaluationModels, ref: Real
     checklist = ref.checklist.judge(s.images, s.classes)
     m["checklist"] = checklist.summary()
     if rewards is not None:
-        m["reward"] = {"mean": _mean(rewards),
-                       "per_class": {c: _mean(rewards[classes == c]) for c in sorted(set(s.classes))}}
+        m["reward"] = {
+            "mean": _mean(rewards),
+            "per_class": {c: _mean(rewards[classes == c]) for c in sorted(set(s.classes))},
+        }
     m["memorisation"] = mem.summary(copies)
     if config.utility is not None:
         m["utility"] = tstr(s, ref.train, ref.test, models.class_map, config.utility, utility_baseline, progress)
@@ -164,9 +178,12 @@ def _score_set(name: str, samples: ImageSet, models: EvaluationModels, ref: Real
     # Bootstrap: per-sample quantities whose mean is the metric, plus FID recomputed per draw.
     seed = derived_seed(f"bootstrap:{name}", config.seed)
     per_sample: dict[tuple[str, ...], np.ndarray] = {
-        ("plausibility", "rate"): j.plausible, ("plausibility", "oracle_rate"): j.recognised,
-        ("plausibility", "manifold_rate"): j.in_manifold, ("plausibility", "mean_p_declared"): j.p_declared,
-        ("prdc", "precision"): man.in_manifold, ("prdc", "density"): man.ball_count / config.k,
+        ("plausibility", "rate"): j.plausible,
+        ("plausibility", "oracle_rate"): j.recognised,
+        ("plausibility", "manifold_rate"): j.in_manifold,
+        ("plausibility", "mean_p_declared"): j.p_declared,
+        ("prdc", "precision"): man.in_manifold,
+        ("prdc", "density"): man.ball_count / config.k,
         ("checklist", "all"): checklist.plausible,
         ("memorisation", "feature", "near_copy_fraction"): mem.near_copy_feature,
     }
@@ -183,8 +200,15 @@ def _score_set(name: str, samples: ImageSet, models: EvaluationModels, ref: Real
         lo, hi = bs.percentile_interval(reps[("fid",)], config.level, bias_from=m["fid"])  # see bootstrap.py
         m["ci"]["fid"] = [max(lo, 0.0), max(hi, 0.0)]
     m["seconds"] = round(time.perf_counter() - start, 2)
-    log.info("%s: %d samples, plausible %.3f (oracle %.3f, manifold %.3f), FID %.2f", name, len(s),
-             m["plausibility"]["rate"], m["plausibility"]["oracle_rate"], m["plausibility"]["manifold_rate"], m["fid"])
+    log.info(
+        "%s: %d samples, plausible %.3f (oracle %.3f, manifold %.3f), FID %.2f",
+        name,
+        len(s),
+        m["plausibility"]["rate"],
+        m["plausibility"]["oracle_rate"],
+        m["plausibility"]["manifold_rate"],
+        m["fid"],
+    )
     return SetResult(name, s, feats, j, man, mem, rewards, m, checklist, reps)
 
 
@@ -208,8 +232,12 @@ def _compare(a: SetResult, b: SetResult, level: float) -> dict[str, dict[str, fl
         va, vb = lookup(a.metrics, key), lookup(b.metrics, key)
         d = bs.difference(va, a.replicates[key], vb, b.replicates[key], level, bias_correct=key == ("fid",))
         out[".".join(key)] = {a.name: va, b.name: vb, "difference": d.value, "ci_low": d.low, "ci_high": d.high}
-    for key in (("prdc", "recall"), ("prdc", "coverage"), ("utility", "synthetic_only", "accuracy"),
-                ("utility", "real_plus_synthetic", "accuracy")):
+    for key in (
+        ("prdc", "recall"),
+        ("prdc", "coverage"),
+        ("utility", "synthetic_only", "accuracy"),
+        ("utility", "real_plus_synthetic", "accuracy"),
+    ):
         va, vb = lookup(a.metrics, key), lookup(b.metrics, key)
         if va is not None and vb is not None:
             out[".".join(key)] = {a.name: va, b.name: vb, "difference": va - vb}
@@ -221,34 +249,61 @@ def _real_metrics(models: EvaluationModels, ref: RealReference, copies: CopyRefe
     accuracy = models.info.get("test_accuracy")
     warnings = []
     if accuracy is not None and accuracy < ORACLE_MIN_ACCURACY:
-        warnings.append(f"the evaluation oracle reaches only {accuracy:.3f} accuracy on real held-out images (below "
-                        f"{ORACLE_MIN_ACCURACY}): its plausibility figures cannot tell good samples from bad; train "
-                        "it longer (--epochs), wider (--width) or on more real images")
+        warnings.append(
+            f"the evaluation oracle reaches only {accuracy:.3f} accuracy on real held-out images (below "
+            f"{ORACLE_MIN_ACCURACY}): its plausibility figures cannot tell good samples from bad; train "
+            "it longer (--epochs), wider (--width) or on more real images"
+        )
     for w in warnings:
         log.warning("%s", w)
     return {
         "warnings": warnings,
-        "n_train": len(ref.train), "n_test": len(ref.test), "n_reference": len(ref.reference_index),
-        "n_generator_train": len(ref.generator), "generator_train": ref.generator.name,
-        "classes": models.class_map.names, "class_counts_train": class_counts(ref.train.classes),
-        "image_size": models.image_size, "channels": models.channels,
-        "oracle": {key: models.info.get(key) for key in
-                   ("arch", "half", "seed", "n_train", "val_accuracy", "test_accuracy", "test_balanced_accuracy",
-                    "fit_seconds")},
+        "n_train": len(ref.train),
+        "n_test": len(ref.test),
+        "n_reference": len(ref.reference_index),
+        "n_generator_train": len(ref.generator),
+        "generator_train": ref.generator.name,
+        "classes": models.class_map.names,
+        "class_counts_train": class_counts(ref.train.classes),
+        "image_size": models.image_size,
+        "channels": models.channels,
+        "oracle": {
+            key: models.info.get(key)
+            for key in (
+                "arch",
+                "half",
+                "seed",
+                "n_train",
+                "val_accuracy",
+                "test_accuracy",
+                "test_balanced_accuracy",
+                "fit_seconds",
+            )
+        },
         "feature_extractor": models.features.source,
         # What real held-out images score: the ceiling for plausibility, the floor for FID.
-        "real_test": {"plausibility": summarise(j), "prdc": ref.test_manifold.summary(),
-                      "checklist": ref.checklist.judge(ref.test.images, ref.test.classes).summary(),
-                      "fid_vs_train": fid(ref.test_features, ref.train_features)},
+        "real_test": {
+            "plausibility": summarise(j),
+            "prdc": ref.test_manifold.summary(),
+            "checklist": ref.checklist.judge(ref.test.images, ref.test.classes).summary(),
+            "fid_vs_train": fid(ref.test_features, ref.train_features),
+        },
         "copy_thresholds": {"feature": copies.threshold_feature, "pixel": copies.threshold_pixel},
     }
 
 
-def evaluate_samples(models: EvaluationModels, real: RealData, samples: RealData,
-                     baseline: RealData | None = None, test: RealData | None = None,
-                     reward: RewardFn | None = None, config: MetricConfig | None = None,
-                     reference: RealReference | None = None, progress: bool = False,
-                     generator: RealData | None = None) -> EvaluationResult:
+def evaluate_samples(
+    models: EvaluationModels,
+    real: RealData,
+    samples: RealData,
+    baseline: RealData | None = None,
+    test: RealData | None = None,
+    reward: RewardFn | None = None,
+    config: MetricConfig | None = None,
+    reference: RealReference | None = None,
+    progress: bool = False,
+    generator: RealData | None = None,
+) -> EvaluationResult:
     """Score ``samples`` (and ``baseline``, side by side with differences) against the real data.
 
     Image sets may be ImageSets or ``(uint8 NHWC images, class names[, ids])``. ``real``/``test``
@@ -261,16 +316,18 @@ def evaluate_samples(models: EvaluationModels, real: RealData, samples: RealData
     samples = as_image_set(samples)
     baseline = None if baseline is None else as_image_set(baseline)
     start = time.perf_counter()
-    ref = reference or RealReference.build(models, real, test, config.k, config.max_reference, config.seed,
-                                           generator)
+    ref = reference or RealReference.build(models, real, test, config.k, config.max_reference, config.seed, generator)
     copies = CopyReference.build(ref, config.copy_percentile)
-    utility_baseline = (None if config.utility is None else
-                        real_only(ref.train, ref.test, models.class_map, config.utility, models.directory, progress))
-    sets = {"samples": _score_set("samples", samples, models, ref, copies, config, reward, utility_baseline,
-                                  progress)}
+    utility_baseline = (
+        None
+        if config.utility is None
+        else real_only(ref.train, ref.test, models.class_map, config.utility, models.directory, progress)
+    )
+    sets = {"samples": _score_set("samples", samples, models, ref, copies, config, reward, utility_baseline, progress)}
     if baseline is not None:
-        sets["baseline"] = _score_set("baseline", baseline, models, ref, copies, config, reward, utility_baseline,
-                                      progress)
+        sets["baseline"] = _score_set(
+            "baseline", baseline, models, ref, copies, config, reward, utility_baseline, progress
+        )
     metrics: dict[str, Any] = {
         "definitions": DEFINITIONS,
         "config": {"metrics": _config_dict(config), "models": asdict(models.config)},
@@ -321,19 +378,49 @@ def write_per_sample(result: EvaluationResult, out_dir: str | Path) -> Path:
     train_ids = result.reference.generator.ids
     with atomic_writer(path, "w") as f:
         w = csv.writer(f)
-        w.writerow(["set", "ID", "class", "p_declared", "oracle_class", "in_manifold", "plausible",
-                    "nn_feature_distance", "nn_feature_real", "near_copy_feature", "nn_pixel_distance",
-                    "nn_pixel_real", "near_copy_pixel", "reward", "checklist_failed"])
+        w.writerow(
+            [
+                "set",
+                "ID",
+                "class",
+                "p_declared",
+                "oracle_class",
+                "in_manifold",
+                "plausible",
+                "nn_feature_distance",
+                "nn_feature_real",
+                "near_copy_feature",
+                "nn_pixel_distance",
+                "nn_pixel_real",
+                "near_copy_pixel",
+                "reward",
+                "checklist_failed",
+            ]
+        )
         for r in result.sets.values():
             j, mem = r.judgement, r.memorisation
             for i, sid in enumerate(r.samples.ids):
-                w.writerow([r.name, sid, j.classes[i], f"{j.p_declared[i]:.6f}", j.predicted[i],
-                            int(j.in_manifold[i]), int(j.plausible[i]), f"{mem.feature.distance[i]:.6g}",
-                            train_ids[mem.feature.index[i]], int(mem.near_copy_feature[i]),
-                            f"{mem.pixel.distance[i]:.6g}", train_ids[mem.pixel.index[i]], int(mem.near_copy_pixel[i]),
-                            "" if r.reward is None else f"{r.reward[i]:.6g}",
-                            "" if r.checklist is None else
-                            " ".join(c for c, ok in zip(CRITERIA, r.checklist.passed[i]) if not ok)])
+                w.writerow(
+                    [
+                        r.name,
+                        sid,
+                        j.classes[i],
+                        f"{j.p_declared[i]:.6f}",
+                        j.predicted[i],
+                        int(j.in_manifold[i]),
+                        int(j.plausible[i]),
+                        f"{mem.feature.distance[i]:.6g}",
+                        train_ids[mem.feature.index[i]],
+                        int(mem.near_copy_feature[i]),
+                        f"{mem.pixel.distance[i]:.6g}",
+                        train_ids[mem.pixel.index[i]],
+                        int(mem.near_copy_pixel[i]),
+                        "" if r.reward is None else f"{r.reward[i]:.6g}",
+                        ""
+                        if r.checklist is None
+                        else " ".join(c for c, ok in zip(CRITERIA, r.checklist.passed[i]) if not ok),
+                    ]
+                )
     return path
 
 
@@ -343,8 +430,11 @@ def write_outputs(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pa
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return {"metrics": write_metrics(result, out), "per_sample": write_per_sample(result, out),
-            "report": write_report(result, out)}
+    return {
+        "metrics": write_metrics(result, out),
+        "per_sample": write_per_sample(result, out),
+        "report": write_report(result, out),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,23 +497,39 @@ class Evaluator:
     the real reference (features, k-NN radii, FID statistics) is built once and shared.
     """
 
-    def __init__(self, real: str | Path, real_test: str | Path | None = None, *, models_dir: str | Path,
-                 generator_data: str | Path | None = None, pools: dict[str, Any] | None = None,
-                 oracle_config: OracleConfig | None = None, metric_config: MetricConfig | None = None,
-                 reward_checkpoint: str | Path | None = None, inception: str | Path | None = None,
-                 feature_checkpoint: str | Path | None = None, skip_bad_images: bool = False,
-                 progress: bool = False):
+    def __init__(
+        self,
+        real: str | Path,
+        real_test: str | Path | None = None,
+        *,
+        models_dir: str | Path,
+        generator_data: str | Path | None = None,
+        pools: dict[str, Any] | None = None,
+        oracle_config: OracleConfig | None = None,
+        metric_config: MetricConfig | None = None,
+        reward_checkpoint: str | Path | None = None,
+        inception: str | Path | None = None,
+        feature_checkpoint: str | Path | None = None,
+        skip_bad_images: bool = False,
+        progress: bool = False,
+    ):
         self.oracle_config = oracle_config or OracleConfig()
         self.metric_config = metric_config or MetricConfig()
         self.models_dir, self.progress, self.skip_bad = Path(models_dir), progress, skip_bad_images
         self.inception, self.feature_checkpoint = inception, feature_checkpoint
         size = self.oracle_config.image_size
         self.real = ImageSet.from_folder(real, size, skip_bad_images=skip_bad_images)
-        self.test = (None if real_test is None else
-                     ImageSet.from_folder(real_test, size, self.real.channels, skip_bad_images=skip_bad_images))
+        self.test = (
+            None
+            if real_test is None
+            else ImageSet.from_folder(real_test, size, self.real.channels, skip_bad_images=skip_bad_images)
+        )
         self.class_map = ClassMap.from_labels(self.real.classes + (self.test.classes if self.test else []))
-        self.generator = (None if generator_data is None else
-                          ImageSet.from_folder(generator_data, size, self.real.channels, skip_bad_images=skip_bad_images))
+        self.generator = (
+            None
+            if generator_data is None
+            else ImageSet.from_folder(generator_data, size, self.real.channels, skip_bad_images=skip_bad_images)
+        )
         self.reward = reward_scorer(reward_checkpoint) if reward_checkpoint else None
         self.pools = pools
         self._models: EvaluationModels | None = None
@@ -432,8 +538,9 @@ class Evaluator:
     @property
     def models(self) -> EvaluationModels:
         if self._models is None:
-            models = EvaluationModels.fit_or_load(self.real, self.test, self.oracle_config, self.models_dir,
-                                                  self.progress)
+            models = EvaluationModels.fit_or_load(
+                self.real, self.test, self.oracle_config, self.models_dir, self.progress
+            )
             if self.feature_checkpoint:
                 models.features = load_feature_checkpoint(self.feature_checkpoint)
             if self.inception:
@@ -447,28 +554,55 @@ class Evaluator:
     def judge(self, samples: str | Path, baseline: str | Path | None = None) -> EvaluationResult:
         sample_set = self.read(samples)
         base_set = None if baseline is None else self.read(baseline)
-        result = evaluate_samples(self.models, self.real, sample_set, base_set, self.test, self.reward,
-                                  self.metric_config, reference=self._reference, progress=self.progress,
-                                  generator=self.generator)
+        result = evaluate_samples(
+            self.models,
+            self.real,
+            sample_set,
+            base_set,
+            self.test,
+            self.reward,
+            self.metric_config,
+            reference=self._reference,
+            progress=self.progress,
+            generator=self.generator,
+        )
         self._reference = result.reference
         if self.pools:
             result.metrics["real"]["pools"] = self.pools
         return result
 
 
-def evaluate(real: str | Path, samples: str | Path, out: str | Path, baseline: str | Path | None = None,
-             real_test: str | Path | None = None, models_dir: str | Path | None = None,
-             generator_data: str | Path | None = None,
-             oracle_config: OracleConfig | None = None, metric_config: MetricConfig | None = None,
-             reward_checkpoint: str | Path | None = None, inception: str | Path | None = None,
-             feature_checkpoint: str | Path | None = None, skip_bad_images: bool = False,
-             progress: bool = False) -> EvaluationResult:
+def evaluate(
+    real: str | Path,
+    samples: str | Path,
+    out: str | Path,
+    baseline: str | Path | None = None,
+    real_test: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    generator_data: str | Path | None = None,
+    oracle_config: OracleConfig | None = None,
+    metric_config: MetricConfig | None = None,
+    reward_checkpoint: str | Path | None = None,
+    inception: str | Path | None = None,
+    feature_checkpoint: str | Path | None = None,
+    skip_bad_images: bool = False,
+    progress: bool = False,
+) -> EvaluationResult:
     """Load the folders, fit (or reuse) the evaluation models, score, and write the outputs to ``out``."""
     out = Path(out)
-    evaluator = Evaluator(real, real_test, models_dir=models_dir or out / "models", generator_data=generator_data,
-                          oracle_config=oracle_config,
-                          metric_config=metric_config, reward_checkpoint=reward_checkpoint, inception=inception,
-                          feature_checkpoint=feature_checkpoint, skip_bad_images=skip_bad_images, progress=progress)
+    evaluator = Evaluator(
+        real,
+        real_test,
+        models_dir=models_dir or out / "models",
+        generator_data=generator_data,
+        oracle_config=oracle_config,
+        metric_config=metric_config,
+        reward_checkpoint=reward_checkpoint,
+        inception=inception,
+        feature_checkpoint=feature_checkpoint,
+        skip_bad_images=skip_bad_images,
+        progress=progress,
+    )
     result = evaluator.judge(samples, baseline)
     write_outputs(result, out)
     return result

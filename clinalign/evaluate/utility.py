@@ -20,8 +20,8 @@ import torch
 
 from ..data.classmap import ClassMap
 from ..data.folder import images_to_tensor
-from ..utils.fileio import atomic_writer
 from ..models.fit import balanced_accuracy, fit_classifier, predict_proba
+from ..utils.fileio import atomic_writer
 from .data import ImageSet, derived_seed, stratified_cap
 from .oracle import seeded_classifier
 
@@ -41,27 +41,45 @@ class UtilityConfig:
     seed: int = 0
 
 
-def train_test(train: ImageSet, test: ImageSet, class_map: ClassMap, config: UtilityConfig,
-               progress: bool = False) -> dict:
+def train_test(
+    train: ImageSet, test: ImageSet, class_map: ClassMap, config: UtilityConfig, progress: bool = False
+) -> dict:
     """Accuracy and balanced accuracy on ``test`` of a classifier trained on ``train`` only."""
     seed = derived_seed("utility", config.seed)
     epochs = max(1, math.ceil(config.steps / math.ceil(len(train) / config.batch_size)))
     model = seeded_classifier(config.arch, train.channels, len(class_map), config.width, seed)
-    fit_classifier(model, images_to_tensor(train.images), torch.from_numpy(train.labels(class_map)),
-                   num_classes=len(class_map), epochs=epochs, batch_size=config.batch_size, lr=config.lr,
-                   seed=seed, progress=progress)
+    fit_classifier(
+        model,
+        images_to_tensor(train.images),
+        torch.from_numpy(train.labels(class_map)),
+        num_classes=len(class_map),
+        epochs=epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=seed,
+        progress=progress,
+    )
     y = torch.from_numpy(test.labels(class_map))
     pred = predict_proba(model, images_to_tensor(test.images)).argmax(dim=1)
-    return {"n_train": len(train), "accuracy": float((pred == y).float().mean()),
-            "balanced_accuracy": balanced_accuracy(pred, y, len(class_map))}
+    return {
+        "n_train": len(train),
+        "accuracy": float((pred == y).float().mean()),
+        "balanced_accuracy": balanced_accuracy(pred, y, len(class_map)),
+    }
 
 
 def _real_subset(train: ImageSet, config: UtilityConfig) -> ImageSet:
     return train.subset(stratified_cap(train.classes, config.max_train, config.seed))
 
 
-def real_only(train: ImageSet, test: ImageSet, class_map: ClassMap, config: UtilityConfig,
-              cache_dir: Path | None = None, progress: bool = False) -> dict:
+def real_only(
+    train: ImageSet,
+    test: ImageSet,
+    class_map: ClassMap,
+    config: UtilityConfig,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> dict:
     """The real-only baseline, cached in ``cache_dir`` (keyed by the config) when given."""
     key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
     path = None if cache_dir is None else Path(cache_dir) / f"utility_real_only_{key}.json"
@@ -75,8 +93,15 @@ def real_only(train: ImageSet, test: ImageSet, class_map: ClassMap, config: Util
     return result
 
 
-def tstr(samples: ImageSet, train: ImageSet, test: ImageSet, class_map: ClassMap, config: UtilityConfig,
-         baseline: dict, progress: bool = False) -> dict:
+def tstr(
+    samples: ImageSet,
+    train: ImageSet,
+    test: ImageSet,
+    class_map: ClassMap,
+    config: UtilityConfig,
+    baseline: dict,
+    progress: bool = False,
+) -> dict:
     """``{"real_only", "synthetic_only", "real_plus_synthetic"}``, each with accuracy on real test.
 
     ``baseline`` is :func:`real_only`'s result (computed once for all sample sets).
@@ -86,8 +111,9 @@ def tstr(samples: ImageSet, train: ImageSet, test: ImageSet, class_map: ClassMap
     return {
         "real_only": baseline,
         "synthetic_only": train_test(synthetic, test, class_map, config, progress),
-        "real_plus_synthetic": train_test(_real_subset(train, config).concat(synthetic), test, class_map,
-                                          config, progress),
+        "real_plus_synthetic": train_test(
+            _real_subset(train, config).concat(synthetic), test, class_map, config, progress
+        ),
         "classes_in_synthetic": sorted(set(samples.classes)),
         "n_test": len(test),
     }

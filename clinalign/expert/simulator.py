@@ -38,8 +38,8 @@ from torch import nn
 from ..data.folder import images_to_tensor
 from ..data.layouts import write_feedback_folder
 from ..data.toy import subtype_of
-from ..utils.fileio import atomic_writer
 from ..errors import CheckpointError, DataError
+from ..evaluate.checklist import Checklist, ChecklistVerdict
 from ..evaluate.data import (
     HALF_EXPERT,
     ImageSet,
@@ -50,11 +50,11 @@ from ..evaluate.data import (
     is_validation,
     stratified_cap,
 )
-from ..evaluate.checklist import Checklist, ChecklistVerdict
 from ..evaluate.features import as_uint8_images, classifier_proba
 from ..evaluate.oracle import cache_dir, load_model_dir, save_model_dir, seeded_classifier
 from ..models.fit import fit_classifier
 from ..utils.config import option
+from ..utils.fileio import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,9 @@ class ExpertConfig:
     seed: int = option(0, "seeds the expert's training and the verdict flips")
     val_fraction: float = option(0.1, "share of its real images held out for early stopping", flag=False)
     max_train: int = option(0, "cap on training images (stratified; 0 = all of its half)")
-    label_from: str = option("class", "train on classes, or on subtypes (second '_' token of the file name)",
-                             choices=tuple(LABEL_FUNCTIONS))
+    label_from: str = option(
+        "class", "train on classes, or on subtypes (second '_' token of the file name)", choices=tuple(LABEL_FUNCTIONS)
+    )
     # A pathologist rejects a cell whose shape says "lymphocyte" but whose stain is green: besides
     # recognising the class, a plausible image must lie inside the expert's own real-data manifold
     # (k-NN radius in its feature space, over half A). 0 turns the manifold check off.
@@ -108,8 +109,9 @@ class ExpertConfig:
     # What the verdict rests on: the classifier (declared class recognised and on the expert's
     # manifold), the clinical checklist (cell size, nucleus/cell ratio, lobes, chromatin, cytoplasm
     # hue, granules, each within what the expert's real cells of the class show), or both.
-    criteria: str = option("classifier", "what a verdict rests on: the classifier, the clinical checklist, or both",
-                           choices=CRITERIA_MODES)
+    criteria: str = option(
+        "classifier", "what a verdict rests on: the classifier, the clinical checklist, or both", choices=CRITERIA_MODES
+    )
     checklist_quantile: float = option(0.01, "each checklist range spans real cells' [q, 1 - q] percentiles")
 
     def __post_init__(self) -> None:
@@ -157,17 +159,29 @@ class ExpertSimulator:
             mask = np.array([lab == name or parent_of(lab) == name for lab in self.labels])
             if not mask.any():
                 if name not in self.classes:
-                    raise DataError(f"declared class {name!r} is unknown to the simulated expert (it knows "
-                                    f"{', '.join(self.classes or sorted({parent_of(lab) for lab in self.labels}))});"
-                                    " rename the files or train the expert on real images of that class")
+                    raise DataError(
+                        f"declared class {name!r} is unknown to the simulated expert (it knows "
+                        f"{', '.join(self.classes or sorted({parent_of(lab) for lab in self.labels}))});"
+                        " rename the files or train the expert on real images of that class"
+                    )
                 # A real class with no image in half A: the expert cannot recognise it (p = 0).
-                log.warning("the simulated expert saw no real %r image (none in its half); every %r sample is "
-                            "judged implausible", name, name)
+                log.warning(
+                    "the simulated expert saw no real %r image (none in its half); every %r sample is "
+                    "judged implausible",
+                    name,
+                    name,
+                )
             members[name] = mask
         return np.array([proba[i, members[c]].sum() for i, c in enumerate(class_names)])
 
-    def judge(self, images: np.ndarray | torch.Tensor, class_names: Sequence[str], tau: float = 0.5,
-              noise: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def judge(
+        self,
+        images: np.ndarray | torch.Tensor,
+        class_names: Sequence[str],
+        tau: float = 0.5,
+        noise: float = 0.0,
+        seed: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(plausible bool array, p_declared)``: P(declared) >= tau, then each verdict flipped w.p. ``noise``."""
         if not 0.0 <= tau <= 1.0 or not 0.0 <= noise <= 1.0:
             raise DataError(f"--tau and --noise must be in [0, 1], got {tau} and {noise}")
@@ -204,12 +218,18 @@ class ExpertSimulator:
         radii = torch.from_numpy(self.radii).float()
         inside = np.zeros(n, dtype=bool)
         for lo in range(0, n, 1024):
-            d = torch.cdist(feats[lo:lo + 1024], ref)
-            inside[lo:lo + 1024] = (d <= radii[None, :]).any(dim=1).numpy()
+            d = torch.cdist(feats[lo : lo + 1024], ref)
+            inside[lo : lo + 1024] = (d <= radii[None, :]).any(dim=1).numpy()
         return inside
 
-    def assign_concepts(self, images: np.ndarray | torch.Tensor, class_names: Sequence[str], plausible: np.ndarray,
-                        concepts: dict[str, str], min_p: float = 0.5) -> list[str | None]:
+    def assign_concepts(
+        self,
+        images: np.ndarray | torch.Tensor,
+        class_names: Sequence[str],
+        plausible: np.ndarray,
+        concepts: dict[str, str],
+        min_p: float = 0.5,
+    ) -> list[str | None]:
         """The concept each plausible image of a parent class belongs to, or None.
 
         ``concepts``: concept name -> the expert's label it stands for (``neutrophil-band`` ->
@@ -221,9 +241,11 @@ class ExpertSimulator:
             return [None] * len(class_names)
         unknown = sorted(label for label in concepts.values() if label not in self.labels)
         if unknown:
-            raise DataError(f"--concept ...={unknown[0]}: the simulated expert has no label {unknown[0]!r} (its "
-                            f"labels: {', '.join(self.labels)}); train it with --label_from subtype on real "
-                            "images named CLASS_SUBTYPE_*")
+            raise DataError(
+                f"--concept ...={unknown[0]}: the simulated expert has no label {unknown[0]!r} (its "
+                f"labels: {', '.join(self.labels)}); train it with --label_from subtype on real "
+                "images named CLASS_SUBTYPE_*"
+            )
         by_label = {label: name for name, label in concepts.items()}
         proba = self.probabilities(images)
         out: list[str | None] = []
@@ -241,8 +263,9 @@ class ExpertSimulator:
     # -- training -------------------------------------------------------------------------------
 
     @classmethod
-    def fit(cls, real: RealData, config: ExpertConfig | None = None,
-            label_fn: LabelFn | None = None, progress: bool = False) -> ExpertSimulator:
+    def fit(
+        cls, real: RealData, config: ExpertConfig | None = None, label_fn: LabelFn | None = None, progress: bool = False
+    ) -> ExpertSimulator:
         """Train on real half A (every image of it but a validation slice); see the module docstring.
 
         ``real``: an ImageSet, an ImageFolderDataset or ``(uint8 NHWC, class names[, ids])``.
@@ -259,35 +282,63 @@ class ExpertSimulator:
         keep = stratified_cap(fit_labels, config.max_train, config.seed)
         fit_set, fit_labels = fit_set.subset(keep), [fit_labels[i] for i in keep]
         if len(fit_set) < 2:
-            raise DataError(f"{real.name or 'real data'}: only {len(fit_set)} image(s) in the expert's half; "
-                            "add real images")
+            raise DataError(
+                f"{real.name or 'real data'}: only {len(fit_set)} image(s) in the expert's half; add real images"
+            )
         assert all(half_of(i) == HALF_EXPERT for i in fit_set.ids + val_set.ids)  # never the oracle's half
         labels = sorted(set(fit_labels))
         index = {lab: k for k, lab in enumerate(labels)}
         missing = sorted(set(real.classes) - {parent_of(lab) for lab in labels})
         if missing:
-            log.warning("no real image of %s in the expert's half (A) of %s; the expert will judge those classes "
-                        "implausible: add real images", ", ".join(missing), real.name or "the real data")
+            log.warning(
+                "no real image of %s in the expert's half (A) of %s; the expert will judge those classes "
+                "implausible: add real images",
+                ", ".join(missing),
+                real.name or "the real data",
+            )
         val_labels = [label_fn(i, c) for i, c in zip(val_set.ids, val_set.classes)]
         val_keep = [k for k, lab in enumerate(val_labels) if lab in index]
         val_set = val_set.subset(val_keep)
         seed = derived_seed("expert", config.seed)
         model = seeded_classifier(EXPERT_ARCH, real.channels, len(labels), config.width, seed)
-        log.info("training the simulated expert (%s, %d px, %d labels) on %d real images of half A",
-                 EXPERT_ARCH, config.image_size, len(labels), len(fit_set))
+        log.info(
+            "training the simulated expert (%s, %d px, %d labels) on %d real images of half A",
+            EXPERT_ARCH,
+            config.image_size,
+            len(labels),
+            len(fit_set),
+        )
         result = fit_classifier(
-            model, images_to_tensor(fit_set.images), torch.tensor([index[lab] for lab in fit_labels]),
+            model,
+            images_to_tensor(fit_set.images),
+            torch.tensor([index[lab] for lab in fit_labels]),
             images_to_tensor(val_set.images) if len(val_set) else None,
             torch.tensor([index[val_labels[k]] for k in val_keep]) if len(val_set) else None,
-            num_classes=len(labels), epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed,
-            progress=progress)
-        info = {"role": "expert", "arch": EXPERT_ARCH, "half": HALF_EXPERT, "seed": seed, "user_seed": config.seed,
-                "train_ids": sorted(fit_set.ids), "n_train": len(fit_set), "n_val": len(val_set),
-                "best_epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy,
-                "fit_seconds": round(time.perf_counter() - start, 2), "real": real.name,
-                "real_fingerprint": real.fingerprint()}
-        log.info("simulated expert: validation accuracy %.3f, trained in %.1fs", info["val_accuracy"],
-                 info["fit_seconds"])
+            num_classes=len(labels),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=seed,
+            progress=progress,
+        )
+        info = {
+            "role": "expert",
+            "arch": EXPERT_ARCH,
+            "half": HALF_EXPERT,
+            "seed": seed,
+            "user_seed": config.seed,
+            "train_ids": sorted(fit_set.ids),
+            "n_train": len(fit_set),
+            "n_val": len(val_set),
+            "best_epoch": result.best_epoch,
+            "val_accuracy": result.best_val_accuracy,
+            "fit_seconds": round(time.perf_counter() - start, 2),
+            "real": real.name,
+            "real_fingerprint": real.fingerprint(),
+        }
+        log.info(
+            "simulated expert: validation accuracy %.3f, trained in %.1fs", info["val_accuracy"], info["fit_seconds"]
+        )
         expert = cls(model, labels, real.channels, config, info, classes=sorted(set(real.classes)))
         if config.manifold_k and len(fit_set) > config.manifold_k:
             from ..evaluate.prdc import knn_radii
@@ -303,12 +354,29 @@ class ExpertSimulator:
 
     def save(self, directory: str | Path) -> Path:
         """``expert.safetensors`` + ``expert.json``, written to a temp folder and renamed into place."""
-        meta = {"format": _FORMAT, "config": asdict(self.config), "labels": self.labels, "classes": self.classes,
-                "channels": self.channels, "info": self.info,
-                "checklist": self.checklist.to_dict() if self.checklist is not None else None}
-        self.directory = save_model_dir(directory, self.model, {
-            "arch": EXPERT_ARCH, "channels": self.channels, "num_outputs": len(self.labels),
-            "width": self.config.width, "labels": self.labels}, meta, MODEL_FILE, META_FILE)
+        meta = {
+            "format": _FORMAT,
+            "config": asdict(self.config),
+            "labels": self.labels,
+            "classes": self.classes,
+            "channels": self.channels,
+            "info": self.info,
+            "checklist": self.checklist.to_dict() if self.checklist is not None else None,
+        }
+        self.directory = save_model_dir(
+            directory,
+            self.model,
+            {
+                "arch": EXPERT_ARCH,
+                "channels": self.channels,
+                "num_outputs": len(self.labels),
+                "width": self.config.width,
+                "labels": self.labels,
+            },
+            meta,
+            MODEL_FILE,
+            META_FILE,
+        )
         if self.reference is not None:
             with atomic_writer(self.directory / REFERENCE_FILE, "wb") as f:
                 np.savez(f, features=self.reference, radii=self.radii)
@@ -320,10 +388,18 @@ class ExpertSimulator:
         try:
             config = ExpertConfig(**meta["config"])
         except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{directory}: {META_FILE} is from another clinalign version ({exc}); "
-                                  "delete the folder to retrain") from None
-        expert = cls(model, list(meta["labels"]), int(meta["channels"]), config, meta["info"],
-                     classes=list(meta.get("classes", [])), directory=Path(directory))
+            raise CheckpointError(
+                f"{directory}: {META_FILE} is from another clinalign version ({exc}); delete the folder to retrain"
+            ) from None
+        expert = cls(
+            model,
+            list(meta["labels"]),
+            int(meta["channels"]),
+            config,
+            meta["info"],
+            classes=list(meta.get("classes", [])),
+            directory=Path(directory),
+        )
         if meta.get("checklist"):
             expert.checklist = Checklist.from_dict(meta["checklist"])
         if (Path(directory) / REFERENCE_FILE).exists():
@@ -332,8 +408,9 @@ class ExpertSimulator:
         return expert
 
     @classmethod
-    def fit_or_load(cls, real: RealData, config: ExpertConfig, expert_dir: str | Path,
-                    progress: bool = False) -> ExpertSimulator:
+    def fit_or_load(
+        cls, real: RealData, config: ExpertConfig, expert_dir: str | Path, progress: bool = False
+    ) -> ExpertSimulator:
         """Reuse ``expert_dir/<key>`` when the same real data and config trained it, else fit and save."""
         real = as_image_set(real)
         real = real.at(config.image_size, real.channels)
@@ -356,8 +433,14 @@ class SimulationResult:
     counts: dict[str, dict[str, int]]
 
 
-def write_judgements(path: Path, ids: Sequence[str], classes: Sequence[str], plausible: np.ndarray,
-                     p_declared: np.ndarray, concepts: Sequence[str | None] | None = None) -> Path:
+def write_judgements(
+    path: Path,
+    ids: Sequence[str],
+    classes: Sequence[str],
+    plausible: np.ndarray,
+    p_declared: np.ndarray,
+    concepts: Sequence[str | None] | None = None,
+) -> Path:
     """``judgements.csv``: ID, class, plausible (1/0), p_declared; with ``concepts``, also the concept
     each image was assigned to (empty when none)."""
     with atomic_writer(path, "w") as f:
@@ -369,17 +452,33 @@ def write_judgements(path: Path, ids: Sequence[str], classes: Sequence[str], pla
     return path
 
 
-def expert_for(real: str | Path, config: ExpertConfig, expert_dir: str | Path, skip_bad_images: bool = False,
-               progress: bool = False) -> ExpertSimulator:
+def expert_for(
+    real: str | Path,
+    config: ExpertConfig,
+    expert_dir: str | Path,
+    skip_bad_images: bool = False,
+    progress: bool = False,
+) -> ExpertSimulator:
     """The expert trained on the real folder ``real`` with ``config``: from the cache, or trained now."""
     real_set = ImageSet.from_folder(real, config.image_size, skip_bad_images=skip_bad_images)
     return ExpertSimulator.fit_or_load(real_set, config, expert_dir, progress)
 
 
-def simulate(samples: str | Path, out: str | Path, real: str | Path, tau: float = 0.5, noise: float = 0.0,
-             seed: int = 0, expert_dir: str | Path | None = None, config: ExpertConfig | None = None,
-             overwrite: bool = False, skip_bad_images: bool = False, progress: bool = False,
-             concepts: dict[str, str] | None = None, concept_min_p: float = 0.5) -> SimulationResult:
+def simulate(
+    samples: str | Path,
+    out: str | Path,
+    real: str | Path,
+    tau: float = 0.5,
+    noise: float = 0.0,
+    seed: int = 0,
+    expert_dir: str | Path | None = None,
+    config: ExpertConfig | None = None,
+    overwrite: bool = False,
+    skip_bad_images: bool = False,
+    progress: bool = False,
+    concepts: dict[str, str] | None = None,
+    concept_min_p: float = 0.5,
+) -> SimulationResult:
     """Judge a sample folder with the (cached) simulated expert and write the feedback folder.
 
     ``concepts`` (concept -> expert label, e.g. ``{"neutrophil-band": "neutrophil:BNE"}``): plausible
@@ -394,16 +493,23 @@ def simulate(samples: str | Path, out: str | Path, real: str | Path, tau: float 
     expert = expert_for(real, config, expert_dir, skip_bad_images, progress)
     sample_set = ImageSet.from_folder(samples, config.image_size, expert.channels, skip_bad_images=skip_bad_images)
     plausible, p = expert.judge(sample_set.images, sample_set.classes, tau, noise, seed)
-    assigned = expert.assign_concepts(sample_set.images, sample_set.classes, plausible, concepts or {},
-                                      concept_min_p)
+    assigned = expert.assign_concepts(sample_set.images, sample_set.classes, plausible, concepts or {}, concept_min_p)
     folders = [a or c for a, c in zip(assigned, sample_set.classes)]
     parents = {name: parent_of(label) for name, label in (concepts or {}).items()}
-    counts = write_feedback_folder(out, zip(sample_set.paths, folders, plausible.tolist()),
-                                   overwrite=overwrite, concepts=parents)
-    write_judgements(out / JUDGEMENTS_FILE, sample_set.ids, sample_set.classes, plausible, p,
-                     assigned if concepts else None)
-    log.info("judged %d samples: %.1f %% plausible (tau %.2f, noise %.2f) -> %s", len(sample_set),
-             100 * plausible.mean(), tau, noise, out)
+    counts = write_feedback_folder(
+        out, zip(sample_set.paths, folders, plausible.tolist()), overwrite=overwrite, concepts=parents
+    )
+    write_judgements(
+        out / JUDGEMENTS_FILE, sample_set.ids, sample_set.classes, plausible, p, assigned if concepts else None
+    )
+    log.info(
+        "judged %d samples: %.1f %% plausible (tau %.2f, noise %.2f) -> %s",
+        len(sample_set),
+        100 * plausible.mean(),
+        tau,
+        noise,
+        out,
+    )
     return SimulationResult(out, expert.directory or expert_dir, len(sample_set), float(plausible.mean()), counts)
 
 
@@ -434,8 +540,10 @@ def _reviewer_id(store, reviewer: str) -> int:
     with store.read() as s:
         user_id = s.scalar(select(User.id).where(User.name == reviewer))
     if user_id is None:
-        raise DataError(f"--reviewer {reviewer!r}: no such reviewer in {store.safe_url}; add one with "
-                        "`clinalign review add-reviewer NAME --db URL`")
+        raise DataError(
+            f"--reviewer {reviewer!r}: no such reviewer in {store.safe_url}; add one with "
+            "`clinalign review add-reviewer NAME --db URL`"
+        )
     return user_id
 
 
@@ -450,9 +558,17 @@ def check_reviewer(db: str, reviewer: str) -> None:
         store.dispose()
 
 
-def review_queue(db: str, reviewer: str, expert: ExpertSimulator, tau: float = 0.5, noise: float = 0.0,
-                 seed: int = 0, limit: int | None = None, concepts: dict[str, str] | None = None,
-                 concept_min_p: float = 0.5) -> ReviewResult:
+def review_queue(
+    db: str,
+    reviewer: str,
+    expert: ExpertSimulator,
+    tau: float = 0.5,
+    noise: float = 0.0,
+    seed: int = 0,
+    limit: int | None = None,
+    concepts: dict[str, str] | None = None,
+    concept_min_p: float = 0.5,
+) -> ReviewResult:
     """Work through ``reviewer``'s queue in the review web app's database like a person would.
 
     ``concepts`` (concept -> expert label, as for :func:`simulate`): a plausible image gets the
@@ -484,17 +600,29 @@ def review_queue(db: str, reviewer: str, expert: ExpertSimulator, tau: float = 0
                 verdict = bool(plausible[0]) ^ bool(rng.random() < noise)
                 concept = None
                 if verdict and concepts:
-                    offered = set(s.scalars(select(review_db.Concept.name).where(
-                        review_db.Concept.batch_id == image.batch_id,
-                        review_db.Concept.parent == image.declared_class)))
+                    offered = set(
+                        s.scalars(
+                            select(review_db.Concept.name).where(
+                                review_db.Concept.batch_id == image.batch_id,
+                                review_db.Concept.parent == image.declared_class,
+                            )
+                        )
+                    )
                     mine = {c: lab for c, lab in concepts.items() if c in offered}
                     if mine:
-                        concept = expert.assign_concepts(pixels, [image.declared_class], np.ones(1, bool), mine,
-                                                         concept_min_p)[0]
+                        concept = expert.assign_concepts(
+                            pixels, [image.declared_class], np.ones(1, bool), mine, concept_min_p
+                        )[0]
                 key = hashlib.sha256(f"{reviewer}:{image.uid}".encode()).hexdigest()[:32]
-                record_verdict(s, user_id, request_id=f"sim-{key}", item=image.uid,
-                               verdict=review_db.PLAUSIBLE if verdict else review_db.IMPLAUSIBLE, source="simulated",
-                               concept=concept)
+                record_verdict(
+                    s,
+                    user_id,
+                    request_id=f"sim-{key}",
+                    item=image.uid,
+                    verdict=review_db.PLAUSIBLE if verdict else review_db.IMPLAUSIBLE,
+                    source="simulated",
+                    concept=concept,
+                )
                 counts = per_class.setdefault(image.declared_class, {"plausible": 0, "implausible": 0})
                 counts["plausible" if verdict else "implausible"] += 1
                 n += 1

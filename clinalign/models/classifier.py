@@ -31,8 +31,11 @@ class _Block(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                     if stride != 1 or cin != cout else nn.Identity())
+        self.skip = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.bn1(self.conv1(x)))
@@ -43,7 +46,9 @@ class ResNetSmall(nn.Module):
     def __init__(self, in_channels: int, num_outputs: int, width: int = 32, dropout: float = 0.0):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.stages = nn.Sequential(_Block(width, width, 1), _Block(width, 2 * width, 2), _Block(2 * width, 4 * width, 2))
+        self.stages = nn.Sequential(
+            _Block(width, width, 1), _Block(width, 2 * width, 2), _Block(2 * width, 4 * width, 2)
+        )
         self.feature_dim = 4 * width
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.feature_dim, num_outputs)
@@ -62,8 +67,15 @@ class VGGSmall(nn.Module):
         cin = in_channels
         for mult in (1, 2, 4):
             cout = width * mult
-            layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                       nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             cin = cout
         self.body = nn.Sequential(*layers)
         self.feature_dim = cin
@@ -95,7 +107,11 @@ def augment(x: torch.Tensor, generator: torch.Generator, colour: float = 0.05) -
     flip = torch.rand(n, generator=generator) < 0.5
     x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
     k = torch.randint(0, 4, (n,), generator=generator)
-    x = torch.stack([torch.rot90(img, int(r), dims=(-2, -1)) for img, r in zip(x, k)]) if x.shape[-1] == x.shape[-2] else x
+    x = (
+        torch.stack([torch.rot90(img, int(r), dims=(-2, -1)) for img, r in zip(x, k)])
+        if x.shape[-1] == x.shape[-2]
+        else x
+    )
     if colour > 0:
         gain = 1 + colour * (2 * torch.rand(n, x.shape[1], 1, 1, generator=generator) - 1)
         shift = colour * (2 * torch.rand(n, 1, 1, 1, generator=generator) - 1)
@@ -117,8 +133,11 @@ def save_classifier(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp,
-                  metadata={"clinalign_classifier": json.dumps(meta)})
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            tmp,
+            metadata={"clinalign_classifier": json.dumps(meta)},
+        )
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
@@ -141,8 +160,13 @@ def load_classifier(path: str | Path, build=None) -> tuple[nn.Module, dict[str, 
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["clinalign_classifier"])
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a clinalign classifier file ({exc}); pass a file written by clinalign") from exc
-    model = build(meta) if build else build_classifier(meta["arch"], meta["channels"], meta["num_outputs"],
-                                                       meta.get("width", 32))
+        raise CheckpointError(
+            f"{path}: not a clinalign classifier file ({exc}); pass a file written by clinalign"
+        ) from exc
+    model = (
+        build(meta)
+        if build
+        else build_classifier(meta["arch"], meta["channels"], meta["num_outputs"], meta.get("width", 32))
+    )
     model.load_state_dict(load_file(str(path)))
     return model.eval(), meta

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +34,26 @@ def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
 
 
-def fit_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor | None = None,
-                   val_y: torch.Tensor | None = None, *, num_classes: int, epochs: int = 20, batch_size: int = 128,
-                   lr: float = 2e-3, weight_decay: float = 5e-4, seed: int = 0, colour_jitter: float = 0.05,
-                   patience: int = 6, balanced: bool = True, device: str | torch.device = "cpu",
-                   progress: bool = False, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+def fit_classifier(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor | None = None,
+    val_y: torch.Tensor | None = None,
+    *,
+    num_classes: int,
+    epochs: int = 20,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    colour_jitter: float = 0.05,
+    patience: int = 6,
+    balanced: bool = True,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FitResult:
     """Train ``model`` (logits over ``num_classes``) on images in [-1, 1]; keeps the best validation epoch."""
     device = torch.device(device)
     model.to(device)
@@ -84,14 +99,24 @@ def fit_classifier(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tenso
     return best
 
 
-def _epoch(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, opt, sched, gen: torch.Generator,
-           batch_size: int, colour_jitter: float, weights: torch.Tensor | None, device: torch.device) -> float:
+def _epoch(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    opt,
+    sched,
+    gen: torch.Generator,
+    batch_size: int,
+    colour_jitter: float,
+    weights: torch.Tensor | None,
+    device: torch.device,
+) -> float:
     """One pass over the shuffled training set with augmentation; returns the mean loss."""
     model.train()
     order = torch.randperm(len(train_x), generator=gen)
     total, seen = 0.0, 0
     for i in range(max(1, math.ceil(len(train_x) / batch_size))):
-        idx = order[i * batch_size:(i + 1) * batch_size]
+        idx = order[i * batch_size : (i + 1) * batch_size]
         if len(idx) < 2:  # BatchNorm needs two samples
             continue
         x = augment(train_x[idx], gen, colour_jitter).to(device)
@@ -106,19 +131,21 @@ def _epoch(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, opt, 
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
-                   device: str | torch.device | None = None, **kwargs) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str | torch.device | None = None, **kwargs
+) -> torch.Tensor:
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     outs = []
     for i in range(0, len(x), batch_size):
-        extra = {k: v[i:i + batch_size].to(device) for k, v in kwargs.items()}
-        outs.append(model(x[i:i + batch_size].to(device), **extra).float().cpu())
+        extra = {k: v[i : i + batch_size].to(device) for k, v in kwargs.items()}
+        outs.append(model(x[i : i + batch_size].to(device), **extra).float().cpu())
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
-def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
-                  device: str | torch.device | None = None) -> torch.Tensor:
+def predict_proba(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str | torch.device | None = None
+) -> torch.Tensor:
     return predict_logits(model, x, batch_size, device).softmax(dim=1)
 
 
@@ -126,7 +153,7 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
 def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     device = next(model.parameters()).device
     model.eval()
-    outs = [model.features(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    outs = [model.features(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(outs) if outs else torch.zeros(0)
 
 

@@ -77,15 +77,15 @@ class ModelConfig:
     num_heads: int = option(4, "attention heads (at the first attention resolution)")
     num_heads_upsample: int = option(-1, "accepted for compatibility; diffusers' UNet uses num_heads everywhere")
     attention_resolutions: str = option("16,8", "resolutions (in pixels) at which self-attention is used")
-    channel_mult: str = option("", "comma list of per-level channel multipliers; empty = improved-diffusion's "
-                                   "choice for image_size")
+    channel_mult: str = option(
+        "", "comma list of per-level channel multipliers; empty = improved-diffusion's choice for image_size"
+    )
     dropout: float = option(0.0, "dropout in residual blocks")
     learn_sigma: bool = option(False, "learn the reverse-process variance (hybrid loss L_simple + 0.001 L_vlb)")
     sigma_small: bool = option(False, "fixed small variance (posterior) instead of beta_t when sigma is not learned")
     class_cond: bool = option(False, "condition on the class (file-name prefix before the first '_')")
     use_checkpoint: bool = option(False, "gradient checkpointing: less memory, slower")
-    use_scale_shift_norm: bool = option(True, "FiLM-style scale/shift of the time+class embedding in residual "
-                                              "blocks")
+    use_scale_shift_norm: bool = option(True, "FiLM-style scale/shift of the time+class embedding in residual blocks")
 
 
 def build_denoiser(model_cfg: ModelConfig, in_channels: int, num_classes: int) -> Denoiser:
@@ -95,8 +95,10 @@ def build_denoiser(model_cfg: ModelConfig, in_channels: int, num_classes: int) -
     mult = channel_mult_for(size, model_cfg.channel_mult)
     ch = int(model_cfg.num_channels)
     if size % (2 ** (len(mult) - 1)):
-        raise ConfigError(f"image_size {size} is not divisible by 2^{len(mult) - 1} for channel_mult {mult}; "
-                          "pick another --image_size or --channel_mult")
+        raise ConfigError(
+            f"image_size {size} is not divisible by 2^{len(mult) - 1} for channel_mult {mult}; "
+            "pick another --image_size or --channel_mult"
+        )
     attn_px = {int(r) for r in str(model_cfg.attention_resolutions).split(",") if r.strip()}
     widths = tuple(ch * m for m in mult)
     resolutions = [size // 2**i for i in range(len(mult))]
@@ -138,8 +140,9 @@ def grow_class_rows(weights: dict[str, torch.Tensor], parents: list[int]) -> dic
     if not parents:
         return weights
     if CLASS_EMBEDDING_KEY not in weights:
-        raise ConfigError("the checkpoint is not class-conditional; concepts need a model trained with "
-                          "--class_cond True")
+        raise ConfigError(
+            "the checkpoint is not class-conditional; concepts need a model trained with --class_cond True"
+        )
     emb = weights[CLASS_EMBEDDING_KEY]
     return {**weights, CLASS_EMBEDDING_KEY: torch.cat([emb, emb[torch.as_tensor(parents)]])}
 

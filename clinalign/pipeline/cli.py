@@ -12,9 +12,18 @@ from .rounds import AwaitingFeedback, RoundConfig, round_summary, run_loop
 
 def cmd_loop(args: argparse.Namespace) -> int:
     try:
-        results = run_loop(args.checkpoint, args.real, args.out, args.rounds, args.real_val or None,
-                           resolve(RoundConfig, args), args.feedback or None, progress=True, feedback_db=args.db,
-                           review_timeout_s=args.review_timeout)
+        results = run_loop(
+            args.checkpoint,
+            args.real,
+            args.out,
+            args.rounds,
+            args.real_val or None,
+            resolve(RoundConfig, args),
+            args.feedback or None,
+            progress=True,
+            feedback_db=args.db,
+            review_timeout_s=args.review_timeout,
+        )
     except AwaitingFeedback as pause:
         print(f"paused: {pause}")
         return 0
@@ -26,21 +35,34 @@ def cmd_loop(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "loop", help="run K rounds of sample -> feedback -> reward -> finetune",
+        "loop",
+        help="run K rounds of sample -> feedback -> reward -> finetune",
         description="Each round's artefacts go to OUT/round_k/; rerunning resumes. Feedback comes from the "
-        "simulated expert, or from --feedback DIR (CLASS/align|notalign, one round).")
+        "simulated expert, or from --feedback DIR (CLASS/align|notalign, one round).",
+    )
     parser.add_argument("--checkpoint", required=True, help="the pretrained model (run dir or checkpoint)")
     parser.add_argument("--real", required=True, help="real training images (seed naming)")
     parser.add_argument("--real_val", default="", help="real validation images for the reward model")
     parser.add_argument("--out", required=True)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--feedback", default="",
-                        help="folder of expert judgements (CLASS/align|notalign) of round 1's samples; when it does "
-                        "not exist yet the loop stops after sampling and tells you what to judge")
-    parser.add_argument("--db", default="", help="review database URL: load each round's samples into the review "
-                        "app and wait until they are judged (instead of the simulated expert)")
-    parser.add_argument("--review_timeout", type=float, default=0.0,
-                        help="with --db, stop waiting after this many seconds (0 = wait); rerun to continue")
+    parser.add_argument(
+        "--feedback",
+        default="",
+        help="folder of expert judgements (CLASS/align|notalign) of round 1's samples; when it does "
+        "not exist yet the loop stops after sampling and tells you what to judge",
+    )
+    parser.add_argument(
+        "--db",
+        default="",
+        help="review database URL: load each round's samples into the review "
+        "app and wait until they are judged (instead of the simulated expert)",
+    )
+    parser.add_argument(
+        "--review_timeout",
+        type=float,
+        default=0.0,
+        help="with --db, stop waiting after this many seconds (0 = wait); rerun to continue",
+    )
     add_flags(parser.add_argument_group("each round"), RoundConfig)
     parser.set_defaults(func=cmd_loop)
     register_demo(subparsers)
@@ -57,8 +79,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register_demo(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="run the whole loop on toy cells (or your data) and print a before/after table",
+        "demo",
+        help="run the whole loop on toy cells (or your data) and print a before/after table",
         description="pretrain -> sample -> simulated expert -> reward model -> finetune -> evaluate, "
-        "on 2 CPU cores in about 9 minutes with the default toy cells.")
+        "on 2 CPU cores in about 9 minutes with the default toy cells.",
+    )
     add_flags(parser, DemoConfig)
     parser.set_defaults(func=cmd_demo)

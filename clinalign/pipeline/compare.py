@@ -51,9 +51,15 @@ ROWS = [
     ("near copies of G (pixels)", ("memorisation", "pixel", "near_copy_fraction")),
     ("TSTR accuracy", ("utility", "synthetic_only", "accuracy")),
 ]
-BOOTSTRAPPED = {("plausibility", "rate"), ("plausibility", "oracle_rate"), ("plausibility", "manifold_rate"),
-                ("checklist", "all"), ("fid",), ("prdc", "precision"),
-                ("memorisation", "feature", "near_copy_fraction")}
+BOOTSTRAPPED = {
+    ("plausibility", "rate"),
+    ("plausibility", "oracle_rate"),
+    ("plausibility", "manifold_rate"),
+    ("checklist", "all"),
+    ("fid",),
+    ("prdc", "precision"),
+    ("memorisation", "feature", "near_copy_fraction"),
+}
 
 
 @dataclass
@@ -87,42 +93,71 @@ def control_checkpoint(run: Path, step: int) -> Checkpoint:
     raise FileNotFoundError(f"{run}: no checkpoint at step {step}")
 
 
-def continue_training(base: Checkpoint, data: Path, run: Path, total_steps: int, cfg: RoundConfig,
-                      save_every: int, progress: bool = False) -> float:
+def continue_training(
+    base: Checkpoint, data: Path, run: Path, total_steps: int, cfg: RoundConfig, save_every: int, progress: bool = False
+) -> float:
     """The no-feedback control: the base's training continued on real images only, at the finetune's lr
     and real batch, saving every ``save_every`` steps; returns the seconds this call trained."""
     from ..training.pretrain import pretrain
 
     start = time.perf_counter()
-    pretrain({"data_dir": str(data), "run_dir": str(run), "resume_checkpoint": str(base.path),
-              "max_steps": total_steps, "lr": cfg.finetune_lr, "batch_size": cfg.finetune_batch,
-              "ema_rate": ",".join(base.ema_rates) or "0.999", "save_interval": save_every,
-              "log_interval": max(1, save_every // 4), "use_fp16": cfg.use_fp16, "seed": cfg.seed,
-              "device": cfg.device}, progress=progress)
+    pretrain(
+        {
+            "data_dir": str(data),
+            "run_dir": str(run),
+            "resume_checkpoint": str(base.path),
+            "max_steps": total_steps,
+            "lr": cfg.finetune_lr,
+            "batch_size": cfg.finetune_batch,
+            "ema_rate": ",".join(base.ema_rates) or "0.999",
+            "save_interval": save_every,
+            "log_interval": max(1, save_every // 4),
+            "use_fp16": cfg.use_fp16,
+            "seed": cfg.seed,
+            "device": cfg.device,
+        },
+        progress=progress,
+    )
     return time.perf_counter() - start
 
 
-def make_evaluator(pools: Pools, image_size: int, ccfg: CompareConfig, out: Path, seed: int = 0,
-                   progress: bool = False) -> Evaluator:
+def make_evaluator(
+    pools: Pools, image_size: int, ccfg: CompareConfig, out: Path, seed: int = 0, progress: bool = False
+) -> Evaluator:
     """The one judge of every column: oracle and reference on O, test split, memorisation against G."""
     return Evaluator(
-        pools.oracle, pools.test, generator_data=pools.generator, models_dir=Path(out) / "evaluation-models",
-        oracle_config=OracleConfig(image_size=image_size, epochs=ccfg.oracle_epochs, width=ccfg.oracle_width,
-                                   seed=seed),
+        pools.oracle,
+        pools.test,
+        generator_data=pools.generator,
+        models_dir=Path(out) / "evaluation-models",
+        oracle_config=OracleConfig(
+            image_size=image_size, epochs=ccfg.oracle_epochs, width=ccfg.oracle_width, seed=seed
+        ),
         metric_config=MetricConfig(seed=seed, utility=MetricConfig().utility if ccfg.utility else None),
-        pools=pools.summary, progress=progress)
+        pools=pools.summary,
+        progress=progress,
+    )
 
 
 class Comparison:
     """Runs the rounds and their controls from one base and judges every column (see the module doc)."""
 
-    def __init__(self, base: str | Path, pools: Pools, out: str | Path, rcfg: RoundConfig, ccfg: CompareConfig,
-                 progress: bool = False, evaluator: Evaluator | None = None):
+    def __init__(
+        self,
+        base: str | Path,
+        pools: Pools,
+        out: str | Path,
+        rcfg: RoundConfig,
+        ccfg: CompareConfig,
+        progress: bool = False,
+        evaluator: Evaluator | None = None,
+    ):
         self.base = find_checkpoint(base)
         self.pools, self.out, self.rcfg, self.ccfg, self.progress = pools, Path(out), rcfg, ccfg, progress
         self.out.mkdir(parents=True, exist_ok=True)
-        self.evaluator = evaluator or make_evaluator(pools, self.base.model.image_size, ccfg, self.out, rcfg.seed,
-                                                     progress)
+        self.evaluator = evaluator or make_evaluator(
+            pools, self.base.model.image_size, ccfg, self.out, rcfg.seed, progress
+        )
         self.n_classes = len(self.base.class_map)
         self.seconds: dict[str, float] = {"feedback": 0.0, "control": 0.0}
         self.results: dict[str, SetResult] = {}
@@ -135,11 +170,15 @@ class Comparison:
         scfg = self.rcfg.sample_config(self.ccfg.eval_per_class * self.n_classes, self.ccfg.eval_seed)
         start = time.perf_counter()
         drawn = sample_folder(checkpoint, folder, scfg, accept=accept, progress=self.progress)
-        info = {"checkpoint": str(checkpoint.path), "step": checkpoint.step,
-                "sample_seconds": round(time.perf_counter() - start, 1)}
+        info = {
+            "checkpoint": str(checkpoint.path),
+            "step": checkpoint.step,
+            "sample_seconds": round(time.perf_counter() - start, 1),
+        }
         if accept is not None:
-            info.update(acceptance=drawn.acceptance_rate, draws_per_kept=1 / max(drawn.acceptance_rate, 1e-9),
-                        short=drawn.short)
+            info.update(
+                acceptance=drawn.acceptance_rate, draws_per_kept=1 / max(drawn.acceptance_rate, 1e-9), short=drawn.short
+            )
         if not drawn.per_class or not sum(drawn.per_class.values()):
             log.warning("%s: no sample passed; nothing to judge", name)
             return None, info
@@ -153,19 +192,38 @@ class Comparison:
     def run(self) -> dict[str, Any]:
         rcfg, steps = self.rcfg, self.rcfg.finetune_steps
         base_step = self.base.step
-        table: dict[str, Any] = {"pools": self.pools.summary, "base": {"checkpoint": str(self.base.path),
-                                                                       "step": base_step},
-                                 "round_config": asdict(rcfg), "compare_config": asdict(self.ccfg), "rounds": []}
+        table: dict[str, Any] = {
+            "pools": self.pools.summary,
+            "base": {"checkpoint": str(self.base.path), "step": base_step},
+            "round_config": asdict(rcfg),
+            "compare_config": asdict(self.ccfg),
+            "rounds": [],
+        }
         _, base_info = self.judge("pretrained", self.base)
         current = self.base.path
         for k in range(1, self.ccfg.rounds + 1):
             t = time.perf_counter()
-            r = run_round(k, current, self.pools.generator, None, self.out, rcfg, progress=self.progress,
-                          expert_real=self.pools.expert)
+            r = run_round(
+                k,
+                current,
+                self.pools.generator,
+                None,
+                self.out,
+                rcfg,
+                progress=self.progress,
+                expert_real=self.pools.expert,
+            )
             self.seconds["feedback"] += time.perf_counter() - t
             current = r.checkpoint
-            self.seconds["control"] += continue_training(self.base, self.pools.generator, self.out / "control",
-                                                         base_step + 2 * k * steps, rcfg, steps, self.progress)
+            self.seconds["control"] += continue_training(
+                self.base,
+                self.pools.generator,
+                self.out / "control",
+                base_step + 2 * k * steps,
+                rcfg,
+                steps,
+                self.progress,
+            )
             table["rounds"].append(self._round(k, r, base_info))
             self._write(table)
         return table
@@ -175,14 +233,20 @@ class Comparison:
         base_step = self.base.step
         info = {"pretrained": {**base_info, "train_images": 0}}
         _, info["feedback"] = self.judge(f"feedback r{k}", find_checkpoint(r.checkpoint))
-        info["feedback"].update(train_images=k * steps * 2 * rcfg.finetune_batch,
-                                expert_plausible_rate=r.expert_plausible_rate, round_seconds=r.seconds)
+        info["feedback"].update(
+            train_images=k * steps * 2 * rcfg.finetune_batch,
+            expert_plausible_rate=r.expert_plausible_rate,
+            round_seconds=r.seconds,
+        )
         for name, extra in (("no feedback (equal images)", 2 * k * steps), ("no feedback (equal steps)", k * steps)):
             _, info[name] = self.judge(f"{name} r{k}", control_checkpoint(self.out / "control", base_step + extra))
             info[name]["train_images"] = extra * rcfg.finetune_batch
-        names = {"pretrained": "pretrained", "feedback": f"feedback r{k}",
-                 "no feedback (equal images)": f"no feedback (equal images) r{k}",
-                 "no feedback (equal steps)": f"no feedback (equal steps) r{k}"}
+        names = {
+            "pretrained": "pretrained",
+            "feedback": f"feedback r{k}",
+            "no feedback (equal images)": f"no feedback (equal images) r{k}",
+            "no feedback (equal steps)": f"no feedback (equal steps) r{k}",
+        }
         if self.ccfg.rejection:
             from ..sampling.rejection import reward_acceptor
 
@@ -190,8 +254,13 @@ class Comparison:
             kept, info["rejection sampling"] = self.judge(f"rejection sampling r{k}", self.base, accept)
             if kept is not None:
                 names["rejection sampling"] = f"rejection sampling r{k}"
-        return {"round": k, "columns": info, "seconds": {k2: round(v, 1) for k2, v in self.seconds.items()},
-                "metrics": self._table(names), "feedback_minus_control": self._differences(names)}
+        return {
+            "round": k,
+            "columns": info,
+            "seconds": {k2: round(v, 1) for k2, v in self.seconds.items()},
+            "metrics": self._table(names),
+            "feedback_minus_control": self._differences(names),
+        }
 
     def _table(self, names: dict[str, str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -216,8 +285,13 @@ class Comparison:
             for label, path in ROWS:
                 if path not in BOOTSTRAPPED or path not in fb.replicates or path not in other.replicates:
                     continue
-                d = bs.difference(lookup(fb.metrics, path), fb.replicates[path], lookup(other.metrics, path),
-                                  other.replicates[path], bias_correct=path == ("fid",))
+                d = bs.difference(
+                    lookup(fb.metrics, path),
+                    fb.replicates[path],
+                    lookup(other.metrics, path),
+                    other.replicates[path],
+                    bias_correct=path == ("fid",),
+                )
                 rows[label] = {"difference": d.value, "ci": [d.low, d.high]}
             out[column] = rows
         return out
@@ -244,8 +318,12 @@ def format_markdown(table: dict[str, Any]) -> str:
     for rnd in table["rounds"]:
         judged = next(iter(rnd["metrics"].values()))
         columns = [c for c in COLUMNS if c in judged]
-        lines += [f"### Round {rnd['round']}", "", "| metric | " + " | ".join(columns) + " |",
-                  "|---" * (len(columns) + 1) + "|"]
+        lines += [
+            f"### Round {rnd['round']}",
+            "",
+            "| metric | " + " | ".join(columns) + " |",
+            "|---" * (len(columns) + 1) + "|",
+        ]
         for label, row in rnd["metrics"].items():
             lines.append(f"| {label.strip()} | " + " | ".join(_cell(row[c]) for c in columns) + " |")
         images = [str(rnd["columns"][c].get("train_images", "")) for c in columns]
@@ -256,8 +334,11 @@ def format_markdown(table: dict[str, Any]) -> str:
             lines.append(f"Rejection sampling kept {acc:.1%} of its draws." if acc is not None else "")
         lines += ["", "Feedback minus control (95 % bootstrap interval):", ""]
         for column, rows in rnd["feedback_minus_control"].items():
-            parts = [f"{label.strip()} {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
-                     for label, d in rows.items() if d["difference"] is not None and None not in d["ci"]]
+            parts = [
+                f"{label.strip()} {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+                for label, d in rows.items()
+                if d["difference"] is not None and None not in d["ci"]
+            ]
             lines.append(f"- vs {column}: " + "; ".join(parts))
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -34,8 +34,9 @@ CURVE_METRICS = {
 }
 
 
-def pretraining_curve(run: str | Path, evaluator: Evaluator, out: str | Path, sample: SampleConfig,
-                      every: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+def pretraining_curve(
+    run: str | Path, evaluator: Evaluator, out: str | Path, sample: SampleConfig, every: int = 0, progress: bool = False
+) -> list[dict[str, Any]]:
     """One row per checkpoint of ``run`` (those at multiples of ``every``, or all): its judged metrics."""
     out = Path(out)
     rows = []

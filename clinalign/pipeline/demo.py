@@ -35,8 +35,7 @@ class DemoConfig:
     num_channels: int = option(32, flag=False)
     # Short on purpose: a model that still makes implausible cells, so the expert has something to
     # reject (measured on toy cells: 73 % oracle-plausible after 200 steps, 96 % after 1000).
-    pretrain_steps: int = option(200, "at --minutes 10; every step count scales linearly with the budget",
-                                 flag=False)
+    pretrain_steps: int = option(200, "at --minutes 10; every step count scales linearly with the budget", flag=False)
     batch_size: int = option(32, flag=False)
     lr: float = option(1e-3, flag=False)
     # x0-prediction: an eps-predicting net this small, trained this briefly, gets the global stain
@@ -55,8 +54,7 @@ class DemoConfig:
     reward_epochs: int = option(15, flag=False)
     tau: float = option(0.9, "the simulated expert's strictness (at 0.5 it accepted 99.7 % and taught nothing)")
     # The honest comparison: the same number of extra steps on real data only, no feedback.
-    control: bool = option(True, "also continue pretraining without feedback for as many steps (the fair "
-                                 "comparison)")
+    control: bool = option(True, "also continue pretraining without feedback for as many steps (the fair comparison)")
     use_fp16: bool = option(True, flag=False)
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
 
@@ -77,8 +75,13 @@ def prepare_data(cfg: DemoConfig) -> tuple[Path, Path | None, Path]:
             # One generation, split by index: file names (which the expert/oracle splits hash) stay unique.
             tmp = root / ".toy"
             shutil.rmtree(tmp, ignore_errors=True)
-            generate(tmp, classes=cfg.classes, per_class=cfg.per_class + cfg.test_per_class, size=cfg.image_size,
-                     seed=cfg.seed)
+            generate(
+                tmp,
+                classes=cfg.classes,
+                per_class=cfg.per_class + cfg.test_per_class,
+                size=cfg.image_size,
+                seed=cfg.seed,
+            )
             test.mkdir(parents=True, exist_ok=True)
             for p in list_images(tmp):
                 if int(p.stem.rsplit("_", 1)[1]) >= cfg.per_class:
@@ -94,22 +97,40 @@ def prepare_data(cfg: DemoConfig) -> tuple[Path, Path | None, Path]:
     if (src / "train").is_dir() and (src / "test").is_dir():
         return src / "train", (src / "val") if (src / "val").is_dir() else None, src / "test"
     list_images(src)  # a clear error for an empty or missing folder
-    raise ConfigError(f"{src}: the demo needs a held-out test split; give a folder with train/ and test/ "
-                      "sub-folders (e.g. ../shared/data/pbc_64) or a MedMNIST .npz")
+    raise ConfigError(
+        f"{src}: the demo needs a held-out test split; give a folder with train/ and test/ "
+        "sub-folders (e.g. ../shared/data/pbc_64) or a MedMNIST .npz"
+    )
 
 
 def pretrain_args(cfg: DemoConfig, train: Path, run_dir: Path, steps: int) -> dict[str, Any]:
     return {
-        "data_dir": str(train), "run_dir": str(run_dir), "image_size": cfg.image_size, "num_channels": cfg.num_channels,
-        "num_res_blocks": 1, "attention_resolutions": "8", "num_heads": 2, "class_cond": True,
-        "diffusion_steps": 1000, "noise_schedule": "cosine", "predict_xstart": cfg.predict_xstart,
-        "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_rate": "0.999", "max_steps": steps,
-        "save_interval": 200, "log_interval": 50, "use_fp16": cfg.use_fp16, "seed": cfg.seed, "device": cfg.device,
+        "data_dir": str(train),
+        "run_dir": str(run_dir),
+        "image_size": cfg.image_size,
+        "num_channels": cfg.num_channels,
+        "num_res_blocks": 1,
+        "attention_resolutions": "8",
+        "num_heads": 2,
+        "class_cond": True,
+        "diffusion_steps": 1000,
+        "noise_schedule": "cosine",
+        "predict_xstart": cfg.predict_xstart,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "ema_rate": "0.999",
+        "max_steps": steps,
+        "save_interval": 200,
+        "log_interval": 50,
+        "use_fp16": cfg.use_fp16,
+        "seed": cfg.seed,
+        "device": cfg.device,
     }
 
 
-def continue_without_feedback(cfg: DemoConfig, train: Path, pre_run: Path, run_dir: Path, steps: int,
-                              progress: bool = False) -> Path:
+def continue_without_feedback(
+    cfg: DemoConfig, train: Path, pre_run: Path, run_dir: Path, steps: int, progress: bool = False
+) -> Path:
     """The control: the pretraining run itself (optimizer state and all) continued for ``steps`` more
     steps at the finetune's lr and images per step, on real images only."""
     from ..training.checkpoint import latest_checkpoint
@@ -121,12 +142,12 @@ def continue_without_feedback(cfg: DemoConfig, train: Path, pre_run: Path, run_d
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
-    from ..training.checkpoint import find_checkpoint
     from ..evaluate.oracle import OracleConfig
     from ..evaluate.run import Evaluator, write_outputs
-    from .rounds import RoundConfig, run_round
-    from ..training.pretrain import pretrain
     from ..sampling.sample import sample_folder
+    from ..training.checkpoint import find_checkpoint
+    from ..training.pretrain import pretrain
+    from .rounds import RoundConfig, run_round
 
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -141,24 +162,40 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     pretrain(pretrain_args(cfg, train, pre_run, pre_steps), progress=progress)
     seconds["pretrain"] = round(time.perf_counter() - t, 1)
 
-    rcfg = RoundConfig(samples_per_class=cfg.samples_per_class, finetune_steps=ft_steps, finetune_lr=cfg.finetune_lr,
-                       finetune_batch=cfg.batch_size, beta=cfg.beta, reward_epochs=cfg.reward_epochs, tau=cfg.tau,
-                       reward_transform=cfg.reward_transform, objective=cfg.objective, use_fp16=cfg.use_fp16,
-                       seed=cfg.seed, device=cfg.device)
+    rcfg = RoundConfig(
+        samples_per_class=cfg.samples_per_class,
+        finetune_steps=ft_steps,
+        finetune_lr=cfg.finetune_lr,
+        finetune_batch=cfg.batch_size,
+        beta=cfg.beta,
+        reward_epochs=cfg.reward_epochs,
+        tau=cfg.tau,
+        reward_transform=cfg.reward_transform,
+        objective=cfg.objective,
+        use_fp16=cfg.use_fp16,
+        seed=cfg.seed,
+        device=cfg.device,
+    )
     round1 = run_round(1, pre_run, train, val, Path(cfg.out), rcfg, progress=progress)
     n_classes = len(find_checkpoint(pre_run).class_map)  # the data's, not cfg.classes (toy only)
     seconds.update({f"round1_{k}": v for k, v in round1.seconds.items()})
 
     # One evaluator: the real reference is embedded once for the feedback and the control sets.
-    evaluator = Evaluator(train, test, models_dir=Path(cfg.out) / "evaluation-models",
-                          oracle_config=OracleConfig(image_size=cfg.image_size), reward_checkpoint=round1.reward,
-                          progress=progress)
+    evaluator = Evaluator(
+        train,
+        test,
+        models_dir=Path(cfg.out) / "evaluation-models",
+        oracle_config=OracleConfig(image_size=cfg.image_size),
+        reward_checkpoint=round1.reward,
+        progress=progress,
+    )
 
     def sample_and_evaluate(checkpoint: Path, name: str, baseline: Path | None):
         t = time.perf_counter()
         samples = Path(cfg.out) / name / "samples"
-        sample_folder(checkpoint, samples, rcfg.sample_config(cfg.samples_per_class * n_classes, cfg.seed + 7),
-                      progress=progress)
+        sample_folder(
+            checkpoint, samples, rcfg.sample_config(cfg.samples_per_class * n_classes, cfg.seed + 7), progress=progress
+        )
         seconds[f"sample_{name}"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
         result = evaluator.judge(samples, baseline)
@@ -174,9 +211,12 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
         seconds["control_train"] = round(time.perf_counter() - t, 1)
         control = sample_and_evaluate(control_ck, "control", None)
     seconds["total"] = round(time.perf_counter() - t0, 1)
-    summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-               "seconds": seconds, "report": str(Path(cfg.out) / "evaluation" / "report.html"),
-               "table": before_after_table(result, control)}
+    summary = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "seconds": seconds,
+        "report": str(Path(cfg.out) / "evaluation" / "report.html"),
+        "table": before_after_table(result, control),
+    }
     (Path(cfg.out) / "demo.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -197,8 +237,11 @@ def before_after_table(result, control=None) -> list[dict[str, Any]]:
 
     rows = []
     for label, path in TABLE_ROWS:
-        row = {"metric": label, "before": lookup(result.baseline.metrics, path) if result.baseline else None,
-               "after": lookup(result.samples.metrics, path)}
+        row = {
+            "metric": label,
+            "before": lookup(result.baseline.metrics, path) if result.baseline else None,
+            "after": lookup(result.samples.metrics, path),
+        }
         if control is not None:
             row["control"] = lookup(control.samples.metrics, path)
         rows.append(row)

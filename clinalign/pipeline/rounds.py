@@ -20,16 +20,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..training.checkpoint import find_checkpoint, latest_checkpoint
 from ..data.layouts import ALIGN, NOTALIGN
 from ..diffusion.samplers import SAMPLERS
 from ..errors import ConfigError, DataError
-from ..sampling.sample import SampleConfig
-from ..training.config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig
 from ..expert.simulator import CRITERIA_MODES
+from ..sampling.sample import SampleConfig
+from ..training.checkpoint import find_checkpoint, latest_checkpoint
+from ..training.config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig
 from ..utils.config import option
-from ..utils.splits import hash01
 from ..utils.fileio import write_texts_atomic
+from ..utils.splits import hash01
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +44,26 @@ class RoundConfig:
     sample_batch: int = option(64, "images per sampling forward pass")
     tau: float = option(0.5, "simulated expert's strictness")
     noise: float = option(0.0, "simulated expert's label-noise rate")
-    expert_criteria: str = option("classifier", "what the simulated expert's verdicts rest on",
-                                  choices=CRITERIA_MODES)
+    expert_criteria: str = option("classifier", "what the simulated expert's verdicts rest on", choices=CRITERIA_MODES)
     val_share: float = option(0.2, "share of the feedback held out to calibrate / early-stop the reward model")
     reward_epochs: int = option(20, "reward model training epochs")
-    reward_image_size: int = option(0, "reward model input size (0 = the generator's image size, so that real and "
-                                       "synthetic images reach it at the same native resolution)")
+    reward_image_size: int = option(
+        0,
+        "reward model input size (0 = the generator's image size, so that real and "
+        "synthetic images reach it at the same native resolution)",
+    )
     finetune_steps: int = option(300, "finetuning steps per round")
     finetune_lr: float = option(1e-4, "finetuning learning rate")
     finetune_batch: int = option(16, "real and synthetic images per finetuning step (each)")
     beta: float = option(FinetuneConfig.beta, "weight of the real-data loss in the finetune")
-    reward_transform: str = option(FinetuneConfig.reward_transform, "how rewards become loss weights",
-                                   choices=REWARD_TRANSFORMS)
-    objective: str = option(FinetuneConfig.objective, "reward-weighted (the paper's) or Diffusion-KTO on the "
-                            "expert's likes/dislikes", choices=OBJECTIVES)
+    reward_transform: str = option(
+        FinetuneConfig.reward_transform, "how rewards become loss weights", choices=REWARD_TRANSFORMS
+    )
+    objective: str = option(
+        FinetuneConfig.objective,
+        "reward-weighted (the paper's) or Diffusion-KTO on the expert's likes/dislikes",
+        choices=OBJECTIVES,
+    )
     kto_beta: float = option(FinetuneConfig.kto_beta, "KTO's scale on the loss difference to the start model")
     ema_rate: str = option("0.999", "EMA rate of the finetune")
     use_fp16: bool = option(False, "bf16 autocast for sampling and finetuning")
@@ -65,8 +71,15 @@ class RoundConfig:
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
 
     def sample_config(self, num_samples: int, seed: int) -> SampleConfig:
-        return SampleConfig(num_samples=num_samples, sampler=self.sampler, steps=self.steps,
-                            batch_size=self.sample_batch, seed=seed, device=self.device, use_fp16=self.use_fp16)
+        return SampleConfig(
+            num_samples=num_samples,
+            sampler=self.sampler,
+            steps=self.steps,
+            batch_size=self.sample_batch,
+            seed=seed,
+            device=self.device,
+            use_fp16=self.use_fp16,
+        )
 
 
 @dataclass
@@ -93,8 +106,9 @@ def split_feedback(folder: Path, share: float) -> tuple[Path, Path]:
         return train, val
     tmp = folder / ".split"
     shutil.rmtree(tmp, ignore_errors=True)
-    for cls_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-                          and p.name not in ("train", "val")):
+    for cls_dir in sorted(
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in ("train", "val")
+    ):
         for sub in (ALIGN, NOTALIGN):
             for img in sorted((cls_dir / sub).glob("*")) if (cls_dir / sub).is_dir() else []:
                 part = "val" if _val_member(img.name, share) else "train"
@@ -113,8 +127,16 @@ class AwaitingFeedback(Exception):
     """The round needs judgements that are not there yet; rerun the command once they are."""
 
 
-def review_feedback(db_url: str, batch: str, samples: Path, reference: Path, out: Path, per_image: int = 1,
-                    poll_s: float = 10.0, timeout_s: float = 0.0) -> Path:
+def review_feedback(
+    db_url: str,
+    batch: str,
+    samples: Path,
+    reference: Path,
+    out: Path,
+    per_image: int = 1,
+    poll_s: float = 10.0,
+    timeout_s: float = 0.0,
+) -> Path:
     """Load ``samples`` into the review app as ``batch`` (once), wait until every image is judged,
     then export the majority verdicts into ``out`` (CLASS/align|notalign)."""
     from ..review.db import Store
@@ -135,8 +157,10 @@ def review_feedback(db_url: str, batch: str, samples: Path, reference: Path, out
         if totals["required"] and totals["done"] >= totals["required"]:
             break
         if timeout_s and time.monotonic() - start > timeout_s:
-            raise AwaitingFeedback(f"batch {batch!r}: {totals['done']} of {totals['required']} verdicts so far; "
-                                   "rerun the command once the experts have finished")
+            raise AwaitingFeedback(
+                f"batch {batch!r}: {totals['done']} of {totals['required']} verdicts so far; "
+                "rerun the command once the experts have finished"
+            )
         time.sleep(poll_s)
     export_feedback(store, out, rule="majority", batch=batch, overwrite=True)
     return out
@@ -153,9 +177,20 @@ def _timed(seconds: dict[str, float], key: str):
     return _T()
 
 
-def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None, out: Path, cfg: RoundConfig,
-              feedback: Path | None = None, expert_dir: Path | None = None, progress: bool = False,
-              feedback_db: str = "", review_timeout_s: float = 0.0, expert_real: Path | None = None) -> RoundResult:
+def run_round(
+    k: int,
+    checkpoint: Path,
+    real_train: Path,
+    real_val: Path | None,
+    out: Path,
+    cfg: RoundConfig,
+    feedback: Path | None = None,
+    expert_dir: Path | None = None,
+    progress: bool = False,
+    feedback_db: str = "",
+    review_timeout_s: float = 0.0,
+    expert_real: Path | None = None,
+) -> RoundResult:
     """One round; each step is skipped when its output is already complete.
 
     ``real_train``: the generator's training images (the finetune's anchor and the reward model's
@@ -178,34 +213,68 @@ def run_round(k: int, checkpoint: Path, real_train: Path, real_val: Path | None,
 
     fb = rdir / "feedback"
     with _timed(secs, "feedback"):
-        expert_rate = _collect_feedback(k, ck, samples, fb, real_train, out, cfg, feedback, expert_dir, progress,
-                                        feedback_db, review_timeout_s, expert_real)
+        expert_rate = _collect_feedback(
+            k,
+            ck,
+            samples,
+            fb,
+            real_train,
+            out,
+            cfg,
+            feedback,
+            expert_dir,
+            progress,
+            feedback_db,
+            review_timeout_s,
+            expert_real,
+        )
         fb_train, fb_val = split_feedback(fb, cfg.val_share)
 
     reward_dir = rdir / "reward"
     with _timed(secs, "reward"):
         if not (reward_dir / "reward.safetensors").exists():
-            train_reward(TrainConfig(train_dir=real_train, train_anno_dir=fb_train, val_dir=real_val,
-                                     val_anno_dir=fb_val if any(fb_val.iterdir()) else None, save_dir=reward_dir,
-                                     epochs=cfg.reward_epochs, image_size=cfg.reward_image_size or ck.model.image_size,
-                                     seed=cfg.seed,
-                                     device="cpu" if cfg.device == "cpu" else "auto"))
+            train_reward(
+                TrainConfig(
+                    train_dir=real_train,
+                    train_anno_dir=fb_train,
+                    val_dir=real_val,
+                    val_anno_dir=fb_val if any(fb_val.iterdir()) else None,
+                    save_dir=reward_dir,
+                    epochs=cfg.reward_epochs,
+                    image_size=cfg.reward_image_size or ck.model.image_size,
+                    seed=cfg.seed,
+                    device="cpu" if cfg.device == "cpu" else "auto",
+                )
+            )
         rewards_csv = samples / "rewards.csv"
         if not rewards_csv.exists():
             score_folder(reward_dir, samples, rewards_csv)
     mean_reward = _mean_reward(rewards_csv)
 
     with _timed(secs, "finetune"):
-        tuned = finetune_on_feedback(ck.path, real_train, samples, fb, rdir / "finetune", cfg, cfg.seed + k, rdir,
-                                     progress)
+        tuned = finetune_on_feedback(
+            ck.path, real_train, samples, fb, rdir / "finetune", cfg, cfg.seed + k, rdir, progress
+        )
     result = RoundResult(k, samples, fb, reward_dir, tuned, expert_rate, mean_reward, secs)
     log.info("round %d done: %s", k, {key: v for key, v in asdict(result).items() if key != "seconds"})
     return result
 
 
-def _collect_feedback(k: int, ck, samples: Path, fb: Path, real_train: Path, out: Path, cfg: RoundConfig,
-                      feedback: Path | None, expert_dir: Path | None, progress: bool, feedback_db: str,
-                      review_timeout_s: float, expert_real: Path | None) -> float | None:
+def _collect_feedback(
+    k: int,
+    ck,
+    samples: Path,
+    fb: Path,
+    real_train: Path,
+    out: Path,
+    cfg: RoundConfig,
+    feedback: Path | None,
+    expert_dir: Path | None,
+    progress: bool,
+    feedback_db: str,
+    review_timeout_s: float,
+    expert_real: Path | None,
+) -> float | None:
     """The round's verdicts in ``fb`` (CLASS/align|notalign): from the review database, a folder the
     user filled, or the simulated expert; returns the expert's plausible rate when it judged."""
     from ..expert.simulator import ExpertConfig, simulate
@@ -216,35 +285,69 @@ def _collect_feedback(k: int, ck, samples: Path, fb: Path, real_train: Path, out
         if not feedback.exists():
             raise AwaitingFeedback(
                 f"round {k}: judge the samples in {samples} and put the verdicts in {feedback} "
-                "(CLASS/align/*.png, CLASS/notalign/*.png), then rerun the same command")
+                "(CLASS/align/*.png, CLASS/notalign/*.png), then rerun the same command"
+            )
         shutil.copytree(feedback, fb)
     elif feedback is None and not feedback_db and not (fb / "judgements.csv").exists():
         shutil.rmtree(fb, ignore_errors=True)
         expert_cfg = ExpertConfig(image_size=ck.model.image_size, seed=cfg.seed, criteria=cfg.expert_criteria)
-        result = simulate(samples, fb, expert_real or real_train, tau=cfg.tau, noise=cfg.noise, seed=cfg.seed,
-                          expert_dir=expert_dir or out / "expert", config=expert_cfg, progress=progress)
+        result = simulate(
+            samples,
+            fb,
+            expert_real or real_train,
+            tau=cfg.tau,
+            noise=cfg.noise,
+            seed=cfg.seed,
+            expert_dir=expert_dir or out / "expert",
+            config=expert_cfg,
+            progress=progress,
+        )
         return result.plausible_rate
     return None
 
 
-def finetune_on_feedback(checkpoint: Path, real_train: Path, samples: Path, feedback: Path, run: Path,
-                         cfg: RoundConfig, seed: int, work_dir: Path, progress: bool = False) -> Path:
+def finetune_on_feedback(
+    checkpoint: Path,
+    real_train: Path,
+    samples: Path,
+    feedback: Path,
+    run: Path,
+    cfg: RoundConfig,
+    seed: int,
+    work_dir: Path,
+    progress: bool = False,
+) -> Path:
     """Finetune ``checkpoint`` on ``samples`` scored in their ``rewards.csv`` (KTO: on the verdicts in
     ``feedback``, written to ``work_dir/verdicts.csv``); skipped when ``run`` is already complete."""
     from ..training.finetune import finetune
 
     done = latest_checkpoint(run)
     if done is None or done.step < cfg.finetune_steps:
-        finetune({
-            "resume_checkpoint": str(checkpoint), "data_pre_dir": str(real_train), "data_mod_dir": str(samples),
-            "objective": cfg.objective, "kto_beta": cfg.kto_beta,
-            "rewards": str(verdicts_csv(feedback, samples, work_dir) if cfg.objective == "kto"
-                           else samples / "rewards.csv"),
-            "run_dir": str(run), "beta": cfg.beta, "reward_transform": cfg.reward_transform,
-            "max_steps": cfg.finetune_steps, "lr": cfg.finetune_lr, "batch_size": cfg.finetune_batch,
-            "ema_rate": cfg.ema_rate, "use_fp16": cfg.use_fp16, "seed": seed,
-            "save_interval": max(50, cfg.finetune_steps // 4), "log_interval": 25, "device": cfg.device,
-        }, progress=progress)
+        finetune(
+            {
+                "resume_checkpoint": str(checkpoint),
+                "data_pre_dir": str(real_train),
+                "data_mod_dir": str(samples),
+                "objective": cfg.objective,
+                "kto_beta": cfg.kto_beta,
+                "rewards": str(
+                    verdicts_csv(feedback, samples, work_dir) if cfg.objective == "kto" else samples / "rewards.csv"
+                ),
+                "run_dir": str(run),
+                "beta": cfg.beta,
+                "reward_transform": cfg.reward_transform,
+                "max_steps": cfg.finetune_steps,
+                "lr": cfg.finetune_lr,
+                "batch_size": cfg.finetune_batch,
+                "ema_rate": cfg.ema_rate,
+                "use_fp16": cfg.use_fp16,
+                "seed": seed,
+                "save_interval": max(50, cfg.finetune_steps // 4),
+                "log_interval": 25,
+                "device": cfg.device,
+            },
+            progress=progress,
+        )
     return latest_checkpoint(run).path
 
 
@@ -260,8 +363,10 @@ def verdicts_csv(feedback: Path, samples: Path, rdir: Path) -> Path:
     names = [p.name for p in list_images(samples)]
     missing = [n for n in names if n not in verdict]
     if missing:
-        raise DataError(f"{feedback}: {len(missing)} sample(s) of {samples} have no verdict, e.g. {missing[0]}; "
-                        "--objective kto needs every sample judged (or use the reward-weighted objective)")
+        raise DataError(
+            f"{feedback}: {len(missing)} sample(s) of {samples} have no verdict, e.g. {missing[0]}; "
+            "--objective kto needs every sample judged (or use the reward-weighted objective)"
+        )
     out = rdir / "verdicts.csv"
     write_texts_atomic({out: "".join(f"{line}\n" for line in ["ID,rewards"] + [f"{n},{verdict[n]}" for n in names])})
     return out
@@ -274,9 +379,18 @@ def _mean_reward(path: Path) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def run_loop(checkpoint: str | Path, real_train: str | Path, out: str | Path, rounds: int = 1,
-             real_val: str | Path | None = None, cfg: RoundConfig | None = None, feedback: str | Path | None = None,
-             progress: bool = False, feedback_db: str = "", review_timeout_s: float = 0.0) -> list[RoundResult]:
+def run_loop(
+    checkpoint: str | Path,
+    real_train: str | Path,
+    out: str | Path,
+    rounds: int = 1,
+    real_val: str | Path | None = None,
+    cfg: RoundConfig | None = None,
+    feedback: str | Path | None = None,
+    progress: bool = False,
+    feedback_db: str = "",
+    review_timeout_s: float = 0.0,
+) -> list[RoundResult]:
     """K rounds of sample -> feedback -> reward -> finetune, each starting from the previous round's model."""
     cfg = cfg or RoundConfig()
     if rounds < 1:
@@ -287,14 +401,31 @@ def run_loop(checkpoint: str | Path, real_train: str | Path, out: str | Path, ro
     current = find_checkpoint(checkpoint).path
     results = []
     for k in range(1, rounds + 1):
-        res = run_round(k, current, Path(real_train), Path(real_val) if real_val else None, out, cfg,
-                        Path(feedback) if feedback else None, progress=progress, feedback_db=feedback_db,
-                        review_timeout_s=review_timeout_s)
+        res = run_round(
+            k,
+            current,
+            Path(real_train),
+            Path(real_val) if real_val else None,
+            out,
+            cfg,
+            Path(feedback) if feedback else None,
+            progress=progress,
+            feedback_db=feedback_db,
+            review_timeout_s=review_timeout_s,
+        )
         results.append(res)
         current = res.checkpoint
     return results
 
 
 def round_summary(results: list[RoundResult]) -> list[dict[str, Any]]:
-    return [{"round": r.round, "expert_plausible_rate": r.expert_plausible_rate, "mean_reward": r.mean_reward,
-             "checkpoint": str(r.checkpoint), **{f"seconds_{k}": v for k, v in r.seconds.items()}} for r in results]
+    return [
+        {
+            "round": r.round,
+            "expert_plausible_rate": r.expert_plausible_rate,
+            "mean_reward": r.mean_reward,
+            "checkpoint": str(r.checkpoint),
+            **{f"seconds_{k}": v for k, v in r.seconds.items()},
+        }
+        for r in results
+    ]

@@ -15,12 +15,18 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "RewardModel": "model", "RewardNet": "model",
-    "TrainConfig": "train", "TrainResult": "train", "train_reward": "train",
-    "score_folder": "score", "score_paths": "score",
-    "select_for_review": "select", "pick_uncertain": "select",
+    "RewardModel": "model",
+    "RewardNet": "model",
+    "TrainConfig": "train",
+    "TrainResult": "train",
+    "train_reward": "train",
+    "score_folder": "score",
+    "score_paths": "score",
+    "select_for_review": "select",
+    "pick_uncertain": "select",
     "fit_temperature": "calibrate",
-    "auroc": "metrics", "expected_calibration_error": "metrics",
+    "auroc": "metrics",
+    "expected_calibration_error": "metrics",
 }
 
 __all__ = sorted(_EXPORTS)

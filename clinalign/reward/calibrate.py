@@ -61,6 +61,11 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
         return 1.0
     clipped = min(max(t, T_MIN), T_MAX)
     if clipped != t:
-        log.warning("fitted temperature %.3g is outside [%g, %g] (validation set separable?); using %.3g",
-                    t, T_MIN, T_MAX, clipped)
+        log.warning(
+            "fitted temperature %.3g is outside [%g, %g] (validation set separable?); using %.3g",
+            t,
+            T_MIN,
+            T_MAX,
+            clipped,
+        )
     return clipped

@@ -46,8 +46,12 @@ class Split:
         return len(self.classes)
 
     def subset(self, idx: np.ndarray) -> Split:
-        return Split(self.images[idx], self.classes[idx], [self.paths[i] for i in idx],
-                     None if self.plausible is None else self.plausible[idx])
+        return Split(
+            self.images[idx],
+            self.classes[idx],
+            [self.paths[i] for i in idx],
+            None if self.plausible is None else self.plausible[idx],
+        )
 
 
 @dataclass
@@ -72,11 +76,17 @@ class RewardData:
                 out["implausible"] = int(len(s) - s.plausible.sum())
             return out
 
-        return {"classes": list(self.class_map.names), "real_classes": self.real_classes,
-                "image_size": self.image_size, "channels": self.channels,
-                "train_real": count(self.train_real), "train_feedback": count(self.train_feedback),
-                "val_real": count(self.val_real), "val_feedback": count(self.val_feedback),
-                "warnings": self.warnings}
+        return {
+            "classes": list(self.class_map.names),
+            "real_classes": self.real_classes,
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "train_real": count(self.train_real),
+            "train_feedback": count(self.train_feedback),
+            "val_real": count(self.val_real),
+            "val_feedback": count(self.val_feedback),
+            "warnings": self.warnings,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,8 +193,10 @@ def check_feedback_balance(root: Path, what: str, require_both: bool) -> list[st
     total_notalign = sum(c[NOTALIGN] for c in counts.values())
     if total_align + total_notalign and (total_align == 0 or total_notalign == 0):
         only = "plausible (align)" if total_notalign == 0 else "implausible (notalign)"
-        msg = (f"{root}: every judged image in the {what} is {only}; the feedback cannot teach what separates "
-               "plausible from implausible. Judge more images, or export with another --rule")
+        msg = (
+            f"{root}: every judged image in the {what} is {only}; the feedback cannot teach what separates "
+            "plausible from implausible. Judge more images, or export with another --rule"
+        )
         if require_both:
             raise DataError(msg + " (or drop --require_both to train on it anyway)")
         warnings.append(msg)
@@ -209,15 +221,22 @@ def scan_sizes(paths: list[Path], image_size: int) -> str | None:
     if not off:
         return None
     size, _ = off.most_common(1)[0]
-    msg = (f"{sum(off.values())} of {len(paths)} images are not {image_size}x{image_size} "
-           f"(e.g. {example[size]} is {size[0]}x{size[1]}); they are scaled (shorter side) and centre-cropped "
-           f"to {image_size}x{image_size}. Pass --image_size to choose the size")
+    msg = (
+        f"{sum(off.values())} of {len(paths)} images are not {image_size}x{image_size} "
+        f"(e.g. {example[size]} is {size[0]}x{size[1]}); they are scaled (shorter side) and centre-cropped "
+        f"to {image_size}x{image_size}. Pass --image_size to choose the size"
+    )
     log.warning("%s", msg)
     return msg
 
 
-def _check_new_classes(feedback: set[str], real: set[str], anno_root: Path | None, real_root: Path | None,
-                       recorded: dict[str, str] | None = None) -> tuple[dict[str, str | None], list[str]]:
+def _check_new_classes(
+    feedback: set[str],
+    real: set[str],
+    anno_root: Path | None,
+    real_root: Path | None,
+    recorded: dict[str, str] | None = None,
+) -> tuple[dict[str, str | None], list[str]]:
     """Classes judged in the feedback but absent from the real data.
 
     A warning, not an error: the review app exports images reassigned to a new concept (e.g.
@@ -234,8 +253,12 @@ def _check_new_classes(feedback: set[str], real: set[str], anno_root: Path | Non
     warnings = []
     for cls in sorted(feedback & set(recorded)):
         parents[cls] = recorded[cls]
-        log.info("%s: concept %r under %r, learned from the judged images alone",
-                 anno_root / cls if anno_root else cls, cls, recorded[cls])
+        log.info(
+            "%s: concept %r under %r, learned from the judged images alone",
+            anno_root / cls if anno_root else cls,
+            cls,
+            recorded[cls],
+        )
     for cls in sorted(feedback - real - set(recorded)):
         parent = next((r for r in sorted(real, key=len, reverse=True) if cls.startswith(r + "-")), None)
         close = difflib.get_close_matches(cls, sorted(real), n=1, cutoff=0.8)
@@ -272,8 +295,9 @@ def _subsample(fb: LabelledImages, fraction: float, seed: int) -> LabelledImages
         keep += sorted(rng.choice(idx, size=max(1, round(fraction * len(idx))), replace=False).tolist())
     keep.sort()
     assert fb.plausible is not None
-    return LabelledImages(fb.images[keep], [fb.classes[i] for i in keep], [fb.paths[i] for i in keep],
-                          fb.plausible[keep])
+    return LabelledImages(
+        fb.images[keep], [fb.classes[i] for i in keep], [fb.paths[i] for i in keep], fb.plausible[keep]
+    )
 
 
 def _split(li: LabelledImages, class_map: ClassMap, root: Path, what: str) -> Split:
@@ -284,8 +308,12 @@ def _split(li: LabelledImages, class_map: ClassMap, root: Path, what: str) -> Sp
             f"({', '.join(class_map.names)}); the model cannot score it. Add it to the training data or remove "
             "the folder"
         )
-    return Split(li.images, np.asarray(class_map.indices(li.classes), dtype=np.int64), li.paths,
-                 None if li.plausible is None else np.asarray(li.plausible, dtype=np.int64))
+    return Split(
+        li.images,
+        np.asarray(class_map.indices(li.classes), dtype=np.int64),
+        li.paths,
+        None if li.plausible is None else np.asarray(li.plausible, dtype=np.int64),
+    )
 
 
 def _reward_image_size(paths: dict[str, Path | None], image_size: int | None) -> int:
@@ -317,8 +345,14 @@ class _Read:
     warnings: list[str] = field(default_factory=list)
 
 
-def _read_inputs(paths: dict[str, Path | None], image_size: int, require_both: bool, feedback_fraction: float,
-                 seed: int, skip_bad: bool) -> _Read:
+def _read_inputs(
+    paths: dict[str, Path | None],
+    image_size: int,
+    require_both: bool,
+    feedback_fraction: float,
+    seed: int,
+    skip_bad: bool,
+) -> _Read:
     r = _Read()
     channels: int | None = None
     if paths["train"]:
@@ -346,17 +380,22 @@ def _class_map(r: _Read, paths: dict[str, Path | None]) -> ClassMap:
     real = set(r.train_real.classes) if r.train_real else set()
     judged = set(r.train_fb.classes) if r.train_fb else set()
     if r.train_real is not None and len(real) < 2:
-        msg = (f"{paths['train']}: only one class ({', '.join(real)}); real images cannot be paired with a wrong "
-               "class, so they teach nothing about the declared class")
+        msg = (
+            f"{paths['train']}: only one class ({', '.join(real)}); real images cannot be paired with a wrong "
+            "class, so they teach nothing about the declared class"
+        )
         log.warning("%s", msg)
         r.warnings.append(msg)
-    recorded = {**(read_concepts_file(paths["val_anno"]) if paths["val_anno"] else {}),
-                **(read_concepts_file(paths["train_anno"]) if paths["train_anno"] else {})}
+    recorded = {
+        **(read_concepts_file(paths["val_anno"]) if paths["val_anno"] else {}),
+        **(read_concepts_file(paths["train_anno"]) if paths["train_anno"] else {}),
+    }
     # Informational in the reward model (it scores a concept like any class): keep known parents only.
     parents: dict[str, str | None] = {c: p for c, p in recorded.items() if c in judged and p in real | judged}
     if r.train_real is not None:
-        parents, new_warnings = _check_new_classes(judged, real, paths["train_anno"], paths["train"],
-                                                   {c: p for c, p in recorded.items() if p in real | judged})
+        parents, new_warnings = _check_new_classes(
+            judged, real, paths["train_anno"], paths["train"], {c: p for c, p in recorded.items() if p in real | judged}
+        )
         r.warnings += new_warnings
     return ClassMap(sorted(real | judged), parents)
 
@@ -374,8 +413,10 @@ def load_reward_data(
     skip_bad_images: bool = False,
 ) -> RewardData:
     """Read, check and decode every folder of a reward-model run."""
-    paths = {k: Path(v) if v is not None else None for k, v in
-             (("train", train_dir), ("train_anno", train_anno_dir), ("val", val_dir), ("val_anno", val_anno_dir))}
+    paths = {
+        k: Path(v) if v is not None else None
+        for k, v in (("train", train_dir), ("train_anno", train_anno_dir), ("val", val_dir), ("val_anno", val_anno_dir))
+    }
     if paths["train"] is None and paths["train_anno"] is None:
         raise ConfigError("give --train_dir (real images, CLASS/img.png) and/or --train_anno_dir (judged images)")
     image_size = _reward_image_size(paths, image_size)
@@ -387,7 +428,10 @@ def load_reward_data(
         r.warnings.append(size_warning)
     real = set(r.train_real.classes) if r.train_real else set()
     data = RewardData(
-        class_map=class_map, real_classes=sorted(real), image_size=image_size, channels=r.channels,
+        class_map=class_map,
+        real_classes=sorted(real),
+        image_size=image_size,
+        channels=r.channels,
         train_real=_split(r.train_real, class_map, paths["train"], "training images") if r.train_real else None,
         train_feedback=_split(r.train_fb, class_map, paths["train_anno"], "training feedback") if r.train_fb else None,
         val_real=_split(r.val_real, class_map, paths["val"], "validation images") if r.val_real else None,
@@ -398,8 +442,10 @@ def load_reward_data(
         missing = sorted(set(class_map.name(int(i)) for i in data.val_real.classes) - real)
         if missing:
             # A validation class with no real training images has no wrong-class pairs to learn from.
-            raise DataError(f"{paths['val'] / missing[0]}: class {missing[0]!r} has no real training images in "
-                            f"{paths['train']}; add them or remove the validation folder")
+            raise DataError(
+                f"{paths['val'] / missing[0]}: class {missing[0]!r} has no real training images in "
+                f"{paths['train']}; add them or remove the validation folder"
+            )
     log.info("reward data: %s", {k: v for k, v in data.summary().items() if k != "warnings"})
     return data
 
@@ -427,16 +473,21 @@ def export_feedback_db(url: str, dest: Path, rule: str = "majority") -> Path:
         raise ConfigError(f"--train_anno_db {url!r}: not a database URL; use e.g. sqlite:///feedback.db") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).expanduser().is_file():
         # Opening a missing SQLite file would create an empty one and report "no judgements".
-        raise DataError(f"--train_anno_db {url}: no such database file {parsed.database}; pass the --db of "
-                        "`clinalign review serve`")
+        raise DataError(
+            f"--train_anno_db {url}: no such database file {parsed.database}; pass the --db of `clinalign review serve`"
+        )
     try:
         summary = export_feedback(Store(url, create=False), dest, rule=rule)
     except SQLAlchemyError as exc:
-        raise DataError(f"--train_anno_db {url}: cannot read judgements ({str(exc).splitlines()[0]}); is it a "
-                        "clinalign review database?") from None
+        raise DataError(
+            f"--train_anno_db {url}: cannot read judgements ({str(exc).splitlines()[0]}); is it a "
+            "clinalign review database?"
+        ) from None
     if summary.exported == 0:
-        raise DataError(f"{url}: no decided judgements to train on (excluded: {summary.excluded or 'none'}); "
-                        "collect verdicts first, or try another --anno_rule")
+        raise DataError(
+            f"{url}: no decided judgements to train on (excluded: {summary.excluded or 'none'}); "
+            "collect verdicts first, or try another --anno_rule"
+        )
     log.info("exported %d judged images from %s (rule %s)", summary.exported, url, rule)
     return dest
 

@@ -54,8 +54,9 @@ def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarr
     return float(u / (n_pos * n_neg))
 
 
-def expected_calibration_error(probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                               n_bins: int = ECE_BINS) -> float:
+def expected_calibration_error(
+    probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, n_bins: int = ECE_BINS
+) -> float:
     """Sum over equal-width bins of P(plausible) of (bin share) x |plausible rate - mean prob|."""
     p = np.asarray(probs, dtype=np.float64).ravel()
     y = np.asarray(labels, dtype=np.float64).ravel()
@@ -119,8 +120,7 @@ def binary_metrics(probs: np.ndarray, labels: np.ndarray) -> BinaryMetrics:
     )
 
 
-def grouped_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str],
-                    synthetic: np.ndarray) -> dict:
+def grouped_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], synthetic: np.ndarray) -> dict:
     """Overall, real-only, synthetic-only, and per declared class (all items and synthetic only)."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels)
@@ -147,8 +147,11 @@ def format_table(report: dict) -> str:
     def fmt(v: float | None) -> str:
         return "   -  " if v is None else f"{v:6.3f}"
 
-    rows = [("overall", report["overall"]), ("real (pseudo-labels)", report.get("real")),
-            ("SYNTHETIC FEEDBACK", report.get("synthetic"))]
+    rows = [
+        ("overall", report["overall"]),
+        ("real (pseudo-labels)", report.get("real")),
+        ("SYNTHETIC FEEDBACK", report.get("synthetic")),
+    ]
     rows += [(f"  class {c}", m) for c, m in report.get("per_class", {}).items()]
     rows += [(f"  synthetic {c}", m) for c, m in report.get("synthetic_per_class", {}).items()]
     width = max(len(r[0]) for r in rows)
@@ -156,6 +159,8 @@ def format_table(report: dict) -> str:
     for name, m in rows:
         if m is None:
             continue
-        lines.append(f"{name:{width}}  {m['n']:6d}  {fmt(m['auroc'])}  {fmt(m['accuracy'])}  "
-                     f"{fmt(m['balanced_accuracy'])}  {fmt(m['ece'])}")
+        lines.append(
+            f"{name:{width}}  {m['n']:6d}  {fmt(m['auroc'])}  {fmt(m['accuracy'])}  "
+            f"{fmt(m['balanced_accuracy'])}  {fmt(m['ece'])}"
+        )
     return "\n".join(lines)

@@ -54,8 +54,16 @@ DEFAULT_STEM_STRIDE = 2
 class RewardNet(nn.Module):
     """Image trunk + class-FiLM head; ``forward(x, c)`` gives one plausibility logit per item."""
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: int = DEFAULT_WIDTH, arch: str = "resnet",
-                 stem_stride: int = DEFAULT_STEM_STRIDE, hidden: int | None = None, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        width: int = DEFAULT_WIDTH,
+        arch: str = "resnet",
+        stem_stride: int = DEFAULT_STEM_STRIDE,
+        hidden: int | None = None,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ConfigError("the reward model needs at least one class")
@@ -65,8 +73,9 @@ class RewardNet(nn.Module):
         self.trunk.head = nn.Identity()  # only .features() is used; no dead weights in the file
         if stem_stride != 1:
             if arch != "resnet":
-                raise ConfigError(f"--stem_stride {stem_stride} applies to the resnet trunk only; "
-                                  f"use 1 with --arch {arch}")
+                raise ConfigError(
+                    f"--stem_stride {stem_stride} applies to the resnet trunk only; use 1 with --arch {arch}"
+                )
             self.trunk.stem[0].stride = (stem_stride, stem_stride)
         dim = self.trunk.feature_dim
         hidden = hidden or dim
@@ -153,10 +162,17 @@ class RewardModel:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``directory/reward.safetensors`` atomically (weights + meta in the header)."""
-        meta = {**self.meta, "format": FORMAT, "version": FORMAT_VERSION, "classes": list(self.class_map.names),
-                "parents": dict(self.class_map.parents), "temperature": float(self.temperature),
-                "image_size": int(self.image_size), "channels": int(self.channels),
-                "num_outputs": 1}
+        meta = {
+            **self.meta,
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "classes": list(self.class_map.names),
+            "parents": dict(self.class_map.parents),
+            "temperature": float(self.temperature),
+            "image_size": int(self.image_size),
+            "channels": int(self.channels),
+            "num_outputs": 1,
+        }
         path = save_classifier(Path(directory) / REWARD_FILE, self.net, meta)
         fix_mode(path)
         return path
@@ -174,14 +190,23 @@ class RewardModel:
 
         def build(meta: dict[str, Any]) -> RewardNet:
             if meta.get("format") != FORMAT:
-                raise CheckpointError(f"{file}: a classifier, not a reward model; "
-                                      "train one with `clinalign reward train`")
+                raise CheckpointError(
+                    f"{file}: a classifier, not a reward model; train one with `clinalign reward train`"
+                )
             if int(meta.get("version", 0)) > FORMAT_VERSION:
-                raise CheckpointError(f"{file}: written by a newer clinalign (format {meta['version']}); "
-                                      "upgrade clinalign")
+                raise CheckpointError(
+                    f"{file}: written by a newer clinalign (format {meta['version']}); upgrade clinalign"
+                )
             built["meta"] = meta
-            return RewardNet(len(meta["classes"]), meta["channels"], meta["width"], meta["arch"],
-                             meta.get("stem_stride", 1), meta.get("hidden"), meta.get("dropout", 0.1))
+            return RewardNet(
+                len(meta["classes"]),
+                meta["channels"],
+                meta["width"],
+                meta["arch"],
+                meta.get("stem_stride", 1),
+                meta.get("hidden"),
+                meta.get("dropout", 0.1),
+            )
 
         try:
             net, meta = load_classifier(file, build=build)
@@ -190,8 +215,9 @@ class RewardModel:
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{file}: damaged or incompatible reward model ({exc}); retrain it") from None
         class_map = ClassMap(meta["classes"], {k: v for k, v in (meta.get("parents") or {}).items()})
-        model = cls(net.eval(), class_map, float(meta["temperature"]), int(meta["image_size"]),
-                    int(meta["channels"]), meta)
+        model = cls(
+            net.eval(), class_map, float(meta["temperature"]), int(meta["image_size"]), int(meta["channels"]), meta
+        )
         return model.to(device)
 
     # -- scoring -------------------------------------------------------------------------------
@@ -212,11 +238,11 @@ class RewardModel:
             if x.shape[-1] != x.shape[-2]:
                 raise DataError(f"images are {x.shape[-1]}x{x.shape[-2]}; the reward model needs square images")
             if not self._warned_resize:
-                log.warning("scoring %dpx images with a %dpx reward model: resizing them",
-                            x.shape[-1], self.image_size)
+                log.warning("scoring %dpx images with a %dpx reward model: resizing them", x.shape[-1], self.image_size)
                 self._warned_resize = True
-            x = F.interpolate(x.float(), size=(self.image_size,) * 2, mode="bilinear", antialias=True,
-                              align_corners=False)
+            x = F.interpolate(
+                x.float(), size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False
+            )
         return x
 
     @torch.inference_mode()
@@ -231,28 +257,31 @@ class RewardModel:
         device = self.device
         out = []
         for i in range(0, len(x), batch_size):
-            xb = self._conform(x[i:i + batch_size].to(device, torch.float32))
+            xb = self._conform(x[i : i + batch_size].to(device, torch.float32))
             # NHWC memory suits oneDNN's CPU convolutions (measured in bench/reward_speed.py).
             xb = xb.contiguous(memory_format=torch.channels_last)
-            out.append(net(xb, c[i:i + batch_size].to(device)).float())
+            out.append(net(xb, c[i : i + batch_size].to(device)).float())
         result = torch.cat(out) if out else torch.zeros(0, device=device)
         return result.to(x.device)
 
     def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
         return torch.sigmoid(logits / (self.temperature if calibrated else 1.0))
 
-    def score_tensors(self, x: torch.Tensor, class_indices: torch.Tensor | list[int], calibrated: bool = True,
-                      batch_size: int = 512) -> torch.Tensor:
+    def score_tensors(
+        self, x: torch.Tensor, class_indices: torch.Tensor | list[int], calibrated: bool = True, batch_size: int = 512
+    ) -> torch.Tensor:
         """Calibrated P(plausible) ``(N,)`` for images ``x`` (float NCHW in [-1, 1]) of the given classes."""
         return self.probabilities(self.logits(x, class_indices, batch_size), calibrated)
 
-    def score_names(self, x: torch.Tensor, class_names: list[str], calibrated: bool = True,
-                    batch_size: int = 512) -> torch.Tensor:
+    def score_names(
+        self, x: torch.Tensor, class_names: list[str], calibrated: bool = True, batch_size: int = 512
+    ) -> torch.Tensor:
         """As :meth:`score_tensors`, with class names (an unknown name raises DataError)."""
         return self.score_tensors(x, self.class_indices(list(class_names)), calibrated, batch_size)
 
-    def score_uint8(self, images: np.ndarray, class_indices: torch.Tensor | list[int],
-                    batch_size: int = 512) -> torch.Tensor:
+    def score_uint8(
+        self, images: np.ndarray, class_indices: torch.Tensor | list[int], batch_size: int = 512
+    ) -> torch.Tensor:
         """Logits for decoded pixels, uint8 NHWC (the layout files decode to)."""
         return self.logits(images_to_tensor(images), class_indices, batch_size)
 
@@ -266,12 +295,17 @@ def fold_batchnorm(net: RewardNet) -> RewardNet:
     def fold(mod: nn.Module) -> None:
         if isinstance(mod, nn.Sequential):  # conv then BN in execution order
             children = list(mod.named_children())
-            pairs = [(a, b) for (a, ma), (b, mb) in zip(children, children[1:])
-                     if isinstance(ma, nn.Conv2d) and isinstance(mb, nn.BatchNorm2d)]
+            pairs = [
+                (a, b)
+                for (a, ma), (b, mb) in zip(children, children[1:])
+                if isinstance(ma, nn.Conv2d) and isinstance(mb, nn.BatchNorm2d)
+            ]
         else:  # a residual block names its pairs (models.classifier._Block)
-            pairs = [(a, b) for a, b in (("conv1", "bn1"), ("conv2", "bn2"))
-                     if isinstance(getattr(mod, a, None), nn.Conv2d)
-                     and isinstance(getattr(mod, b, None), nn.BatchNorm2d)]
+            pairs = [
+                (a, b)
+                for a, b in (("conv1", "bn1"), ("conv2", "bn2"))
+                if isinstance(getattr(mod, a, None), nn.Conv2d) and isinstance(getattr(mod, b, None), nn.BatchNorm2d)
+            ]
         for a, b in pairs:
             setattr(mod, a, fuse_conv_bn_eval(getattr(mod, a), getattr(mod, b)))
             setattr(mod, b, nn.Identity())
@@ -285,5 +319,10 @@ def fold_batchnorm(net: RewardNet) -> RewardNet:
 
 
 def describe(meta: dict[str, Any]) -> str:
-    return json.dumps({k: meta[k] for k in ("arch", "width", "stem_stride", "image_size", "channels",
-                                            "classes", "temperature") if k in meta})
+    return json.dumps(
+        {
+            k: meta[k]
+            for k in ("arch", "width", "stem_stride", "image_size", "channels", "classes", "temperature")
+            if k in meta
+        }
+    )

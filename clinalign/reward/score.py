@@ -78,8 +78,11 @@ def list_scored_images(images: str | Path) -> tuple[list[Path], list[str]]:
     root = Path(images)
     paths = list_images(root)  # raises for a missing folder or one with no images
     classes = declared_classes(paths, root)
-    check_unique_names(paths, "the rewards CSV identifies images by file name, so names must be unique "
-                              "across sub-folders. Rename one of them")
+    check_unique_names(
+        paths,
+        "the rewards CSV identifies images by file name, so names must be unique "
+        "across sub-folders. Rename one of them",
+    )
     order = sorted(range(len(paths)), key=lambda i: paths[i].name)
     return [paths[i] for i in order], [classes[i] for i in order]
 
@@ -127,8 +130,14 @@ def thread_plan(decode_threads: int | None = None) -> tuple[int, int]:
     return decode, max(1, min(torch.get_num_threads(), cpus - decode))
 
 
-def score_paths(model: RewardModel, paths: list[Path], classes: list[str], batch_size: int = DEFAULT_BATCH,
-                progress: Callable[[int], None] | None = None, decode_threads: int | None = None) -> Scores:
+def score_paths(
+    model: RewardModel,
+    paths: list[Path],
+    classes: list[str],
+    batch_size: int = DEFAULT_BATCH,
+    progress: Callable[[int], None] | None = None,
+    decode_threads: int | None = None,
+) -> Scores:
     """Decode and score ``paths`` declared as ``classes``; ``progress(n)`` after each batch.
 
     Decoding runs one batch ahead in ``decode_threads`` threads; on CPU, torch's thread count is
@@ -154,17 +163,27 @@ def score_paths(model: RewardModel, paths: list[Path], classes: list[str], batch
         torch.set_num_threads(before)
 
 
-def _score(model: RewardModel, paths: list[Path], classes: list[str], idx: torch.Tensor, batch_size: int,
-           progress: Callable[[int], None] | None, decode_threads: int) -> Scores:
+def _score(
+    model: RewardModel,
+    paths: list[Path],
+    classes: list[str],
+    idx: torch.Tensor,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    decode_threads: int,
+) -> Scores:
     t0 = time.perf_counter()
-    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     # Each decode task does a whole sub-batch, so thread overhead is paid per batch, not per image.
     sub = max(1, -(-batch_size // decode_threads))
     logits, decode_seconds, resized = [], 0.0, []
     with ThreadPoolExecutor(decode_threads) as pool:
+
         def submit(chunk: list[Path]):
-            return [pool.submit(_decode_batch, chunk[j:j + sub], model.image_size, model.channels)
-                    for j in range(0, len(chunk), sub)]
+            return [
+                pool.submit(_decode_batch, chunk[j : j + sub], model.image_size, model.channels)
+                for j in range(0, len(chunk), sub)
+            ]
 
         pending: deque = deque()
         ahead = iter(chunks)
@@ -180,20 +199,33 @@ def _score(model: RewardModel, paths: list[Path], classes: list[str], idx: torch
             images = np.concatenate([a for a, _, _ in parts])
             decode_seconds += sum(s for _, s, _ in parts)
             resized += [r for _, _, rs in parts for r in rs]
-            logits.append(model.score_uint8(images, idx[done:done + len(images)], batch_size))
+            logits.append(model.score_uint8(images, idx[done : done + len(images)], batch_size))
             done += len(images)
             if progress is not None:
                 progress(len(images))
     if resized:
         p, (w, h) = resized[0]
-        log.warning("%d of %d images are not %dx%d (e.g. %s is %dx%d); they were scaled and centre-cropped to the "
-                    "reward model's size", len(resized), len(paths), model.image_size, model.image_size, p, w, h)
+        log.warning(
+            "%d of %d images are not %dx%d (e.g. %s is %dx%d); they were scaled and centre-cropped to the "
+            "reward model's size",
+            len(resized),
+            len(paths),
+            model.image_size,
+            model.image_size,
+            p,
+            w,
+            h,
+        )
     z = torch.cat(logits) if logits else torch.zeros(0)
     return Scores(
-        ids=[p.name for p in paths], paths=list(paths), classes=list(classes), logits=z.numpy().astype(np.float64),
+        ids=[p.name for p in paths],
+        paths=list(paths),
+        classes=list(classes),
+        logits=z.numpy().astype(np.float64),
         probability_uncalibrated=model.probabilities(z, calibrated=False).numpy().astype(np.float64),
         rewards=model.probabilities(z).numpy().astype(np.float64),
-        decode_seconds=decode_seconds, total_seconds=time.perf_counter() - t0,
+        decode_seconds=decode_seconds,
+        total_seconds=time.perf_counter() - t0,
     )
 
 
@@ -211,8 +243,9 @@ def detail_csv(scores: Scores) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["ID", "class", "logit", "probability_uncalibrated", "rewards"])
-    for i, c, z, pu, r in zip(scores.ids, scores.classes, scores.logits, scores.probability_uncalibrated,
-                              scores.rewards):
+    for i, c, z, pu, r in zip(
+        scores.ids, scores.classes, scores.logits, scores.probability_uncalibrated, scores.rewards
+    ):
         w.writerow([i, c, f"{z:.6f}", f"{pu:.6f}", f"{r:.6f}"])
     return buf.getvalue()
 
@@ -221,10 +254,14 @@ def detail_path(out: Path) -> Path:
     return out.with_name(out.stem + DETAIL_SUFFIX + (out.suffix or ".csv"))
 
 
-def score_folder_images(checkpoint: str | Path, images: str | Path, batch_size: int = DEFAULT_BATCH,
-                        progress: Callable[[int], None] | None = None,
-                        on_listed: Callable[[int], None] | None = None,
-                        device: str | torch.device = "cpu") -> Scores:
+def score_folder_images(
+    checkpoint: str | Path,
+    images: str | Path,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Callable[[int], None] | None = None,
+    on_listed: Callable[[int], None] | None = None,
+    device: str | torch.device = "cpu",
+) -> Scores:
     """Load the reward model and score every image under ``images`` (sorted by ID)."""
     model = RewardModel.load(checkpoint, device)
     paths, classes = list_scored_images(images)
@@ -233,9 +270,15 @@ def score_folder_images(checkpoint: str | Path, images: str | Path, batch_size: 
     return score_paths(model, paths, classes, batch_size, progress)
 
 
-def score_folder(checkpoint: str | Path, images: str | Path, out: str | Path, batch_size: int = DEFAULT_BATCH,
-                 progress: Callable[[int], None] | None = None, on_listed: Callable[[int], None] | None = None,
-                 device: str | torch.device = "cpu") -> ScoreResult:
+def score_folder(
+    checkpoint: str | Path,
+    images: str | Path,
+    out: str | Path,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Callable[[int], None] | None = None,
+    on_listed: Callable[[int], None] | None = None,
+    device: str | torch.device = "cpu",
+) -> ScoreResult:
     """``rewards.csv`` (+ ``rewards_detail.csv``) for every image under ``images``."""
     out = Path(out)
     if out.is_dir():
@@ -243,7 +286,12 @@ def score_folder(checkpoint: str | Path, images: str | Path, out: str | Path, ba
     scores = score_folder_images(checkpoint, images, batch_size, progress, on_listed, device)
     detail = detail_path(out)
     write_texts({detail: detail_csv(scores), out: rewards_csv(scores)})
-    log.info("scored %d images in %.2fs (%.0f images/s; decoding %.2fs of thread time) -> %s",
-             len(scores), scores.total_seconds, len(scores) / max(scores.total_seconds, 1e-9),
-             scores.decode_seconds, out)
+    log.info(
+        "scored %d images in %.2fs (%.0f images/s; decoding %.2fs of thread time) -> %s",
+        len(scores),
+        scores.total_seconds,
+        len(scores) / max(scores.total_seconds, 1e-9),
+        scores.decode_seconds,
+        out,
+    )
     return ScoreResult(out, detail, len(scores), scores.total_seconds, scores.decode_seconds)

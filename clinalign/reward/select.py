@@ -63,10 +63,17 @@ def pick_uncertain(rewards: Sequence[float] | np.ndarray, classes: Sequence[str]
     return picked
 
 
-def select_for_review(checkpoint: str | Path, images: str | Path, n: int, out: str | Path, seed: int = 0,
-                      batch_size: int = DEFAULT_BATCH, progress: Callable[[int], None] | None = None,
-                      on_listed: Callable[[int], None] | None = None,
-                      device: str | torch.device = "cpu") -> SelectionResult:
+def select_for_review(
+    checkpoint: str | Path,
+    images: str | Path,
+    n: int,
+    out: str | Path,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Callable[[int], None] | None = None,
+    on_listed: Callable[[int], None] | None = None,
+    device: str | torch.device = "cpu",
+) -> SelectionResult:
     """Score ``images``, pick ``n`` by uncertainty, and copy them with a manifest into ``out``."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -90,5 +97,10 @@ def select_for_review(checkpoint: str | Path, images: str | Path, n: int, out: s
     for i in picked:
         per_class[classes[i]] = per_class.get(classes[i], 0) + 1
     log.info("selected %d of %d images for review into %s (%s)", len(picked), len(paths), out, per_class)
-    return SelectionResult(out, [paths[i].name for i in picked], [classes[i] for i in picked],
-                           [float(scores.rewards[i]) for i in picked], dict(sorted(per_class.items())))
+    return SelectionResult(
+        out,
+        [paths[i].name for i in picked],
+        [classes[i] for i in picked],
+        [float(scores.rewards[i]) for i in picked],
+        dict(sorted(per_class.items())),
+    )

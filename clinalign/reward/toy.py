@@ -49,8 +49,9 @@ def _classes(classes: int) -> list[str]:
     return sorted(CLASS_NAMES[:classes])
 
 
-def toy_feedback(classes: int = 4, per_class: int = 40, size: int = 32, seed: int = 0,
-                 implausible_share: float = 0.5) -> ToyFeedback:
+def toy_feedback(
+    classes: int = 4, per_class: int = 40, size: int = 32, seed: int = 0, implausible_share: float = 0.5
+) -> ToyFeedback:
     """``per_class`` judged images per declared class, ``implausible_share`` of them implausible."""
     names = _classes(classes)
     kinds_list = list(IMPLAUSIBLE_MIX)
@@ -63,8 +64,9 @@ def toy_feedback(classes: int = 4, per_class: int = 40, size: int = 32, seed: in
             if rng.random() >= implausible_share:
                 img = render_cell(c, rng, size)[0].astype(np.float32)
                 if rng.random() < 0.5:  # generator-like softness or grain, still clinically fine
-                    img = (gaussian_filter(img, (0.6, 0.6, 0)) if rng.random() < 0.5
-                           else img + rng.normal(0, 4, img.shape))
+                    img = (
+                        gaussian_filter(img, (0.6, 0.6, 0)) if rng.random() < 0.5 else img + rng.normal(0, 4, img.shape)
+                    )
                 kind = "plausible"
             else:
                 kind = kinds_list[int(rng.choice(len(kinds_list), p=probs))]
@@ -105,13 +107,24 @@ def write_samples(fb: ToyFeedback, root: Path) -> Path:
     return root
 
 
-def write_toy_reward_data(root: str | Path, classes: int = 4, real_per_class: int = 60, feedback_per_class: int = 60,
-                          val_real_per_class: int = 20, val_feedback_per_class: int = 40, size: int = 32,
-                          seed: int = 0) -> dict[str, Path]:
+def write_toy_reward_data(
+    root: str | Path,
+    classes: int = 4,
+    real_per_class: int = 60,
+    feedback_per_class: int = 60,
+    val_real_per_class: int = 20,
+    val_feedback_per_class: int = 40,
+    size: int = 32,
+    seed: int = 0,
+) -> dict[str, Path]:
     """The four folders of ``clinalign reward train`` under ``root``; returns their paths."""
     root = Path(root)
-    out = {"train_dir": root / "train", "val_dir": root / "val",
-           "train_anno_dir": root / "train_anno", "val_anno_dir": root / "val_anno"}
+    out = {
+        "train_dir": root / "train",
+        "val_dir": root / "val",
+        "train_anno_dir": root / "train_anno",
+        "val_anno_dir": root / "val_anno",
+    }
     generate(out["train_dir"], classes, real_per_class, size, seed, layout="imagenet")
     generate(out["val_dir"], classes, val_real_per_class, size, seed + 1, layout="imagenet")
     write_feedback(toy_feedback(classes, feedback_per_class, size, seed + 2), out["train_anno_dir"])

@@ -110,8 +110,9 @@ def _draw(idx: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([rng.permutation(idx) for _ in range(reps)])[:k]
 
 
-def epoch_plan(n_real: int, plausible: np.ndarray | None, real_weight: float, rng: np.random.Generator
-               ) -> tuple[np.ndarray, np.ndarray]:
+def epoch_plan(
+    n_real: int, plausible: np.ndarray | None, real_weight: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Real-image indices and synthetic indices of one epoch.
 
     The epoch has as many (image, class) pairs as the data has (2 per real image, 1 per judged
@@ -143,8 +144,17 @@ def _batch_tensor(images: np.ndarray, device: torch.device, gen: torch.Generator
     return x.to(device).contiguous(memory_format=torch.channels_last)
 
 
-def _train_epoch(net: RewardNet, data: RewardData, opt: torch.optim.Optimizer, sched, cfg: TrainConfig,
-                 epoch: int, gen: torch.Generator, device: torch.device, candidates: np.ndarray) -> float:
+def _train_epoch(
+    net: RewardNet,
+    data: RewardData,
+    opt: torch.optim.Optimizer,
+    sched,
+    cfg: TrainConfig,
+    epoch: int,
+    gen: torch.Generator,
+    device: torch.device,
+    candidates: np.ndarray,
+) -> float:
     rng = np.random.default_rng([cfg.seed, epoch])
     real, syn = data.train_real, data.train_feedback
     real_idx, syn_idx = epoch_plan(len(real) if real else 0, syn.plausible if syn else None, cfg.real_weight, rng)
@@ -156,7 +166,7 @@ def _train_epoch(net: RewardNet, data: RewardData, opt: torch.optim.Optimizer, s
     net.train()
     total, n_pairs = 0.0, 0
     for start in range(0, len(order), cfg.batch_size):
-        sel = order[start:start + cfg.batch_size]
+        sel = order[start : start + cfg.batch_size]
         if len(sel) < 2:  # BatchNorm needs two samples
             continue
         r = index[sel[source[sel] == 0]]
@@ -165,7 +175,7 @@ def _train_epoch(net: RewardNet, data: RewardData, opt: torch.optim.Optimizer, s
         h = net.features(_batch_tensor(images, device, gen, cfg.colour_jitter))
         logits, targets = [], []
         if len(r):
-            hr = h[:len(r)]
+            hr = h[: len(r)]
             logits.append(net.head(hr, torch.as_tensor(real.classes[r], device=device)))
             targets.append(torch.ones(len(r)))
             w = wrong[r]
@@ -174,7 +184,7 @@ def _train_epoch(net: RewardNet, data: RewardData, opt: torch.optim.Optimizer, s
                 logits.append(net.head(hr[keep], torch.as_tensor(w[w >= 0], device=device)))
                 targets.append(torch.zeros(int((w >= 0).sum())))
         if len(s):
-            logits.append(net.head(h[len(r):], torch.as_tensor(syn.classes[s], device=device)))
+            logits.append(net.head(h[len(r) :], torch.as_tensor(syn.classes[s], device=device)))
             targets.append(torch.as_tensor(syn.plausible[s], dtype=torch.float32))
         z = torch.cat(logits)
         y = torch.cat(targets).to(device)
@@ -228,8 +238,13 @@ def build_val_set(data: RewardData, seed: int) -> ValSet | None:
         synthetic.append(np.ones(len(vf), bool))
     if not rows:
         return None
-    return ValSet(images, rows, np.concatenate(synthetic), np.concatenate([r[3] for r in rows]),
-                  np.concatenate([r[2] for r in rows]))
+    return ValSet(
+        images,
+        rows,
+        np.concatenate(synthetic),
+        np.concatenate([r[3] for r in rows]),
+        np.concatenate([r[2] for r in rows]),
+    )
 
 
 @torch.inference_mode()
@@ -240,9 +255,9 @@ def val_logits(net: RewardNet, vs: ValSet, device: torch.device) -> np.ndarray:
     for split, img_idx, cls_idx, _ in vs.rows:
         imgs = vs.split_images[split]
         for i in range(0, len(img_idx), _EVAL_BATCH):
-            j = img_idx[i:i + _EVAL_BATCH]
+            j = img_idx[i : i + _EVAL_BATCH]
             all_logits = net.head_all(net.features(_batch_tensor(imgs[j], device, None, 0.0)))
-            c = torch.as_tensor(cls_idx[i:i + _EVAL_BATCH], device=device)
+            c = torch.as_tensor(cls_idx[i : i + _EVAL_BATCH], device=device)
             out.append(all_logits.gather(1, c[:, None]).squeeze(1).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
@@ -292,8 +307,10 @@ def build_net(cfg: TrainConfig, data: RewardData) -> tuple[RewardNet, dict[str, 
 
         _, trunk_meta = load_classifier(cfg.init_trunk)
         if int(trunk_meta.get("channels", data.channels)) != data.channels:
-            raise ConfigError(f"--init_trunk {cfg.init_trunk}: a {trunk_meta['channels']}-channel classifier, "
-                              f"but the images have {data.channels} channel(s)")
+            raise ConfigError(
+                f"--init_trunk {cfg.init_trunk}: a {trunk_meta['channels']}-channel classifier, "
+                f"but the images have {data.channels} channel(s)"
+            )
     arch = cfg.arch or trunk_meta.get("arch", "resnet")
     width = cfg.width or int(trunk_meta.get("width", 32) if cfg.init_trunk else DEFAULT_WIDTH)
     # A given trunk learned its filters at full resolution; keep it there unless told otherwise.
@@ -302,14 +319,21 @@ def build_net(cfg: TrainConfig, data: RewardData) -> tuple[RewardNet, dict[str, 
     if cfg.init_trunk is not None:
         net.load_trunk(cfg.init_trunk)
         log.info("trunk initialised from %s", cfg.init_trunk)
-    meta = {"arch": arch, "width": width, "stem_stride": stem_stride, "hidden": net.proj.out_features,
-            "dropout": net.dropout.p, "real_classes": data.real_classes,
-            "init_trunk": str(cfg.init_trunk) if cfg.init_trunk else None}
+    meta = {
+        "arch": arch,
+        "width": width,
+        "stem_stride": stem_stride,
+        "hidden": net.proj.out_features,
+        "dropout": net.dropout.p,
+        "real_classes": data.real_classes,
+        "init_trunk": str(cfg.init_trunk) if cfg.init_trunk else None,
+    }
     return net, meta
 
 
-def train_reward(cfg: TrainConfig, data: RewardData | None = None,
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+def train_reward(
+    cfg: TrainConfig, data: RewardData | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None
+) -> TrainResult:
     """Train, calibrate and save a reward model into ``cfg.save_dir``; returns it with its report."""
     _check_config(cfg)
     tmp = None
@@ -318,9 +342,17 @@ def train_reward(cfg: TrainConfig, data: RewardData | None = None,
             anno = cfg.train_anno_dir
             if cfg.train_anno_db is not None:
                 tmp, anno = temporary_export(cfg.train_anno_db, cfg.anno_rule)
-            data = load_reward_data(cfg.train_dir, anno, cfg.val_dir, cfg.val_anno_dir, image_size=cfg.image_size,
-                                    require_both=cfg.require_both, feedback_fraction=cfg.feedback_fraction,
-                                    seed=cfg.seed, skip_bad_images=cfg.skip_bad_images)
+            data = load_reward_data(
+                cfg.train_dir,
+                anno,
+                cfg.val_dir,
+                cfg.val_anno_dir,
+                image_size=cfg.image_size,
+                require_both=cfg.require_both,
+                feedback_fraction=cfg.feedback_fraction,
+                seed=cfg.seed,
+                skip_bad_images=cfg.skip_bad_images,
+            )
         return _train(cfg, data, on_epoch)
     finally:
         if tmp is not None:
@@ -329,8 +361,9 @@ def train_reward(cfg: TrainConfig, data: RewardData | None = None,
 
 def _schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
     if cfg.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch + 1,
-                                                   pct_start=0.15)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch + 1, pct_start=0.15
+        )
     return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.lr_decay_every_x_epochs), gamma=cfg.gamma)
 
 
@@ -344,14 +377,18 @@ class _Fit:
     history: list[dict[str, Any]]
 
 
-def _fit_epochs(net: RewardNet, data: RewardData, vs, cfg: TrainConfig, device: torch.device, save_dir: Path,
-                on_epoch) -> _Fit:
+def _fit_epochs(
+    net: RewardNet, data: RewardData, vs, cfg: TrainConfig, device: torch.device, save_dir: Path, on_epoch
+) -> _Fit:
     """Train epoch by epoch, keeping the best validation epoch (early stopping after ``patience``)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    plan = epoch_plan(len(data.train_real) if data.train_real else 0,
-                      data.train_feedback.plausible if data.train_feedback else None, cfg.real_weight,
-                      np.random.default_rng(0))
+    plan = epoch_plan(
+        len(data.train_real) if data.train_real else 0,
+        data.train_feedback.plausible if data.train_feedback else None,
+        cfg.real_weight,
+        np.random.default_rng(0),
+    )
     sched = _schedule(cfg, opt, max(1, math.ceil(sum(len(p) for p in plan) / cfg.batch_size)))
     candidates = np.asarray(data.class_map.indices(data.real_classes), dtype=np.int64)
     history: list[dict[str, Any]] = []
@@ -397,10 +434,12 @@ def _calibrate(net: RewardNet, vs, data: RewardData, device: torch.device) -> di
     temperature = fit_temperature(torch.from_numpy(logits[use]), torch.from_numpy(vs.labels[use]))
     names = [data.class_map.name(int(c)) for c in vs.classes]
     raw = grouped_metrics(1 / (1 + np.exp(-logits)), vs.labels, names, syn)
-    return {"temperature": temperature,
-            "calibrated_on": "validation synthetic feedback" if use is syn else "all validation pairs",
-            "validation": grouped_metrics(1 / (1 + np.exp(-logits / temperature)), vs.labels, names, syn),
-            "validation_uncalibrated": {k: raw[k] for k in ("overall", "real", "synthetic")}}
+    return {
+        "temperature": temperature,
+        "calibrated_on": "validation synthetic feedback" if use is syn else "all validation pairs",
+        "validation": grouped_metrics(1 / (1 + np.exp(-logits / temperature)), vs.labels, names, syn),
+        "validation_uncalibrated": {k: raw[k] for k in ("overall", "real", "synthetic")},
+    }
 
 
 def _train(cfg: TrainConfig, data: RewardData, on_epoch) -> TrainResult:
@@ -410,8 +449,10 @@ def _train(cfg: TrainConfig, data: RewardData, on_epoch) -> TrainResult:
     net.to(device).to(memory_format=torch.channels_last)
     vs = build_val_set(data, cfg.seed)
     if vs is None:
-        log.warning("no validation data: no early stopping, and the reward is not calibrated (T = 1); "
-                    "pass --val_dir and --val_anno_dir")
+        log.warning(
+            "no validation data: no early stopping, and the reward is not calibrated (T = 1); "
+            "pass --val_dir and --val_anno_dir"
+        )
     save_dir = Path(cfg.save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     fit = _fit_epochs(net, data, vs, cfg, device, save_dir, on_epoch)
@@ -421,9 +462,16 @@ def _train(cfg: TrainConfig, data: RewardData, on_epoch) -> TrainResult:
     meta.update(temperature=calibration["temperature"], calibrated_on=calibration["calibrated_on"])
     model = RewardModel(net.cpu(), data.class_map, calibration["temperature"], data.image_size, data.channels, meta)
     model.save(save_dir)
-    report = {"format": "clinalign_reward_report", "selection_metric": fit.metric, "best_epoch": fit.epoch,
-              "epochs_run": len(fit.history), **calibration, "data": data.summary(), "config": cfg.to_json(),
-              "model": dict(meta)}
+    report = {
+        "format": "clinalign_reward_report",
+        "selection_metric": fit.metric,
+        "best_epoch": fit.epoch,
+        "epochs_run": len(fit.history),
+        **calibration,
+        "data": data.summary(),
+        "config": cfg.to_json(),
+        "model": dict(meta),
+    }
     write_json(save_dir / REPORT_FILE, report)
     log.info("saved reward model to %s (best epoch %d, T = %.3f)", save_dir, fit.epoch, calibration["temperature"])
     return TrainResult(model.to(device), report, fit.history, save_dir)

@@ -10,9 +10,11 @@ from .sample import SampleConfig, sample_folder
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="a run directory (its latest checkpoint), a checkpoints/step_N directory or a "
-                             ".safetensors file")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a run directory (its latest checkpoint), a checkpoints/step_N directory or a .safetensors file",
+    )
     parser.add_argument("--out", required=True, help="output folder (created; rerunning continues an interrupted run)")
     add_flags(parser, SampleConfig, skip=("max_draw_factor",))
     group = parser.add_argument_group("rejection sampling (keep only what the reward model accepts)")
@@ -23,22 +25,31 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     cfg = resolve(SampleConfig, args)
-    accept = reward_acceptor(args.reward_checkpoint, args.min_reward, args.checkpoint) if args.reward_checkpoint else None
+    accept = (
+        reward_acceptor(args.reward_checkpoint, args.min_reward, args.checkpoint) if args.reward_checkpoint else None
+    )
     result = sample_folder(args.checkpoint, args.out, cfg, accept=accept, progress=True)
-    print(f"wrote {result.written} images to {result.out} "
-          f"({', '.join(f'{k}: {v}' for k, v in result.per_class.items())})")
+    print(
+        f"wrote {result.written} images to {result.out} ({', '.join(f'{k}: {v}' for k, v in result.per_class.items())})"
+    )
     if accept is not None:
-        print(f"acceptance rate: {result.acceptance_rate:.1%} ({result.written} accepted of {result.drawn} drawn, "
-              f"reward >= {args.min_reward})")
+        print(
+            f"acceptance rate: {result.acceptance_rate:.1%} ({result.written} accepted of {result.drawn} drawn, "
+            f"reward >= {args.min_reward})"
+        )
         for name, missing in result.short.items():
-            print(f"  {name}: {missing} short after {result.drawn_per_class[name]} draws; the model rarely makes a "
-                  f"{name} the reward model accepts")
+            print(
+                f"  {name}: {missing} short after {result.drawn_per_class[name]} draws; the model rarely makes a "
+                f"{name} the reward model accepts"
+            )
     return 0
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("sample", help="draw synthetic images from a checkpoint",
-                                   description="Draw samples into LABEL_000123.png files with manifest.csv and "
-                                               "samples.npz.")
+    parser = subparsers.add_parser(
+        "sample",
+        help="draw synthetic images from a checkpoint",
+        description="Draw samples into LABEL_000123.png files with manifest.csv and samples.npz.",
+    )
     add_sample_arguments(parser)
     parser.set_defaults(func=cmd_sample)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -40,8 +40,9 @@ class SampleConfig:
 
     num_samples: int = option(16, "images in total, spread evenly over --classes")
     classes: str = option("", "comma-separated class names (default: every class of the run)")
-    sampler: str = option("ancestral", "ancestral (DDPM), ddim, or dpm++ (DPM-Solver++(2M), good at 10-25 steps)",
-                          choices=SAMPLERS)
+    sampler: str = option(
+        "ancestral", "ancestral (DDPM), ddim, or dpm++ (DPM-Solver++(2M), good at 10-25 steps)", choices=SAMPLERS
+    )
     steps: int = option(0, "denoising steps (0 = all training steps for ancestral, 50 for ddim, 20 for dpm++)")
     eta: float = option(0.0, "DDIM eta (0 = deterministic)")
     batch_size: int = option(16, "images per forward pass")
@@ -50,8 +51,7 @@ class SampleConfig:
     clip_denoised: bool = option(True, "clip predicted x_0 to [-1, 1] while sampling")
     use_fp16: bool = option(False, "bf16 autocast")
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
-    max_draw_factor: int = option(50, "rejection sampling: give up on a class after drawing this many times its "
-                                      "quota")
+    max_draw_factor: int = option(50, "rejection sampling: give up on a class after drawing this many times its quota")
 
     @property
     def class_list(self) -> list[str] | None:
@@ -115,23 +115,47 @@ def _write_rows_atomic(path: Path, rows: list[dict[str, str]]) -> None:
         writer.writerows(rows)
 
 
-def generate(model, diffusion, labels: torch.Tensor, shape: tuple[int, ...], *, sampler: str, steps: int | None,
-             generator: torch.Generator, class_cond: bool, eta: float = 0.0, clip_denoised: bool = True,
-             use_fp16: bool = False) -> torch.Tensor:
+def generate(
+    model,
+    diffusion,
+    labels: torch.Tensor,
+    shape: tuple[int, ...],
+    *,
+    sampler: str,
+    steps: int | None,
+    generator: torch.Generator,
+    class_cond: bool,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
+    use_fp16: bool = False,
+) -> torch.Tensor:
     """One batch of images in [-1, 1] (N, C, H, W) on the CPU."""
     from ..diffusion import sample_images
 
     device = next(model.parameters()).device
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_fp16 else nullcontext()
     with torch.inference_mode(), amp:
-        x = sample_images(model, diffusion, shape, sampler=sampler, steps=steps,
-                          model_kwargs={"y": labels.to(device)} if class_cond else None,
-                          eta=eta, clip_denoised=clip_denoised, generator=generator)
+        x = sample_images(
+            model,
+            diffusion,
+            shape,
+            sampler=sampler,
+            steps=steps,
+            model_kwargs={"y": labels.to(device)} if class_cond else None,
+            eta=eta,
+            clip_denoised=clip_denoised,
+            generator=generator,
+        )
     return x.float().clamp(-1, 1).cpu()
 
 
-def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, cfg: SampleConfig,
-                  accept: AcceptFn | None = None, progress: bool = False) -> SampleResult:
+def sample_folder(
+    checkpoint: str | Path | Checkpoint,
+    out: str | Path,
+    cfg: SampleConfig,
+    accept: AcceptFn | None = None,
+    progress: bool = False,
+) -> SampleResult:
     """Draw ``cfg.num_samples`` images (split evenly over the classes) into ``out``; resumable.
 
     ``accept`` (rejection sampling): keeps only the images it accepts, drawing more until every
@@ -143,8 +167,12 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, cfg: Sam
     class_map, names = _classes_to_draw(ck, cfg.class_list)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"checkpoint": str(ck.path), "sampler": cfg.sampler, "steps": str(cfg.resolved_steps or ""),
-                "seed": str(cfg.seed)}
+    settings = {
+        "checkpoint": str(ck.path),
+        "sampler": cfg.sampler,
+        "steps": str(cfg.resolved_steps or ""),
+        "seed": str(cfg.seed),
+    }
     rows = _resume_rows(out, out / MANIFEST_NAME, settings)
     if rows:
         log.info("%s: resuming, %d of %d samples already there", out, len(rows), cfg.num_samples)
@@ -167,8 +195,14 @@ def sample_folder(checkpoint: str | Path | Checkpoint, out: str | Path, cfg: Sam
 
         write_concepts_file(out, concepts)
     per_class = {n: sum(1 for r in draw.rows if r["class"] == n) for n in names}
-    return SampleResult(out=out, written=draw.written, drawn=sum(draw.drawn_by.values()), per_class=per_class,
-                        drawn_per_class=draw.drawn_by, short=draw.short)
+    return SampleResult(
+        out=out,
+        written=draw.written,
+        drawn=sum(draw.drawn_by.values()),
+        per_class=per_class,
+        drawn_per_class=draw.drawn_by,
+        short=draw.short,
+    )
 
 
 def _classes_to_draw(ck: Checkpoint, classes: list[str] | None) -> tuple[ClassMap, list[str]]:
@@ -186,10 +220,24 @@ def _classes_to_draw(ck: Checkpoint, classes: list[str] | None) -> tuple[ClassMa
 class _Drawer:
     """The state of one sampling run: quotas left, rows written, draws per class, the model."""
 
-    def __init__(self, ck: Checkpoint, cfg: SampleConfig, class_map: ClassMap, names: list[str],
-                 rows: list[dict[str, str]], settings: dict[str, str], accept: AcceptFn | None):
+    def __init__(
+        self,
+        ck: Checkpoint,
+        cfg: SampleConfig,
+        class_map: ClassMap,
+        names: list[str],
+        rows: list[dict[str, str]],
+        settings: dict[str, str],
+        accept: AcceptFn | None,
+    ):
         self.cfg, self.class_map, self.names, self.rows, self.settings, self.accept = (
-            cfg, class_map, names, rows, settings, accept)
+            cfg,
+            class_map,
+            names,
+            rows,
+            settings,
+            accept,
+        )
         quotas = class_quotas(names, cfg.num_samples)
         done = {n: sum(1 for r in rows if r["class"] == n) for n in names}
         self.remaining = {n: max(0, quotas[n] - done[n]) for n in names}
@@ -216,12 +264,21 @@ class _Drawer:
         cfg = self.cfg
         batch_names = _batch_labels(self.remaining, cfg.batch_size)
         if self.accept is not None:  # draw a full batch even near the end: rejects are expected
-            batch_names = (batch_names * cfg.batch_size)[:cfg.batch_size]
+            batch_names = (batch_names * cfg.batch_size)[: cfg.batch_size]
         labels = torch.tensor([self.class_map.index(n) for n in batch_names])
-        images = generate(self.model, self.diffusion, labels, (len(batch_names), *self.shape_tail),
-                          sampler=cfg.sampler, steps=cfg.resolved_steps,
-                          generator=batch_generator(cfg.seed, self.next_batch), class_cond=self.class_cond,
-                          eta=cfg.eta, clip_denoised=cfg.clip_denoised, use_fp16=cfg.use_fp16)
+        images = generate(
+            self.model,
+            self.diffusion,
+            labels,
+            (len(batch_names), *self.shape_tail),
+            sampler=cfg.sampler,
+            steps=cfg.resolved_steps,
+            generator=batch_generator(cfg.seed, self.next_batch),
+            class_cond=self.class_cond,
+            eta=cfg.eta,
+            clip_denoised=cfg.clip_denoised,
+            use_fp16=cfg.use_fp16,
+        )
         keep, scores = (torch.ones(len(batch_names), dtype=torch.bool), None)
         if self.accept is not None:
             keep, scores = self.accept(images, labels)
@@ -232,8 +289,15 @@ class _Drawer:
                 continue
             file_id = f"{name}_{self.counter:06d}.png"
             save_png(pixels[j], out / file_id)
-            self.rows.append({"ID": file_id, "class": name, "batch": str(self.next_batch),
-                              "reward": f"{float(scores[j]):.6f}" if scores is not None else "", **self.settings})
+            self.rows.append(
+                {
+                    "ID": file_id,
+                    "class": name,
+                    "batch": str(self.next_batch),
+                    "reward": f"{float(scores[j]):.6f}" if scores is not None else "",
+                    **self.settings,
+                }
+            )
             self.remaining[name] -= 1
             self.counter += 1
             written += 1
@@ -246,9 +310,13 @@ class _Drawer:
     def _give_up_on_hopeless_classes(self) -> None:
         for name in self.names:
             if self.remaining[name] and self.drawn_by[name] >= self.budget[name]:
-                log.warning("%s: gave up after drawing %d images, %d short of the quota: too few pass the reward "
-                            "bar (raise --max_draw_factor or lower --min_reward)", name, self.drawn_by[name],
-                            self.remaining[name])
+                log.warning(
+                    "%s: gave up after drawing %d images, %d short of the quota: too few pass the reward "
+                    "bar (raise --max_draw_factor or lower --min_reward)",
+                    name,
+                    self.drawn_by[name],
+                    self.remaining[name],
+                )
                 self.short[name], self.remaining[name] = self.remaining[name], 0
 
 
@@ -260,15 +328,18 @@ def _resume_rows(out: Path, manifest: Path, settings: dict[str, str]) -> list[di
             if theirs != settings:
                 raise ConfigError(
                     f"{out}: already holds samples from another setting ({theirs}); "
-                    "pass a new --out, or delete that folder to start over")
+                    "pass a new --out, or delete that folder to start over"
+                )
         return [r for r in rows if (out / r["ID"]).exists()]
     try:
         existing = list_images(out)
     except Exception:
         existing = []
     if existing:
-        raise ConfigError(f"{out}: already holds {len(existing)} images that this command did not write; "
-                          "pass an empty --out so nothing is overwritten")
+        raise ConfigError(
+            f"{out}: already holds {len(existing)} images that this command did not write; "
+            "pass an empty --out so nothing is overwritten"
+        )
     return []
 
 

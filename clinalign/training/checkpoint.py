@@ -96,8 +96,9 @@ class Checkpoint:
         else:
             file = self.path / "model.safetensors"
         if not file.exists():
-            raise CheckpointError(f"{file}: missing from the checkpoint; it was not written completely, "
-                                  "use an earlier checkpoint")
+            raise CheckpointError(
+                f"{file}: missing from the checkpoint; it was not written completely, use an earlier checkpoint"
+            )
         return load_file(str(file))
 
     def state(self) -> dict[str, Any]:
@@ -118,8 +119,12 @@ class Checkpoint:
     def build_diffusion(self, timestep_respacing: str | None = None):
         """The run's diffusion; ``timestep_respacing`` None keeps the config's own respacing."""
         model = self.model
-        return diffusion_from_config(self.diffusion, learn_sigma=model.learn_sigma, sigma_small=model.sigma_small,
-                                     timestep_respacing=timestep_respacing)
+        return diffusion_from_config(
+            self.diffusion,
+            learn_sigma=model.learn_sigma,
+            sigma_small=model.sigma_small,
+            timestep_respacing=timestep_respacing,
+        )
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
@@ -128,22 +133,34 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
         raise CheckpointError(
             f"{source}: weights do not fit the model built from its config "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}); the checkpoint is from another "
-            "architecture or version — retrain, or pass the checkpoint that matches these flags")
+            "architecture or version — retrain, or pass the checkpoint that matches these flags"
+        )
 
 
-def save_checkpoint(run_dir: Path, meta: dict[str, Any], model_state: dict[str, torch.Tensor],
-                    ema_states: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    meta: dict[str, Any],
+    model_state: dict[str, torch.Tensor],
+    ema_states: dict[str, dict[str, torch.Tensor]],
+    state: dict[str, Any],
+) -> Path:
     """Write a checkpoint directory atomically and durably (temp dir, fsync, rename)."""
     final = Path(run_dir) / "checkpoints" / f"step_{int(meta['step']):06d}"
     meta = {**meta, "format": FORMAT_VERSION, "ema_rates": list(ema_states)}
     header = {META_KEY: json.dumps(meta)}
     # The same step saved again (the final save after a periodic one) replaces the earlier copy.
     with atomic_directory(final, durable=True) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()},
-                  str(tmp / "model.safetensors"), metadata=header)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model_state.items()},
+            str(tmp / "model.safetensors"),
+            metadata=header,
+        )
         for rate, ema in ema_states.items():
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()},
-                      str(tmp / f"ema_{rate}.safetensors"), metadata=header)
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in ema.items()},
+                str(tmp / f"ema_{rate}.safetensors"),
+                metadata=header,
+            )
         torch.save(state, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     log.info("saved checkpoint %s", final)
@@ -154,8 +171,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := STEP_DIR.match(p.name)) and (p / "meta.json").exists()]
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / "meta.json").exists()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -183,20 +201,25 @@ def find_checkpoint(path: str | Path) -> Checkpoint:
     """Resolve a run directory (its latest checkpoint), a checkpoint directory, or a weights file."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint; pass a run directory, a checkpoints/step_N "
-                              "directory or a .safetensors file written by clinalign")
+        raise CheckpointError(
+            f"{path}: no such checkpoint; pass a run directory, a checkpoints/step_N "
+            "directory or a .safetensors file written by clinalign"
+        )
     if path.is_file():
         if path.suffix != ".safetensors":
-            raise CheckpointError(f"{path}: not a .safetensors file; pass the checkpoint directory or its "
-                                  "model.safetensors")
+            raise CheckpointError(
+                f"{path}: not a .safetensors file; pass the checkpoint directory or its model.safetensors"
+            )
         meta = _read_meta_from_safetensors(path)
         return Checkpoint(path.parent, meta)
     if (path / "meta.json").exists():
         return Checkpoint(path, json.loads((path / "meta.json").read_text()))
     found = list_checkpoints(path)
     if not found:
-        raise CheckpointError(f"{path}: holds no checkpoint (no checkpoints/step_N/meta.json); train first, "
-                              "or pass the run directory that holds one")
+        raise CheckpointError(
+            f"{path}: holds no checkpoint (no checkpoints/step_N/meta.json); train first, "
+            "or pass the run directory that holds one"
+        )
     return Checkpoint(found[-1], json.loads((found[-1] / "meta.json").read_text()))
 
 

@@ -25,26 +25,31 @@ class TrainConfig:
     schedule_sampler: str = option("uniform", "timestep sampler", choices=tuple(SCHEDULE_SAMPLERS))
     lr: float = option(1e-4, "learning rate (AdamW)")
     weight_decay: float = option(0.0, "AdamW weight decay")
-    lr_anneal_steps: int = option(0, "linearly anneal the learning rate to 0 over this many steps, then stop "
-                                     "(0 = off)")
+    lr_anneal_steps: int = option(0, "linearly anneal the learning rate to 0 over this many steps, then stop (0 = off)")
     batch_size: int = option(1, "images per step (per process)")
     microbatch: int = option(-1, "split each batch into chunks of this size, accumulating gradients (-1 = off)")
     ema_rate: str = option("0.9999", "comma-separated EMA rates; sampling uses the first")
     log_interval: int = option(10, "steps between metrics.jsonl lines")
     save_interval: int = option(10000, "steps between checkpoints")
-    resume_checkpoint: str = option("", "checkpoint (file or directory) to start from; a run dir's own latest "
-                                        "checkpoint wins")
-    use_fp16: bool = option(False, "mixed precision: bf16 autocast where supported (CPU, recent GPUs), else fp16 "
-                                   "with loss scaling")
+    resume_checkpoint: str = option(
+        "", "checkpoint (file or directory) to start from; a run dir's own latest checkpoint wins"
+    )
+    use_fp16: bool = option(
+        False, "mixed precision: bf16 autocast where supported (CPU, recent GPUs), else fp16 with loss scaling"
+    )
     fp16_scale_growth: float = option(1e-3, "accepted for compatibility (loss scaling is dynamic)")
     # clinalign additions
     max_steps: int = option(0, "stop after this many optimizer steps in total (0 = no limit) [clinalign]")
-    run_dir: str = option("", "where config, checkpoints and metrics go; rerunning with the same run_dir resumes "
-                              "(default: $OPENAI_LOGDIR or runs/default) [clinalign]")
+    run_dir: str = option(
+        "",
+        "where config, checkpoints and metrics go; rerunning with the same run_dir resumes "
+        "(default: $OPENAI_LOGDIR or runs/default) [clinalign]",
+    )
     grad_clip: float = option(1.0, "clip the global gradient norm to this value (0 = off) [clinalign]")
     seed: int = option(0, "seed for data order, timesteps and noise [clinalign]")
-    skip_bad_images: bool = option(False, "skip undecodable images (reporting the count) instead of stopping "
-                                          "[clinalign]")
+    skip_bad_images: bool = option(
+        False, "skip undecodable images (reporting the count) instead of stopping [clinalign]"
+    )
     rgb: bool = option(False, "force 3 channels even if every image is grayscale [clinalign]")
     keep_checkpoints: int = option(0, "keep only the newest N checkpoints (0 = keep all) [clinalign]")
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps [clinalign]")
@@ -82,16 +87,25 @@ class FinetuneConfig:
     data_mod_dir: str = option("", "scored synthetic images (LABEL_xxx.png + rewards.csv)")
     rewards: str = option("", "rewards CSV (ID,rewards); default: DATA_MOD_DIR/rewards.csv")
     beta: float = option(0.3, "weight of the real-data diffusion loss (0.3: the published code's value)")
-    reward_transform: str = option("raw", "raw rewards, a hard threshold, or min-max normalised per class",
-                                   choices=REWARD_TRANSFORMS)
+    reward_transform: str = option(
+        "raw", "raw rewards, a hard threshold, or min-max normalised per class", choices=REWARD_TRANSFORMS
+    )
     reward_threshold: float = option(0.5, "for --reward_transform threshold, and KTO's liked/disliked split")
-    objective: str = option("reward-weighted", "reward-weighted likelihood (the paper's), or Diffusion-KTO on "
-                                               "liked/disliked images (reward >= --reward_threshold is liked)",
-                            choices=OBJECTIVES)
+    objective: str = option(
+        "reward-weighted",
+        "reward-weighted likelihood (the paper's), or Diffusion-KTO on "
+        "liked/disliked images (reward >= --reward_threshold is liked)",
+        choices=OBJECTIVES,
+    )
     kto_beta: float = option(5000.0, "KTO's scale on the loss difference to the frozen starting model")
-    concept: list[str] = repeated("a concept the synthetic images declare and the checkpoint lacks (default: "
-                                  "DATA_MOD_DIR/concepts.json); its embedding row starts as the parent's",
-                                  metavar="NAME=PARENT")
-    concept_lr_scale: float = option(DEFAULT_CONCEPT_LR_SCALE, "learning-rate multiplier for the embedding rows of "
-                                     "new concepts; the existing classes' rows stay frozen while concepts are taught")
+    concept: list[str] = repeated(
+        "a concept the synthetic images declare and the checkpoint lacks (default: "
+        "DATA_MOD_DIR/concepts.json); its embedding row starts as the parent's",
+        metavar="NAME=PARENT",
+    )
+    concept_lr_scale: float = option(
+        DEFAULT_CONCEPT_LR_SCALE,
+        "learning-rate multiplier for the embedding rows of "
+        "new concepts; the existing classes' rows stay frozen while concepts are taught",
+    )
     init_ema: bool = option(True, "start from the pretrained EMA weights (else the raw weights)")

@@ -45,8 +45,10 @@ def read_rewards_csv(path: str | Path) -> dict[str, float]:
     """The seed's rewards file: header ``ID,rewards``; ID is an image file name."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: rewards file not found; score the samples first "
-                        "(clinalign reward score --images DIR --out DIR/rewards.csv) or pass --rewards")
+        raise DataError(
+            f"{path}: rewards file not found; score the samples first "
+            "(clinalign reward score --images DIR --out DIR/rewards.csv) or pass --rewards"
+        )
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "ID" not in reader.fieldnames or "rewards" not in reader.fieldnames:
@@ -56,7 +58,9 @@ def read_rewards_csv(path: str | Path) -> dict[str, float]:
             try:
                 value = float(row["rewards"])
             except (TypeError, ValueError):
-                raise DataError(f"{path}:{line}: reward {row['rewards']!r} is not a number; fix or delete the row") from None
+                raise DataError(
+                    f"{path}:{line}: reward {row['rewards']!r} is not a number; fix or delete the row"
+                ) from None
             if not np.isfinite(value):
                 raise DataError(f"{path}:{line}: reward {value} is not finite; fix or delete the row")
             out[row["ID"]] = value
@@ -72,8 +76,10 @@ def find_rewards_file(data_mod_dir: Path, given: str = "") -> Path:
     csvs = [p for p in data_mod_dir.glob("*.csv") if p.name != "manifest.csv" and "detail" not in p.name]
     if len(csvs) == 1:
         return csvs[0]
-    raise DataError(f"{data_mod_dir}: no {REWARDS_FILE} found (and {len(csvs)} other CSV files); "
-                    "pass --rewards FILE with columns ID,rewards")
+    raise DataError(
+        f"{data_mod_dir}: no {REWARDS_FILE} found (and {len(csvs)} other CSV files); "
+        "pass --rewards FILE with columns ID,rewards"
+    )
 
 
 def transform_rewards(rewards: np.ndarray, labels: np.ndarray, mode: str, threshold: float = 0.5) -> np.ndarray:
@@ -114,8 +120,11 @@ def grow_for_concepts(class_map, mod_dir: Path, specs: list[str] | None) -> tupl
     grown = grow_class_map(class_map, parents)
     new = [n for n in grown.names if n not in class_map]
     if new:
-        log.info("new concepts %s: class embedding rows copied from %s", ", ".join(new),
-                 ", ".join(str(grown.parents[n]) for n in new))
+        log.info(
+            "new concepts %s: class embedding rows copied from %s",
+            ", ".join(new),
+            ", ".join(str(grown.parents[n]) for n in new),
+        )
     return grown, {n: grown.parents[n] for n in grown.names if grown.parents.get(n)}
 
 
@@ -138,8 +147,12 @@ def find_start(run_dir: Path, train_cfg: TrainConfig, args) -> Start:
         if not train_cfg.resume_checkpoint:
             raise ConfigError("--resume_checkpoint is required: the pretrained checkpoint to finetune")
         source = init = find_checkpoint(train_cfg.resume_checkpoint)
-    check_flags(source, typed(args, ModelConfig), typed(args, DiffusionConfig),
-                hint="drop them (the checkpoint's values are used)")
+    check_flags(
+        source,
+        typed(args, ModelConfig),
+        typed(args, DiffusionConfig),
+        hint="drop them (the checkpoint's values are used)",
+    )
     return Start(source, resume, init)
 
 
@@ -149,8 +162,10 @@ def synthetic_weights(ft: FinetuneConfig, synthetic, mod_dir: Path) -> tuple[np.
     table = read_rewards_csv(rewards_file)
     missing = [p.name for p in synthetic.paths if p.name not in table]
     if missing:
-        raise DataError(f"{rewards_file}: no reward for {len(missing)} image(s) of {mod_dir}, e.g. {missing[0]}; "
-                        "rescore the folder (clinalign reward score) so every image has a row")
+        raise DataError(
+            f"{rewards_file}: no reward for {len(missing)} image(s) of {mod_dir}, e.g. {missing[0]}; "
+            "rescore the folder (clinalign reward score) so every image has a row"
+        )
     raw = np.array([table[p.name] for p in synthetic.paths])
     if ft.objective not in OBJECTIVES:
         raise ConfigError(f"unknown --objective {ft.objective!r}; choose one of {', '.join(OBJECTIVES)}")
@@ -177,26 +192,56 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
     check_channels(real, source.channels, source.path)
     check_channels(synthetic, source.channels, source.path)
     raw, weights, mode, rewards_file = synthetic_weights(ft, synthetic, Path(mod_dir))
-    log.info("finetuning on %d real + %d synthetic images (mean reward %.3f, mean weight %.3f, beta %.2f)",
-             len(real), len(synthetic), raw.mean(), weights.mean(), ft.beta)
+    log.info(
+        "finetuning on %d real + %d synthetic images (mean reward %.3f, mean weight %.3f, beta %.2f)",
+        len(real),
+        len(synthetic),
+        raw.mean(),
+        weights.mean(),
+        ft.beta,
+    )
     # The rows this run adds to the starting model's map (also when resuming).
     new_rows = [class_map.index(n) for n in class_map.names if n not in start.init.class_map]
-    write_run_config(run_dir, model_cfg, diffusion_cfg, train_cfg, source.channels, class_map, {
-        **asdict(ft), "reward_transform": mode, "rewards": str(rewards_file), "data_pre_dir": str(pre_dir),
-        "init_checkpoint": str(start.init.path), "n_real": len(real), "n_synthetic": len(synthetic),
-        "concepts": concepts, "concept_lr_scale": ft.concept_lr_scale if new_rows else None})
+    write_run_config(
+        run_dir,
+        model_cfg,
+        diffusion_cfg,
+        train_cfg,
+        source.channels,
+        class_map,
+        {
+            **asdict(ft),
+            "reward_transform": mode,
+            "rewards": str(rewards_file),
+            "data_pre_dir": str(pre_dir),
+            "init_checkpoint": str(start.init.path),
+            "n_real": len(real),
+            "n_synthetic": len(synthetic),
+            "concepts": concepts,
+            "concept_lr_scale": ft.concept_lr_scale if new_rows else None,
+        },
+    )
     batch, seed, w = int(train_cfg.batch_size), int(train_cfg.seed), torch.tensor(weights, dtype=torch.float32)
     needs_init = start.resume is None or ft.objective == "kto"  # a resumed plain finetune loads its own weights
     init_weights = start.init.weights(ema=ft.init_ema, class_map=class_map) if needs_init else None
     spec = TrainSpec(
-        run_dir=run_dir, model=model_cfg, diffusion=diffusion_cfg, train=train_cfg,
-        channels=source.channels, class_map=class_map,
-        streams=lambda dist, s: [weighted_stream(real, batch, seed, dist, s, weight=ft.beta),
-                                 weighted_stream(synthetic, batch, seed + 1, dist, s, weight=w)],
-        resume=start.resume, init_weights=None if start.resume else init_weights, progress=progress,
+        run_dir=run_dir,
+        model=model_cfg,
+        diffusion=diffusion_cfg,
+        train=train_cfg,
+        channels=source.channels,
+        class_map=class_map,
+        streams=lambda dist, s: [
+            weighted_stream(real, batch, seed, dist, s, weight=ft.beta),
+            weighted_stream(synthetic, batch, seed + 1, dist, s, weight=w),
+        ],
+        resume=start.resume,
+        init_weights=None if start.resume else init_weights,
+        progress=progress,
         objective=KTOObjective(init_weights, beta=ft.kto_beta) if ft.objective == "kto" else DiffusionObjective(),
         extra_meta={"objective": ft.objective, "beta": ft.beta, "init_checkpoint": str(start.init.path)},
-        new_class_rows=new_rows, new_class_lr_scale=ft.concept_lr_scale,
+        new_class_rows=new_rows,
+        new_class_lr_scale=ft.concept_lr_scale,
     )
     return train(spec)
 

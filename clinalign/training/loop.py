@@ -143,8 +143,12 @@ class TrainLoop:
         self.class_cond = bool(spec.model.class_cond)
         torch.manual_seed(self.seed)  # identical initial weights on every rank
         self.model = self.new_model()
-        self.diffusion = diffusion_from_config(spec.diffusion, learn_sigma=spec.model.learn_sigma,
-                                               sigma_small=spec.model.sigma_small, timestep_respacing="")
+        self.diffusion = diffusion_from_config(
+            spec.diffusion,
+            learn_sigma=spec.model.learn_sigma,
+            sigma_small=spec.model.sigma_small,
+            timestep_respacing="",
+        )
         self.schedule_sampler = create_named_schedule_sampler(self.cfg.schedule_sampler, self.diffusion)
         self.optimizer = make_optimizer(param_groups(self.model, spec), self.cfg.lr, self.cfg.weight_decay)
         self.step, self.skipped = 0, 0
@@ -154,7 +158,8 @@ class TrainLoop:
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
             self.ddp_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.autocast, self.scaler = autocast_context(self.device, self.cfg.use_fp16)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -224,8 +229,13 @@ class TrainLoop:
 
     def _announce(self, total: int) -> None:
         stop = f"until step {total}" if total else "with no step limit (stop with Ctrl-C)"
-        log.info("training %s from step %d: a checkpoint every %d steps, at the end and on Ctrl-C, in %s",
-                 stop, self.step, self.cfg.save_interval, self.run_dir / "checkpoints")
+        log.info(
+            "training %s from step %d: a checkpoint every %d steps, at the end and on Ctrl-C, in %s",
+            stop,
+            self.step,
+            self.cfg.save_interval,
+            self.run_dir / "checkpoints",
+        )
 
     def _progress_bar(self, total: int):
         if not (self.spec.progress and self.dist.is_main):
@@ -268,7 +278,7 @@ class TrainLoop:
         starts = list(range(0, n, mb))
         total, raw, terms = 0.0, [], {}
         for i, lo in enumerate(starts):
-            chunk = batch[lo:lo + mb]
+            chunk = batch[lo : lo + mb]
             sync = i == len(starts) - 1 or not self.dist.enabled
             # DDP's no_sync must cover the backward too; the objective autocasts only the forward.
             with nullcontext() if sync else self.ddp_model.no_sync():
@@ -323,9 +333,14 @@ class TrainLoop:
     def log(self, bar=None) -> None:
         """One metrics.jsonl line (main process) with the interval's means, then a fresh interval."""
         elapsed = time.perf_counter() - self.meter.start
-        record = {"step": self.step, **self.meter.means(), "images_per_s": self.meter.images / max(elapsed, 1e-9),
-                  "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": self.skipped,
-                  "images_seen": self.step * self._images_per_step}
+        record = {
+            "step": self.step,
+            **self.meter.means(),
+            "images_per_s": self.meter.images / max(elapsed, 1e-9),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "skipped_steps": self.skipped,
+            "images_seen": self.step * self._images_per_step,
+        }
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with (self.run_dir / "metrics.jsonl").open("a") as f:
@@ -343,18 +358,26 @@ class TrainLoop:
     def save(self) -> Path:
         """A checkpoint of the current step: weights, EMAs, optimizer and sampler state, full config."""
         spec = self.spec
-        meta = {"model": asdict(spec.model), "diffusion": asdict(spec.diffusion), "channels": spec.channels,
-                "class_map": spec.class_map.to_dict(), **spec.extra_meta, "step": self.step}
+        meta = {
+            "model": asdict(spec.model),
+            "diffusion": asdict(spec.diffusion),
+            "channels": spec.channels,
+            "class_map": spec.class_map.to_dict(),
+            **spec.extra_meta,
+            "step": self.step,
+        }
         run_state = {
             "optimizer": self.optimizer.state_dict(),
             "skipped_steps": self.skipped,
             "schedule_sampler": self.schedule_sampler.state_dict()
-            if hasattr(self.schedule_sampler, "state_dict") else {},
+            if hasattr(self.schedule_sampler, "state_dict")
+            else {},
         }
         if self.scaler is not None:
             run_state["scaler"] = self.scaler.state_dict()
-        path = ckpt.save_checkpoint(self.run_dir, meta, self.model.state_dict(), self.ema.state_dicts(self.model),
-                                    run_state)
+        path = ckpt.save_checkpoint(
+            self.run_dir, meta, self.model.state_dict(), self.ema.state_dicts(self.model), run_state
+        )
         ckpt.prune_checkpoints(self.run_dir, int(self.cfg.keep_checkpoints))
         return path
 
@@ -364,8 +387,9 @@ def train(spec: TrainSpec) -> Path:
     return TrainLoop(spec).run()
 
 
-def prepare_resume(run_dir: Path, typed_model: dict[str, Any], typed_diffusion: dict[str, Any],
-                   resume_checkpoint: str = "") -> ckpt.Checkpoint | None:
+def prepare_resume(
+    run_dir: Path, typed_model: dict[str, Any], typed_diffusion: dict[str, Any], resume_checkpoint: str = ""
+) -> ckpt.Checkpoint | None:
     """The checkpoint to resume from: the run dir's own latest, else ``--resume_checkpoint``.
 
     Flags typed on the command line must agree with the checkpoint's config; the rest come from it.
@@ -378,8 +402,12 @@ def prepare_resume(run_dir: Path, typed_model: dict[str, Any], typed_diffusion: 
     return found
 
 
-def check_flags(found: ckpt.Checkpoint, typed_model: dict[str, Any], typed_diffusion: dict[str, Any],
-                hint: str = "drop those flags (the checkpoint's values are used), or use a new --run_dir") -> None:
+def check_flags(
+    found: ckpt.Checkpoint,
+    typed_model: dict[str, Any],
+    typed_diffusion: dict[str, Any],
+    hint: str = "drop those flags (the checkpoint's values are used), or use a new --run_dir",
+) -> None:
     """ConfigError naming every typed model/diffusion flag that contradicts the checkpoint's config."""
     problems = mismatches(found.model, typed_model) + mismatches(found.diffusion, typed_diffusion)
     if problems:

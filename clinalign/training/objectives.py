@@ -40,8 +40,9 @@ class Chunk:
     stream: torch.Tensor
 
     def __getitem__(self, index) -> Chunk:
-        return Chunk(self.x[index], self.y[index], self.t[index], self.noise[index], self.coef[index],
-                     self.stream[index])
+        return Chunk(
+            self.x[index], self.y[index], self.t[index], self.noise[index], self.coef[index], self.stream[index]
+        )
 
 
 class DiffusionObjective:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -23,13 +24,21 @@ from .loop import Batch, TrainSpec, prepare_resume, train
 log = logging.getLogger(__name__)
 
 
-def weighted_stream(dataset, batch_size: int, seed: int, dist: DistInfo, start_step: int,
-                    weight: float | torch.Tensor = 1.0) -> Iterator[Batch]:
+def weighted_stream(
+    dataset, batch_size: int, seed: int, dist: DistInfo, start_step: int, weight: float | torch.Tensor = 1.0
+) -> Iterator[Batch]:
     """Endless (x, y, w) batches of ``dataset``; ``weight`` is a constant or one value per dataset item."""
     from ..data.folder import infinite_batches
 
-    for x, y, idx in infinite_batches(dataset, batch_size, seed=seed, rank=dist.rank,
-                                      world_size=dist.world_size, start_step=start_step, with_indices=True):
+    for x, y, idx in infinite_batches(
+        dataset,
+        batch_size,
+        seed=seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        start_step=start_step,
+        with_indices=True,
+    ):
         w = weight[idx] if isinstance(weight, torch.Tensor) else torch.full((len(x),), float(weight))
         yield x, y, w
 
@@ -39,23 +48,31 @@ def load_dataset(data_dir: str, model: ModelConfig, class_map, train_cfg: TrainC
 
     if not data_dir:
         raise ConfigError("--data_dir is required: the folder of training images (searched recursively)")
-    return ImageFolderDataset(data_dir, model.image_size, class_cond=model.class_cond, class_map=class_map,
-                              rgb=train_cfg.rgb, skip_bad_images=train_cfg.skip_bad_images)
+    return ImageFolderDataset(
+        data_dir,
+        model.image_size,
+        class_cond=model.class_cond,
+        class_map=class_map,
+        rgb=train_cfg.rgb,
+        skip_bad_images=train_cfg.skip_bad_images,
+    )
 
 
 def check_channels(dataset, expected: int, source: Path) -> None:
     if dataset.channels != expected:
         raise ConfigError(
             f"{source}: the model was trained on {expected}-channel images but {dataset.root} gives "
-            f"{dataset.channels}-channel images; pass --rgb True (or convert the images) so they match")
+            f"{dataset.channels}-channel images; pass --rgb True (or convert the images) so they match"
+        )
 
 
 def pretrain(args: argparse.Namespace | dict[str, Any], progress: bool = False) -> Path:
     """Train (or resume) a diffusion model on an image folder. Returns the last checkpoint."""
     train_cfg = resolve(TrainConfig, args)
     run_dir = train_cfg.run_path()
-    resume = prepare_resume(run_dir, typed(args, ModelConfig), typed(args, DiffusionConfig),
-                            train_cfg.resume_checkpoint)
+    resume = prepare_resume(
+        run_dir, typed(args, ModelConfig), typed(args, DiffusionConfig), train_cfg.resume_checkpoint
+    )
     model_cfg = resolve(ModelConfig, args, resume.model if resume else None)
     diffusion_cfg = resolve(DiffusionConfig, args, resume.diffusion if resume else None)
 
@@ -63,27 +80,60 @@ def pretrain(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
     if resume:
         check_channels(dataset, resume.channels, resume.path)
         log.info("resuming from %s (step %d)", resume.path, resume.step)
-    log.info("%d images, %d classes, %d channel(s) from %s", len(dataset), len(dataset.class_map),
-             dataset.channels, train_cfg.data_dir)
-    write_run_config(run_dir, model_cfg, diffusion_cfg, train_cfg, dataset.channels, dataset.class_map,
-                     {"n_images": len(dataset), "n_skipped": dataset.n_skipped})
+    log.info(
+        "%d images, %d classes, %d channel(s) from %s",
+        len(dataset),
+        len(dataset.class_map),
+        dataset.channels,
+        train_cfg.data_dir,
+    )
+    write_run_config(
+        run_dir,
+        model_cfg,
+        diffusion_cfg,
+        train_cfg,
+        dataset.channels,
+        dataset.class_map,
+        {"n_images": len(dataset), "n_skipped": dataset.n_skipped},
+    )
     batch, seed = int(train_cfg.batch_size), int(train_cfg.seed)
     spec = TrainSpec(
-        run_dir=run_dir, model=model_cfg, diffusion=diffusion_cfg, train=train_cfg,
-        channels=dataset.channels, class_map=dataset.class_map,
+        run_dir=run_dir,
+        model=model_cfg,
+        diffusion=diffusion_cfg,
+        train=train_cfg,
+        channels=dataset.channels,
+        class_map=dataset.class_map,
         streams=lambda dist, start: [weighted_stream(dataset, batch, seed, dist, start)],
-        resume=resume, progress=progress, extra_meta={"objective": "pretrain"},
+        resume=resume,
+        progress=progress,
+        extra_meta={"objective": "pretrain"},
     )
     return train(spec)
 
 
-def write_run_config(run_dir: Path, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, train_cfg,
-                     channels: int, class_map, extra: dict[str, Any] | None = None) -> None:
+def write_run_config(
+    run_dir: Path,
+    model_cfg: ModelConfig,
+    diffusion_cfg: DiffusionConfig,
+    train_cfg,
+    channels: int,
+    class_map,
+    extra: dict[str, Any] | None = None,
+) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", {
-        "clinalign_version": __version__, "model": asdict(model_cfg), "diffusion": asdict(diffusion_cfg),
-        "train": asdict(train_cfg), "channels": channels, "class_map": class_map.to_dict(), **(extra or {}),
-    })
+    write_json_atomic(
+        run_dir / "config.json",
+        {
+            "clinalign_version": __version__,
+            "model": asdict(model_cfg),
+            "diffusion": asdict(diffusion_cfg),
+            "train": asdict(train_cfg),
+            "channels": channels,
+            "class_map": class_map.to_dict(),
+            **(extra or {}),
+        },
+    )
     from ..data.classmap import CLASS_MAP_FILE
 
     class_map.save(run_dir / CLASS_MAP_FILE)

@@ -21,17 +21,20 @@ C = TypeVar("C")
 _MISSING = dataclasses.MISSING
 
 
-def option(default: Any, help: str = "", *, choices: tuple | None = None, metavar: str | None = None,
-           flag: bool = True) -> Any:
+def option(
+    default: Any, help: str = "", *, choices: tuple | None = None, metavar: str | None = None, flag: bool = True
+) -> Any:
     """A dataclass field with its command-line help; ``flag=False`` keeps it off the command line."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "metavar": metavar,
-                                                        "flag": flag})
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "metavar": metavar, "flag": flag}
+    )
 
 
 def repeated(help: str = "", *, metavar: str | None = None) -> Any:
     """A list field filled by a repeatable flag (``--concept A=B --concept C=D``)."""
-    return dataclasses.field(default_factory=list, metadata={"help": help, "metavar": metavar, "repeat": True,
-                                                             "flag": True})
+    return dataclasses.field(
+        default_factory=list, metadata={"help": help, "metavar": metavar, "repeat": True, "flag": True}
+    )
 
 
 def str2bool(value: str | bool) -> bool:
@@ -53,9 +56,15 @@ def flag_fields(cls) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.metadata.get("flag", False)]
 
 
-def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, *, inherit: bool = False,
-              skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
-              defaults: Mapping[str, Any] | None = None) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls,
+    *,
+    inherit: bool = False,
+    skip: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
     """``--name`` options for the fields of dataclass ``cls``.
 
     ``inherit=True``: an option the user does not type stays ``None``, so that :func:`resolve` can
@@ -70,18 +79,30 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, *,
         default = (defaults or {}).get(f.name, default_of(f))
         help_text = meta["help"]
         if meta.get("repeat"):
-            parser.add_argument(f"--{f.name}", action="append", default=[], metavar=meta.get("metavar"),
-                                help=f"{help_text} (repeatable)")
+            parser.add_argument(
+                f"--{f.name}",
+                action="append",
+                default=[],
+                metavar=meta.get("metavar"),
+                help=f"{help_text} (repeatable)",
+            )
             continue
         shown = f"{default!r}{', or the checkpoint' if inherit else ''}"
         text = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
         value = None if inherit else default
         if isinstance(default, bool):
-            parser.add_argument(f"--{f.name}", type=str2bool, default=value, metavar=meta.get("metavar") or "BOOL",
-                                help=text)
+            parser.add_argument(
+                f"--{f.name}", type=str2bool, default=value, metavar=meta.get("metavar") or "BOOL", help=text
+            )
         else:
-            parser.add_argument(f"--{f.name}", type=type(default) if default is not None else str, default=value,
-                                choices=meta.get("choices"), metavar=meta.get("metavar"), help=text)
+            parser.add_argument(
+                f"--{f.name}",
+                type=type(default) if default is not None else str,
+                default=value,
+                choices=meta.get("choices"),
+                metavar=meta.get("metavar"),
+                help=text,
+            )
 
 
 def _values(args: argparse.Namespace | Mapping[str, Any]) -> Mapping[str, Any]:
