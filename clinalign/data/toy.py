@@ -506,8 +506,9 @@ def toy_arrays(
     return images, labels, subtypes
 
 
-def toy_file_name(class_name: str, subtype: str, index: int) -> str:
-    return f"{class_name}_{subtype}_{index:06d}.png"
+def toy_file_name(class_name: str, subtype: str, index: int, suffix: str = "") -> str:
+    """``CLASS_SUBTYPE_000012.png``; ``suffix`` keeps sets drawn with different seeds apart (IDs are file names)."""
+    return f"{class_name}_{subtype}_{index:06d}{suffix}.png"
 
 
 def generate(
@@ -518,6 +519,7 @@ def generate(
     seed: int = 0,
     layout: str = "prefix",
     progress: Callable[[int, int], None] | None = None,
+    suffix: str = "",
 ) -> list[Path]:
     """Write a toy image folder; returns the paths written.
 
@@ -531,7 +533,7 @@ def generate(
     written: list[Path] = []
     for _, name, i, img, subtype in _cells(classes, per_class, size, seed):
         folder = out / name if layout == "imagenet" else out
-        written.append(save_png(img, folder / toy_file_name(name, subtype, i)))
+        written.append(save_png(img, folder / toy_file_name(name, subtype, i, suffix)))
         if progress is not None:
             progress(len(written), classes * per_class)
     logger.info("wrote %d toy cells (%d classes, %dpx, seed %d) to %s", len(written), classes, size, seed, out)

@@ -158,7 +158,7 @@ class ImageSet:
         per = {name: 0 for name in names}
         ids = []
         for c, sub in zip(labels_, subtypes):
-            ids.append(toy_file_name(c, sub, per[c]).replace(".png", f"{id_suffix}.png"))
+            ids.append(toy_file_name(c, sub, per[c], id_suffix))
             per[c] += 1
         return cls(images, labels_, ids, None, name=f"toy cells (seed {seed})")
 
