@@ -17,6 +17,7 @@ Every stage resumes: rerun the same command after an interruption.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     image_size = find_checkpoint(run).model.image_size
     evaluator = make_evaluator(pools, image_size, ccfg, args.out, rcfg.seed, progress=True)
+    # The curve needs no TSTR classifiers (minutes per point); the same cached oracle judges it.
+    curve_judge = make_evaluator(pools, image_size, dataclasses.replace(ccfg, utility=False), args.out, rcfg.seed)
     curve_sample = SampleConfig(
         num_samples=args.curve_per_class * len(find_checkpoint(run).class_map),
         sampler=rcfg.sampler,
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         use_fp16=rcfg.use_fp16,
         device=rcfg.device,
     )
-    rows = pretraining_curve(run, evaluator, args.out / "curve", curve_sample, args.curve_every, progress=True)
+    rows = pretraining_curve(run, curve_judge, args.out / "curve", curve_sample, args.curve_every, progress=True)
     base_step = args.base_step or plateau_step(rows)
     plot_curve(rows, args.out / "curve.png", base_step)
     base = next(p for p in list_checkpoints(run) if find_checkpoint(p).step == base_step)
