@@ -105,34 +105,35 @@ def test_split_feedback_is_deterministic(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_smallest_size_writes_report_and_every_metric(tmp_path):
-    from clinalign.pipeline.demo import DemoConfig, run_demo
+def test_demo_smallest_size_compares_feedback_with_equal_cost_controls(tmp_path):
+    from clinalign.pipeline.demo import DemoConfig, format_table, run_demo
 
-    cfg = DemoConfig(
-        out=tmp_path / "demo",
-        minutes=0.2,
-        classes=3,
-        per_class=40,
-        test_per_class=20,
-        image_size=16,
-        samples_per_class=12,
-        reward_epochs=2,
-        device="cpu",
-    )
+    cfg = DemoConfig(out=str(tmp_path / "demo"), minutes=0.2, rounds=2, classes=3, real_per_class=10,
+                     expert_per_class=40, oracle_per_class=40, test_per_class=12, image_size=16,
+                     samples_per_class=8, eval_per_class=8, batch_size=8, device="cpu")
     summary = run_demo(cfg, progress=False)
-    report = Path(summary["report"])
-    assert report.exists() and report.stat().st_size > 10_000
-    metrics = json.loads((cfg.out / "evaluation" / "metrics.json").read_text())
-    flat = json.dumps(metrics)
-    for key in ("fid", "precision", "recall", "density", "coverage", "plausib", "tstr", "memoris", "reward"):
-        assert key in flat.lower(), key
-    assert [row["metric"] for row in summary["table"]][0].startswith("FID")
-    assert all(row["after"] is not None and row["control"] is not None for row in summary["table"]), summary["table"]
-    control = json.loads((cfg.out / "control" / "config.json").read_text())
-    assert control["train"]["max_steps"] == cfg.scaled(cfg.pretrain_steps) + cfg.scaled(cfg.finetune_steps)
-    # The feedback run sees as many real images per step as the control, at the demo's beta.
-    feedback = json.loads((cfg.out / "round_1" / "finetune" / "config.json").read_text())
-    assert feedback["beta"] == cfg.beta and feedback["train"]["batch_size"] == control["train"]["batch_size"]
+    out = Path(cfg.out)
+    assert Path(summary["report"]).stat().st_size > 10_000
+    flat = json.dumps(json.loads((out / "evaluation" / "metrics.json").read_text())).lower()
+    for key in ("fid", "precision", "recall", "plausib", "checklist", "tstr", "memoris", "pools"):
+        assert key in flat, key
+    assert {k: summary["pools"][k]["n"] for k in ("G", "E", "O")} == {"G": 30, "E": 120, "O": 120}
+    assert len(summary["rounds"]) == 2
+    for rnd in summary["rounds"]:
+        columns = rnd["columns"]
+        # equal cost: the control has processed as many training images as the feedback run
+        assert columns["no feedback (equal images)"]["train_images"] == columns["feedback"]["train_images"]
+        assert columns["no feedback (equal steps)"]["train_images"] * 2 == columns["feedback"]["train_images"]
+        assert rnd["metrics"]["plausibility"]["feedback"]["value"] is not None
+    steps, batch = cfg.scaled(cfg.finetune_steps), cfg.batch_size
+    base = cfg.scaled(cfg.pretrain_steps)
+    control = [json.loads(x) for x in (out / "control" / "metrics.jsonl").read_text().splitlines()]
+    feedback = [json.loads(x) for x in (out / "round_1" / "finetune" / "metrics.jsonl").read_text().splitlines()]
+    # images seen per step: the control 1 batch, the feedback 2 (real + synthetic), at the same real batch
+    assert control[-1]["step"] == base + 2 * 2 * steps
+    assert feedback[-1]["images_seen"] == steps * 2 * batch
+    assert (control[-1]["step"] - base) * batch == 2 * feedback[-1]["images_seen"]
+    assert "plausibility by round" in format_table(summary)
 
 
 def test_reward_model_sees_real_and_synthetic_images_at_the_generators_resolution(tmp_path):

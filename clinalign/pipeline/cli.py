@@ -72,7 +72,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = resolve(DemoConfig, args)
     summary = run_demo(cfg, progress=True)
     print()
-    print(format_table(summary["table"]))
+    print(format_table(summary))
     print(f"\nwall time: {summary['seconds']['total']:.0f} s   report: {summary['report']}")
     return 0
 

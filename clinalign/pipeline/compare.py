@@ -215,6 +215,7 @@ class Comparison:
             )
             self.seconds["feedback"] += time.perf_counter() - t
             current = r.checkpoint
+            self.check_judges_never_saw_g()
             self.seconds["control"] += continue_training(
                 self.base,
                 self.pools.generator,
@@ -227,6 +228,18 @@ class Comparison:
             table["rounds"].append(self._round(k, r, base_info))
             self._write(table)
         return table
+
+    def check_judges_never_saw_g(self) -> None:
+        """AssertionError if the simulated expert or the oracle trained on an image of G (or the oracle on E)."""
+        from ..data.naming import list_images
+        from ..evaluate.data import assert_disjoint
+
+        g = [p.name for p in list_images(self.pools.generator)]
+        for meta in sorted((self.out / "expert").glob("*/expert.json")):
+            assert_disjoint(json.loads(meta.read_text())["info"]["train_ids"], g, f"simulated expert ({meta}) vs G")
+        oracle = self.evaluator.models.info["train_ids"]
+        assert_disjoint(oracle, g, "evaluation oracle vs G")
+        assert_disjoint(oracle, [p.name for p in list_images(self.pools.expert)], "evaluation oracle vs E")
 
     def _round(self, k: int, r, base_info: dict[str, Any]) -> dict[str, Any]:
         rcfg, steps = self.rcfg, self.rcfg.finetune_steps

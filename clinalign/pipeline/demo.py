@@ -1,261 +1,185 @@
-"""``clinalign demo``: the whole loop on the embedded toy cells (or your data), on a CPU, in minutes.
+"""``clinalign demo``: the method's claim, measured, on the embedded toy cells (or your data), on a CPU.
 
-pretrain -> sample -> simulated expert -> reward model -> finetune -> sample -> evaluate,
-then a before/after table and ``report.html``. Every stage is the same library code the
-individual commands run; the demo only picks small sizes and wires the folders.
+The feedback protocol at a small scale (:mod:`clinalign.pipeline.compare`):
+
+1. real pools: G, the generator's few training images per class; E, the simulated expert's
+   experience; O, the evaluation oracle's; and a test split (toy cells: four fresh draws);
+2. a small denoiser pretrained on G until more of the same data stops helping;
+3. K rounds of sample -> simulated expert (on toy cells it judges by the clinical checklist and
+   its classifier) -> reward model -> reward-weighted finetuning, each round against training on
+   without feedback for as many images, and against rejection sampling with the round's reward;
+4. a table per round and ``report.html`` (the last round's feedback model beside its control).
+
+Every stage is the library code the individual commands run; the demo only picks sizes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..training.config import OBJECTIVES
 from ..utils.config import option
+from .compare import COLUMNS, CompareConfig, Comparison, Pools
+from .rounds import RoundConfig
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DemoConfig:
-    out: str = option("clinalign-demo", "output folder")
+    out: str = option("clinalign-demo", "output folder (rerunning the same command resumes)")
     data: str = option("", "a MedMNIST .npz, or a folder with train/ and test/ (default: toy cells)")
-    minutes: float = option(10.0, "scales the number of training steps")
+    minutes: float = option(10.0, "scales every step count (10 = the measured default)")
     seed: int = option(0, "seeds every stage")
+    rounds: int = option(3, "feedback rounds")
+    real_per_class: int = option(64, "real training images per class for the generator (pool G)")
     classes: int = option(4, "toy classes", flag=False)
-    per_class: int = option(300, "toy training images per class", flag=False)
-    test_per_class: int = option(100, "toy test images per class", flag=False)
+    expert_per_class: int = option(400, "toy cells per class the simulated expert has seen (pool E)", flag=False)
+    oracle_per_class: int = option(400, "toy cells per class of the evaluation oracle (pool O)", flag=False)
+    test_per_class: int = option(100, "toy test cells per class", flag=False)
     image_size: int = option(32, flag=False)
-    num_channels: int = option(32, flag=False)
-    # Short on purpose: a model that still makes implausible cells, so the expert has something to
-    # reject (measured on toy cells: 73 % oracle-plausible after 200 steps, 96 % after 1000).
-    pretrain_steps: int = option(200, "at --minutes 10; every step count scales linearly with the budget", flag=False)
+    num_channels: int = option(16, flag=False)
+    # To the plateau of the toy pretraining curve (bench/feedback_vs_control.py --data toy).
+    pretrain_steps: int = option(2000, "at --minutes 10; every step count scales with the budget", flag=False)
     batch_size: int = option(32, flag=False)
     lr: float = option(1e-3, flag=False)
     # x0-prediction: an eps-predicting net this small, trained this briefly, gets the global stain
     # colour wrong (its x0 error at high noise is amplified by 1/sqrt(alpha_bar)); predicting x0
     # directly gets colour right within a few hundred steps (measured: 2.6 % vs 96 % plausible).
     predict_xstart: bool = option(True, flag=False)
-    samples_per_class: int = option(96, flag=False)
-    finetune_steps: int = option(300, flag=False)
+    samples_per_class: int = option(64, "samples per class the expert judges each round", flag=False)
+    eval_per_class: int = option(64, "samples per class every model is judged on", flag=False)
+    finetune_steps: int = option(150, flag=False)
     finetune_lr: float = option(5e-4, flag=False)
-    # beta 1 with as many real images per step as pretraining: the feedback term comes on top of
-    # what training on without feedback gets (measured on toy cells, same base, 300 steps:
-    # +20 points at beta 1, +15 at beta 1 with half the real images, +15 at the published 0.3).
     beta: float = option(1.0, "weight of the real-data loss in the finetune")
-    reward_transform: str = option("threshold", flag=False)
-    objective: str = option("reward-weighted", "reward-weighted or Diffusion-KTO", choices=OBJECTIVES)
-    reward_epochs: int = option(15, flag=False)
-    tau: float = option(0.9, "the simulated expert's strictness (at 0.5 it accepted 99.7 % and taught nothing)")
-    # The honest comparison: the same number of extra steps on real data only, no feedback.
-    control: bool = option(True, "also continue pretraining without feedback for as many steps (the fair comparison)")
+    tau: float = option(0.9, "the simulated expert's strictness")
+    expert_criteria: str = option("", "what the expert judges by (default: both for toy cells, classifier else)",
+                                  choices=("", "classifier", "checklist", "both"))
+    objective: str = option("reward-weighted", "reward-weighted or Diffusion-KTO", choices=("reward-weighted", "kto"))
     use_fp16: bool = option(True, flag=False)
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
 
     def scaled(self, steps: int) -> int:
         return max(20, round(steps * self.minutes / 10.0))
 
+    def round_config(self) -> RoundConfig:
+        criteria = self.expert_criteria or ("both" if not self.data else "classifier")
+        return RoundConfig(samples_per_class=self.samples_per_class, finetune_steps=self.scaled(self.finetune_steps),
+                           finetune_lr=self.finetune_lr, finetune_batch=self.batch_size, beta=self.beta,
+                           reward_transform="threshold", objective=self.objective, reward_epochs=15, tau=self.tau,
+                           expert_criteria=criteria, use_fp16=self.use_fp16, seed=self.seed, device=self.device)
 
-def prepare_data(cfg: DemoConfig) -> tuple[Path, Path | None, Path]:
-    """(train, val or None, test) folders in the seed's naming under OUT/data."""
-    from ..data.medmnist import export_npz
-    from ..data.naming import list_images
-    from ..data.toy import generate
 
-    root = Path(cfg.out) / "data"
-    train, val, test = root / "train", root / "val", root / "test"
+def prepare_pools(cfg: DemoConfig) -> Pools:
+    """G, E, O and test folders under OUT/pools: fresh toy cells, or split from the given data."""
+    from ..data.pools import read_pools, split_pools, write_pools, write_toy_pools
+
+    root = Path(cfg.out) / "pools"
     if not cfg.data:
-        if not train.exists():
-            # One generation, split by index: file names (which the expert/oracle splits hash) stay unique.
-            tmp = root / ".toy"
-            shutil.rmtree(tmp, ignore_errors=True)
-            generate(
-                tmp,
-                classes=cfg.classes,
-                per_class=cfg.per_class + cfg.test_per_class,
-                size=cfg.image_size,
-                seed=cfg.seed,
-            )
-            test.mkdir(parents=True, exist_ok=True)
-            for p in list_images(tmp):
-                if int(p.stem.rsplit("_", 1)[1]) >= cfg.per_class:
-                    p.rename(test / p.name)
-            tmp.rename(train)
-        return train, None, test
+        f = write_toy_pools(root, cfg.classes, cfg.real_per_class, cfg.expert_per_class, cfg.oracle_per_class,
+                            cfg.test_per_class, cfg.image_size, cfg.seed)
+        return Pools(f["G"], f["E"], f["O"], f["test"], read_pools(root))
     src = Path(cfg.data)
     if src.suffix == ".npz":
-        for split, folder in (("train", train), ("val", val), ("test", test)):
-            if not folder.exists():
-                export_npz(src, split, folder)
-        return train, val, test
-    if (src / "train").is_dir() and (src / "test").is_dir():
-        return src / "train", (src / "val") if (src / "val").is_dir() else None, src / "test"
-    list_images(src)  # a clear error for an empty or missing folder
-    raise ConfigError(
-        f"{src}: the demo needs a held-out test split; give a folder with train/ and test/ "
-        "sub-folders (e.g. ../shared/data/pbc_64) or a MedMNIST .npz"
-    )
+        from ..data.medmnist import export_npz
+
+        for split in ("train", "test"):
+            if not (root / "npz" / split).exists():
+                export_npz(src, split, root / "npz" / split)
+        src = root / "npz"
+    if not ((src / "train").is_dir() and (src / "test").is_dir()):
+        raise ConfigError(f"{src}: the demo needs train/ and test/ sub-folders (e.g. ../shared/data/pbc_64) or a "
+                          "MedMNIST .npz")
+    split = split_pools(src / "train", cfg.real_per_class, cfg.seed)
+    f = write_pools(split, root)
+    return Pools(f["G"], f["E"], f["O"], src / "test", split.summary())
 
 
-def pretrain_args(cfg: DemoConfig, train: Path, run_dir: Path, steps: int) -> dict[str, Any]:
-    return {
-        "data_dir": str(train),
-        "run_dir": str(run_dir),
-        "image_size": cfg.image_size,
-        "num_channels": cfg.num_channels,
-        "num_res_blocks": 1,
-        "attention_resolutions": "8",
-        "num_heads": 2,
-        "class_cond": True,
-        "diffusion_steps": 1000,
-        "noise_schedule": "cosine",
-        "predict_xstart": cfg.predict_xstart,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
-        "ema_rate": "0.999",
-        "max_steps": steps,
-        "save_interval": 200,
-        "log_interval": 50,
-        "use_fp16": cfg.use_fp16,
-        "seed": cfg.seed,
-        "device": cfg.device,
-    }
-
-
-def continue_without_feedback(
-    cfg: DemoConfig, train: Path, pre_run: Path, run_dir: Path, steps: int, progress: bool = False
-) -> Path:
-    """The control: the pretraining run itself (optimizer state and all) continued for ``steps`` more
-    steps at the finetune's lr and images per step, on real images only."""
-    from ..training.checkpoint import latest_checkpoint
+def pretrain_base(cfg: DemoConfig, pools: Pools) -> Path:
     from ..training.pretrain import pretrain
 
-    args = pretrain_args(cfg, train, run_dir, latest_checkpoint(pre_run).step + steps)
-    args.update(resume_checkpoint=str(pre_run), lr=cfg.finetune_lr)
-    return pretrain(args, progress=progress)
+    return pretrain({
+        "data_dir": str(pools.generator), "run_dir": str(Path(cfg.out) / "pretrain"), "image_size": cfg.image_size,
+        "num_channels": cfg.num_channels, "num_res_blocks": 1, "attention_resolutions": "8", "num_heads": 2,
+        "class_cond": True, "diffusion_steps": 1000, "noise_schedule": "cosine", "predict_xstart": cfg.predict_xstart,
+        "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_rate": "0.999", "max_steps": cfg.scaled(cfg.pretrain_steps),
+        "save_interval": cfg.scaled(cfg.pretrain_steps), "log_interval": 50, "use_fp16": cfg.use_fp16,
+        "seed": cfg.seed, "device": cfg.device,
+    }, progress=True)
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
-    from ..evaluate.oracle import OracleConfig
-    from ..evaluate.run import Evaluator, write_outputs
-    from ..sampling.sample import sample_folder
-    from ..training.checkpoint import find_checkpoint
-    from ..training.pretrain import pretrain
-    from .rounds import RoundConfig, run_round
-
     t0 = time.perf_counter()
-    seconds: dict[str, float] = {}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    train, val, test = prepare_data(cfg)
-    seconds["data"] = round(time.perf_counter() - t0, 1)
-
+    pools = prepare_pools(cfg)
+    seconds: dict[str, float] = {"data": round(time.perf_counter() - t0, 1)}
     t = time.perf_counter()
-    pre_run = Path(cfg.out) / "pretrain"
-    pre_steps, ft_steps = cfg.scaled(cfg.pretrain_steps), cfg.scaled(cfg.finetune_steps)
-    pretrain(pretrain_args(cfg, train, pre_run, pre_steps), progress=progress)
+    base = pretrain_base(cfg, pools)
     seconds["pretrain"] = round(time.perf_counter() - t, 1)
-
-    rcfg = RoundConfig(
-        samples_per_class=cfg.samples_per_class,
-        finetune_steps=ft_steps,
-        finetune_lr=cfg.finetune_lr,
-        finetune_batch=cfg.batch_size,
-        beta=cfg.beta,
-        reward_epochs=cfg.reward_epochs,
-        tau=cfg.tau,
-        reward_transform=cfg.reward_transform,
-        objective=cfg.objective,
-        use_fp16=cfg.use_fp16,
-        seed=cfg.seed,
-        device=cfg.device,
-    )
-    round1 = run_round(1, pre_run, train, val, Path(cfg.out), rcfg, progress=progress)
-    n_classes = len(find_checkpoint(pre_run).class_map)  # the data's, not cfg.classes (toy only)
-    seconds.update({f"round1_{k}": v for k, v in round1.seconds.items()})
-
-    # One evaluator: the real reference is embedded once for the feedback and the control sets.
-    evaluator = Evaluator(
-        train,
-        test,
-        models_dir=Path(cfg.out) / "evaluation-models",
-        oracle_config=OracleConfig(image_size=cfg.image_size),
-        reward_checkpoint=round1.reward,
-        progress=progress,
-    )
-
-    def sample_and_evaluate(checkpoint: Path, name: str, baseline: Path | None):
-        t = time.perf_counter()
-        samples = Path(cfg.out) / name / "samples"
-        sample_folder(
-            checkpoint, samples, rcfg.sample_config(cfg.samples_per_class * n_classes, cfg.seed + 7), progress=progress
-        )
-        seconds[f"sample_{name}"] = round(time.perf_counter() - t, 1)
-        t = time.perf_counter()
-        result = evaluator.judge(samples, baseline)
-        write_outputs(result, Path(cfg.out) / ("evaluation" if name == "after" else f"evaluation-{name}"))
-        seconds[f"evaluate_{name}"] = round(time.perf_counter() - t, 1)
-        return result
-
-    result = sample_and_evaluate(round1.checkpoint, "after", round1.samples)
-    control = None
-    if cfg.control:
-        t = time.perf_counter()
-        control_ck = continue_without_feedback(cfg, train, pre_run, Path(cfg.out) / "control", ft_steps, progress)
-        seconds["control_train"] = round(time.perf_counter() - t, 1)
-        control = sample_and_evaluate(control_ck, "control", None)
+    t = time.perf_counter()
+    ccfg = CompareConfig(rounds=cfg.rounds, eval_per_class=cfg.eval_per_class, eval_seed=cfg.seed + 7,
+                         oracle_epochs=10, utility=True)
+    comparison = Comparison(base, pools, out, cfg.round_config(), ccfg, progress=progress)
+    table = comparison.run()
+    seconds["comparison"] = round(time.perf_counter() - t, 1)
+    seconds.update({f"training_{k}": v for k, v in table["rounds"][-1]["seconds"].items()})
+    report = write_final_report(comparison, out)
     seconds["total"] = round(time.perf_counter() - t0, 1)
-    summary = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "seconds": seconds,
-        "report": str(Path(cfg.out) / "evaluation" / "report.html"),
-        "table": before_after_table(result, control),
-    }
-    (Path(cfg.out) / "demo.json").write_text(json.dumps(summary, indent=2))
+    summary = {"config": asdict(cfg), "seconds": seconds, "report": str(report), "pools": pools.summary,
+               "oracle_test_accuracy": comparison.evaluator.models.info.get("test_accuracy"),
+               "rounds": table["rounds"]}
+    (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
-TABLE_ROWS = [
-    ("FID (domain features)", ("fid",)),
-    ("precision", ("prdc", "precision")),
-    ("recall", ("prdc", "recall")),
-    ("plausibility rate (oracle)", ("plausibility", "rate")),
-    ("TSTR accuracy", ("utility", "synthetic_only", "accuracy")),
-    ("mean reward", ("reward", "mean")),
-]
+def write_final_report(comparison: Comparison, out: Path) -> Path:
+    """report.html: the last round's feedback model beside its equal-images control."""
+    from ..evaluate.run import write_outputs
+
+    judged = out / "judged"
+    k = comparison.ccfg.rounds
+    folder = {name: judged / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}_r{k}"
+              for name in ("feedback", "no feedback (equal images)")}
+    result = comparison.evaluator.judge(folder["feedback"], folder["no feedback (equal images)"])
+    return write_outputs(result, out / "evaluation")["report"]
 
 
-def before_after_table(result, control=None) -> list[dict[str, Any]]:
-    """Rows of (metric, before, after[, control]): baseline = before finetuning; control = no feedback."""
-    from ..evaluate.run import lookup
-
-    rows = []
-    for label, path in TABLE_ROWS:
-        row = {
-            "metric": label,
-            "before": lookup(result.baseline.metrics, path) if result.baseline else None,
-            "after": lookup(result.samples.metrics, path),
-        }
-        if control is not None:
-            row["control"] = lookup(control.samples.metrics, path)
-        rows.append(row)
-    return rows
+TABLE_ROWS = ("plausibility", "  class-consistent", "  on-manifold", "clinical checklist", "FID (domain features)",
+              "recall", "near copies of G (features)", "TSTR accuracy")
 
 
-COLUMN_TITLES = {"before": "pretrained", "after": "feedback", "control": "no feedback"}
+def format_table(summary: dict[str, Any]) -> str:
+    """The last round's table, then plausibility round by round (feedback vs no feedback)."""
+    last = summary["rounds"][-1]
+    columns = [c for c in COLUMNS if c in next(iter(last["metrics"].values()))]
+    short = {"pretrained": "pretrained", "feedback": "feedback", "no feedback (equal images)": "no feedback",
+             "no feedback (equal steps)": "no fb (steps)", "rejection sampling": "rejection"}
 
+    def fmt(entry: dict[str, Any]) -> str:
+        v = entry.get("value")
+        return "—" if v is None else (f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}")
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    def fmt(v):
-        return "—" if v is None else f"{v:.3f}"
-
-    columns = [c for c in COLUMN_TITLES if rows and c in rows[0]]
-    lines = [f"{'metric':<28}" + "".join(f" {COLUMN_TITLES[c]:>12}" for c in columns)]
-    lines += [f"{r['metric']:<28}" + "".join(f" {fmt(r[c]):>12}" for c in columns) for r in rows]
+    lines = [f"after {last['round']} round(s); no feedback = training on without feedback for as many images",
+             f"{'metric':<30}" + "".join(f" {short[c]:>13}" for c in columns)]
+    for label in TABLE_ROWS:
+        row = last["metrics"].get(label)
+        if row:
+            lines.append(f"{label:<30}" + "".join(f" {fmt(row[c]):>13}" for c in columns))
+    diff = last["feedback_minus_control"].get("no feedback (equal images)", {}).get("plausibility")
+    if diff:
+        lines.append(f"\nfeedback - no feedback, plausibility: {diff['difference']:+.3f} "
+                     f"(95% CI {diff['ci'][0]:+.3f} .. {diff['ci'][1]:+.3f})")
+    lines.append("\nplausibility by round:  " + "   ".join(
+        f"r{r['round']}: feedback {fmt(r['metrics']['plausibility']['feedback'])} / no feedback "
+        f"{fmt(r['metrics']['plausibility']['no feedback (equal images)'])}" for r in summary["rounds"]))
+    acc = summary.get("oracle_test_accuracy")
+    if acc is not None:
+        lines.append(f"evaluation oracle: real held-out accuracy {acc:.3f}" + ("  (WARNING: below 0.9)" if acc < 0.9
+                                                                                 else ""))
     return "\n".join(lines)

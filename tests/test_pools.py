@@ -1,0 +1,62 @@
+"""Real pools G, E, O: disjoint, stratified, reproducible, recorded; judges that never see G."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clinalign.data.naming import declared_classes, list_images
+from clinalign.data.pools import POOLS_FILE, split_pools, write_pools, write_toy_pools
+from clinalign.data.toy import generate
+from clinalign.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def train(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    generate(out, classes=3, per_class=30, size=16, seed=0)
+    return out
+
+
+def test_g_is_stratified_reproducible_and_seeded(train):
+    a, b, c = split_pools(train, 8, seed=0), split_pools(train, 8, seed=0), split_pools(train, 8, seed=1)
+    assert sorted(declared_classes(a.G)) == sorted(["eosinophil", "lymphocyte", "neutrophil"] * 8)
+    assert a.G == b.G and a.E == b.E and a.O == b.O
+    assert {p.name for p in a.G} != {p.name for p in c.G}
+    assert len(a.G) + len(a.E) + len(a.O) == 90
+    a.check_disjoint()
+
+
+def test_pools_are_written_disjoint_and_recorded(train, tmp_path):
+    pools = split_pools(train, 8, seed=0)
+    folders = write_pools(pools, tmp_path / "pools")
+    names = {k: {p.name for p in list_images(f)} for k, f in folders.items()}
+    assert not (names["G"] & names["E"] or names["G"] & names["O"] or names["E"] & names["O"])
+    record = json.loads((tmp_path / "pools" / POOLS_FILE).read_text())
+    assert record["per_class"] == 8 and record["G"]["n"] == 24
+    assert {k: record[k]["n"] for k in ("G", "E", "O")} == {k: len(v) for k, v in names.items()}
+    assert len({record[k]["fingerprint"] for k in ("G", "E", "O")}) == 3
+    assert write_pools(pools, tmp_path / "pools") == folders  # the same pools are reused
+    with pytest.raises(DataError, match="other data or settings"):
+        write_pools(split_pools(train, 9, seed=0), tmp_path / "pools")
+
+
+def test_a_shared_image_is_caught(train):
+    pools = split_pools(train, 8, seed=0)
+    pools.E.append(pools.G[0])
+    with pytest.raises(AssertionError, match="G and E share 1"):
+        pools.check_disjoint()
+
+
+def test_real_per_class_above_a_class_count_names_the_class(train):
+    with pytest.raises(DataError, match=r"real_per_class 30 .*eosinophil has 30"):
+        split_pools(train, 30)
+
+
+def test_toy_pools_are_fresh_cells_with_distinct_ids(tmp_path):
+    folders = write_toy_pools(tmp_path / "toy", classes=2, per_class=3, expert_per_class=5, oracle_per_class=4,
+                              test_per_class=2, size=16)
+    names = {k: {p.name for p in list_images(f)} for k, f in folders.items()}
+    assert {k: len(v) for k, v in names.items()} == {"G": 6, "E": 10, "O": 8, "test": 4}
+    assert len(set().union(*names.values())) == 28
