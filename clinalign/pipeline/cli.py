@@ -23,6 +23,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
             progress=True,
             feedback_db=args.db,
             review_timeout_s=args.review_timeout,
+            expert_real=args.expert_real or None,
         )
     except AwaitingFeedback as pause:
         print(f"paused: {pause}")
@@ -41,7 +42,13 @@ def register(subparsers) -> None:
         "simulated expert, or from --feedback DIR (CLASS/align|notalign, one round).",
     )
     parser.add_argument("--checkpoint", required=True, help="the pretrained model (run dir or checkpoint)")
-    parser.add_argument("--real", required=True, help="real training images (seed naming)")
+    parser.add_argument("--real", required=True, help="the generator's real training images (seed naming)")
+    parser.add_argument(
+        "--expert_real",
+        default="",
+        help="real images the simulated expert learns from, ones the generator never saw (e.g. pool E of "
+        "`clinalign data pools`; default: --real)",
+    )
     parser.add_argument("--real_val", default="", help="real validation images for the reward model")
     parser.add_argument("--out", required=True)
     parser.add_argument("--rounds", type=int, default=1)

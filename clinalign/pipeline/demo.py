@@ -58,8 +58,11 @@ class DemoConfig:
     finetune_lr: float = option(5e-4, flag=False)
     beta: float = option(1.0, "weight of the real-data loss in the finetune")
     tau: float = option(0.9, "the simulated expert's strictness")
-    expert_criteria: str = option("", "what the expert judges by (default: both for toy cells, classifier else)",
-                                  choices=("", "classifier", "checklist", "both"))
+    expert_criteria: str = option(
+        "",
+        "what the expert judges by (default: both for toy cells, classifier else)",
+        choices=("", "classifier", "checklist", "both"),
+    )
     objective: str = option("reward-weighted", "reward-weighted or Diffusion-KTO", choices=("reward-weighted", "kto"))
     use_fp16: bool = option(True, flag=False)
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
@@ -69,10 +72,19 @@ class DemoConfig:
 
     def round_config(self) -> RoundConfig:
         criteria = self.expert_criteria or ("both" if not self.data else "classifier")
-        return RoundConfig(samples_per_class=self.samples_per_class, finetune_steps=self.scaled(self.finetune_steps),
-                           finetune_lr=self.finetune_lr, finetune_batch=self.batch_size, beta=self.beta,
-                           reward_transform="threshold", objective=self.objective, reward_epochs=15, tau=self.tau,
-                           expert_criteria=criteria, use_fp16=self.use_fp16, seed=self.seed, device=self.device)
+        return RoundConfig(
+            samples_per_class=self.samples_per_class,
+            finetune_steps=self.scaled(self.finetune_steps),
+            finetune_lr=self.finetune_lr,
+            finetune_batch=self.batch_size,
+            beta=self.beta,
+            objective=self.objective,
+            tau=self.tau,
+            expert_criteria=criteria,
+            use_fp16=self.use_fp16,
+            seed=self.seed,
+            device=self.device,
+        )
 
 
 def prepare_pools(cfg: DemoConfig) -> Pools:
@@ -81,8 +93,16 @@ def prepare_pools(cfg: DemoConfig) -> Pools:
 
     root = Path(cfg.out) / "pools"
     if not cfg.data:
-        f = write_toy_pools(root, cfg.classes, cfg.real_per_class, cfg.expert_per_class, cfg.oracle_per_class,
-                            cfg.test_per_class, cfg.image_size, cfg.seed)
+        f = write_toy_pools(
+            root,
+            cfg.classes,
+            cfg.real_per_class,
+            cfg.expert_per_class,
+            cfg.oracle_per_class,
+            cfg.test_per_class,
+            cfg.image_size,
+            cfg.seed,
+        )
         return Pools(f["G"], f["E"], f["O"], f["test"], read_pools(root))
     src = Path(cfg.data)
     if src.suffix == ".npz":
@@ -93,8 +113,9 @@ def prepare_pools(cfg: DemoConfig) -> Pools:
                 export_npz(src, split, root / "npz" / split)
         src = root / "npz"
     if not ((src / "train").is_dir() and (src / "test").is_dir()):
-        raise ConfigError(f"{src}: the demo needs train/ and test/ sub-folders (e.g. ../shared/data/pbc_64) or a "
-                          "MedMNIST .npz")
+        raise ConfigError(
+            f"{src}: the demo needs train/ and test/ sub-folders (e.g. ../shared/data/pbc_64) or a MedMNIST .npz"
+        )
     split = split_pools(src / "train", cfg.real_per_class, cfg.seed)
     f = write_pools(split, root)
     return Pools(f["G"], f["E"], f["O"], src / "test", split.summary())
@@ -103,14 +124,31 @@ def prepare_pools(cfg: DemoConfig) -> Pools:
 def pretrain_base(cfg: DemoConfig, pools: Pools) -> Path:
     from ..training.pretrain import pretrain
 
-    return pretrain({
-        "data_dir": str(pools.generator), "run_dir": str(Path(cfg.out) / "pretrain"), "image_size": cfg.image_size,
-        "num_channels": cfg.num_channels, "num_res_blocks": 1, "attention_resolutions": "8", "num_heads": 2,
-        "class_cond": True, "diffusion_steps": 1000, "noise_schedule": "cosine", "predict_xstart": cfg.predict_xstart,
-        "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_rate": "0.999", "max_steps": cfg.scaled(cfg.pretrain_steps),
-        "save_interval": cfg.scaled(cfg.pretrain_steps), "log_interval": 50, "use_fp16": cfg.use_fp16,
-        "seed": cfg.seed, "device": cfg.device,
-    }, progress=True)
+    return pretrain(
+        {
+            "data_dir": str(pools.generator),
+            "run_dir": str(Path(cfg.out) / "pretrain"),
+            "image_size": cfg.image_size,
+            "num_channels": cfg.num_channels,
+            "num_res_blocks": 1,
+            "attention_resolutions": "8",
+            "num_heads": 2,
+            "class_cond": True,
+            "diffusion_steps": 1000,
+            "noise_schedule": "cosine",
+            "predict_xstart": cfg.predict_xstart,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "ema_rate": "0.999",
+            "max_steps": cfg.scaled(cfg.pretrain_steps),
+            "save_interval": cfg.scaled(cfg.pretrain_steps),
+            "log_interval": 50,
+            "use_fp16": cfg.use_fp16,
+            "seed": cfg.seed,
+            "device": cfg.device,
+        },
+        progress=True,
+    )
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
@@ -123,17 +161,23 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     base = pretrain_base(cfg, pools)
     seconds["pretrain"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    ccfg = CompareConfig(rounds=cfg.rounds, eval_per_class=cfg.eval_per_class, eval_seed=cfg.seed + 7,
-                         oracle_epochs=10, utility=True)
+    ccfg = CompareConfig(
+        rounds=cfg.rounds, eval_per_class=cfg.eval_per_class, eval_seed=cfg.seed + 7, oracle_epochs=10, utility=True
+    )
     comparison = Comparison(base, pools, out, cfg.round_config(), ccfg, progress=progress)
     table = comparison.run()
     seconds["comparison"] = round(time.perf_counter() - t, 1)
     seconds.update({f"training_{k}": v for k, v in table["rounds"][-1]["seconds"].items()})
     report = write_final_report(comparison, out)
     seconds["total"] = round(time.perf_counter() - t0, 1)
-    summary = {"config": asdict(cfg), "seconds": seconds, "report": str(report), "pools": pools.summary,
-               "oracle_test_accuracy": comparison.evaluator.models.info.get("test_accuracy"),
-               "rounds": table["rounds"]}
+    summary = {
+        "config": asdict(cfg),
+        "seconds": seconds,
+        "report": str(report),
+        "pools": pools.summary,
+        "oracle_test_accuracy": comparison.evaluator.models.info.get("test_accuracy"),
+        "rounds": table["rounds"],
+    }
     (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -144,42 +188,67 @@ def write_final_report(comparison: Comparison, out: Path) -> Path:
 
     judged = out / "judged"
     k = comparison.ccfg.rounds
-    folder = {name: judged / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}_r{k}"
-              for name in ("feedback", "no feedback (equal images)")}
+    folder = {
+        name: judged / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}_r{k}"
+        for name in ("feedback", "no feedback (equal images)")
+    }
     result = comparison.evaluator.judge(folder["feedback"], folder["no feedback (equal images)"])
     return write_outputs(result, out / "evaluation")["report"]
 
 
-TABLE_ROWS = ("plausibility", "  class-consistent", "  on-manifold", "clinical checklist", "FID (domain features)",
-              "recall", "near copies of G (features)", "TSTR accuracy")
+TABLE_ROWS = (
+    "plausibility",
+    "  class-consistent",
+    "  on-manifold",
+    "clinical checklist",
+    "FID (domain features)",
+    "recall",
+    "near copies of G (features)",
+    "TSTR accuracy",
+)
 
 
 def format_table(summary: dict[str, Any]) -> str:
     """The last round's table, then plausibility round by round (feedback vs no feedback)."""
     last = summary["rounds"][-1]
     columns = [c for c in COLUMNS if c in next(iter(last["metrics"].values()))]
-    short = {"pretrained": "pretrained", "feedback": "feedback", "no feedback (equal images)": "no feedback",
-             "no feedback (equal steps)": "no fb (steps)", "rejection sampling": "rejection"}
+    short = {
+        "pretrained": "pretrained",
+        "feedback": "feedback",
+        "no feedback (equal images)": "no feedback",
+        "no feedback (equal steps)": "no fb (steps)",
+        "rejection sampling": "rejection",
+    }
 
     def fmt(entry: dict[str, Any]) -> str:
         v = entry.get("value")
         return "—" if v is None else (f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}")
 
-    lines = [f"after {last['round']} round(s); no feedback = training on without feedback for as many images",
-             f"{'metric':<30}" + "".join(f" {short[c]:>13}" for c in columns)]
+    lines = [
+        f"after {last['round']} round(s); no feedback = training on without feedback for as many images",
+        f"{'metric':<30}" + "".join(f" {short[c]:>13}" for c in columns),
+    ]
     for label in TABLE_ROWS:
         row = last["metrics"].get(label)
         if row:
             lines.append(f"{label:<30}" + "".join(f" {fmt(row[c]):>13}" for c in columns))
     diff = last["feedback_minus_control"].get("no feedback (equal images)", {}).get("plausibility")
     if diff:
-        lines.append(f"\nfeedback - no feedback, plausibility: {diff['difference']:+.3f} "
-                     f"(95% CI {diff['ci'][0]:+.3f} .. {diff['ci'][1]:+.3f})")
-    lines.append("\nplausibility by round:  " + "   ".join(
-        f"r{r['round']}: feedback {fmt(r['metrics']['plausibility']['feedback'])} / no feedback "
-        f"{fmt(r['metrics']['plausibility']['no feedback (equal images)'])}" for r in summary["rounds"]))
+        lines.append(
+            f"\nfeedback - no feedback, plausibility: {diff['difference']:+.3f} "
+            f"(95% CI {diff['ci'][0]:+.3f} .. {diff['ci'][1]:+.3f})"
+        )
+    lines.append(
+        "\nplausibility by round:  "
+        + "   ".join(
+            f"r{r['round']}: feedback {fmt(r['metrics']['plausibility']['feedback'])} / no feedback "
+            f"{fmt(r['metrics']['plausibility']['no feedback (equal images)'])}"
+            for r in summary["rounds"]
+        )
+    )
     acc = summary.get("oracle_test_accuracy")
     if acc is not None:
-        lines.append(f"evaluation oracle: real held-out accuracy {acc:.3f}" + ("  (WARNING: below 0.9)" if acc < 0.9
-                                                                                 else ""))
+        lines.append(
+            f"evaluation oracle: real held-out accuracy {acc:.3f}" + ("  (WARNING: below 0.9)" if acc < 0.9 else "")
+        )
     return "\n".join(lines)
