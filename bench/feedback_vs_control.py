@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clinalign.data.pools import split_pools, write_pools  # noqa: E402
+from clinalign.data.pools import read_pools, split_pools, write_pools, write_toy_pools  # noqa: E402
 from clinalign.pipeline.compare import CompareConfig, Comparison, Pools, make_evaluator  # noqa: E402
 from clinalign.pipeline.curve import plateau_step, plot_curve, pretraining_curve  # noqa: E402
 from clinalign.pipeline.rounds import RoundConfig  # noqa: E402
@@ -84,6 +84,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def make_pools(args: argparse.Namespace) -> Pools:
+    if str(args.data) == "toy":
+        f = write_toy_pools(
+            args.out / "pools",
+            args.toy_classes,
+            args.real_per_class,
+            args.toy_pool_per_class,
+            args.toy_pool_per_class,
+            100,
+            BASE_MODEL["image_size"],
+            args.pool_seed,
+        )
+        return Pools(f["G"], f["E"], f["O"], f["test"], read_pools(args.out / "pools"))
+    split = split_pools(args.data / "train", args.real_per_class, args.pool_seed)
+    folders = write_pools(split, args.out / "pools")
+    return Pools(folders["G"], folders["E"], folders["O"], args.data / "test", split.summary())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -95,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rcfg, ccfg = resolve(RoundConfig, args), resolve(CompareConfig, args)
-    split = split_pools(args.data / "train", args.real_per_class, args.pool_seed)
-    folders = write_pools(split, args.out / "pools")
-    pools = Pools(folders["G"], folders["E"], folders["O"], args.data / "test", split.summary())
+    pools = make_pools(args)
 
     run = args.base_run or args.out / "pretrain"
     if args.base_run is None:

@@ -152,8 +152,16 @@ def read_pools(root: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def write_toy_pools(root: str | Path, classes: int, per_class: int, expert_per_class: int, oracle_per_class: int,
-                    test_per_class: int, size: int, seed: int = 0) -> dict[str, Path]:
+def write_toy_pools(
+    root: str | Path,
+    classes: int,
+    per_class: int,
+    expert_per_class: int,
+    oracle_per_class: int,
+    test_per_class: int,
+    size: int,
+    seed: int = 0,
+) -> dict[str, Path]:
     """Toy-cell pools: G, E, O and test drawn with four seeds (an expert's experience is fresh cells).
 
     File names carry a pool suffix (``_g``, ``_e``, ``_o``, ``_t``) so the pools never share an ID.
@@ -162,16 +170,26 @@ def write_toy_pools(root: str | Path, classes: int, per_class: int, expert_per_c
     from .toy import generate
 
     root = Path(root)
-    plan = {"G": (per_class, "_g"), "E": (expert_per_class, "_e"), "O": (oracle_per_class, "_o"),
-            "test": (test_per_class, "_t")}
+    plan = {
+        "G": (per_class, "_g"),
+        "E": (expert_per_class, "_e"),
+        "O": (oracle_per_class, "_o"),
+        "test": (test_per_class, "_t"),
+    }
     folders = {name: root / name for name in plan}
     if (root / POOLS_FILE).exists() and all(f.is_dir() for f in folders.values()):
         return folders
     for k, (name, (n, suffix)) in enumerate(plan.items()):
         with atomic_directory(folders[name]) as tmp:
             generate(tmp, classes=classes, per_class=n, size=size, seed=seed + k, suffix=suffix)
-    pools = Pools(list_images(folders["G"]), list_images(folders["E"]), list_images(folders["O"]), per_class, seed,
-                  Path(f"toy cells ({classes} classes, {size} px)"))
+    pools = Pools(
+        list_images(folders["G"]),
+        list_images(folders["E"]),
+        list_images(folders["O"]),
+        per_class,
+        seed,
+        Path(f"toy cells ({classes} classes, {size} px)"),
+    )
     pools.check_disjoint()
     write_json_atomic(root / POOLS_FILE, pools.summary())
     return folders

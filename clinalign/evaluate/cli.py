@@ -74,6 +74,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c, u = MetricConfig(), UtilityConfig()
     s = p.add_argument_group("metrics")
     s.add_argument("--tau", type=float, default=c.tau, help="oracle probability of the declared class needed")
+    s.add_argument(
+        "--checklist",
+        type=str2bool,
+        default=c.checklist,
+        metavar="BOOL",
+        help="the clinical checklist is part of plausibility (single-cell images; False for other data)",
+    )
     s.add_argument("--k", type=int, default=c.k, help="neighbours for the k-NN manifold (PRDC)")
     s.add_argument(
         "--max_reference",
@@ -118,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         seed=args.seed,
         utility=utility,
+        checklist=args.checklist,
     )
     result = evaluate(
         args.real,

@@ -2,13 +2,17 @@
 
 A classifier alone is easy to fool: a CNN with 98 % test accuracy on blood cells can put 0.99 of
 its probability on one class for uniform noise, because softmax must sum to one whatever the
-input. So a sample counts as plausible only when both hold:
+input. And a cell can be recognised and look like real data in a feature space while missing what a
+pathologist checks (an eosinophil without granules). So a sample counts as plausible only when all hold:
 
-1. recognised: the oracle gives its *declared* class probability >= tau (default 0.5), and
-2. on the real manifold: its feature vector lies inside the k-NN ball (k = 5) of at least one real
-   training image (the precision criterion of Kynkäänniemi et al. 2019 / Naeem et al. 2020).
+1. class-consistent: the oracle gives its *declared* class probability >= tau (default 0.5);
+2. on-manifold: its feature vector lies inside the k-NN ball (k = 5) of at least one real
+   training image (the precision criterion of Kynkäänniemi et al. 2019 / Naeem et al. 2020);
+3. clinically consistent: every criterion of the clinical checklist (:mod:`.checklist`) is within
+   the range real cells of the declared class show (``MetricConfig.checklist`` turns this part off
+   for images that are not single cells).
 
-Both components are reported beside the combined rate, and the same judgement applied to held-out
+Every component is reported beside the combined rate, and the same judgement applied to held-out
 *real* images gives the ceiling a generator can be expected to reach.
 """
 
@@ -68,6 +72,7 @@ class RealReference:
         max_reference: int = 10000,
         seed: int = 0,
         generator: RealData | None = None,
+        checklist_quantile: float = 0.005,
     ) -> RealReference:
         """Embed the real data once; ``real``/``test`` must be what ``models`` was fitted with.
 
@@ -111,19 +116,20 @@ class RealReference:
             inception_stats,
             gen,
             None if gen is None else models.embed(gen.images),
-            Checklist.calibrate(train.images, train.classes),
+            Checklist.calibrate(train.images, train.classes, checklist_quantile),
         )
 
 
 @dataclass
 class Judgement:
-    """Per-sample plausibility: the oracle's view, the manifold's view, and their conjunction."""
+    """Per-sample plausibility: the oracle's view, the manifold's, the checklist's, and their conjunction."""
 
     classes: list[str]
     p_declared: np.ndarray
     predicted: list[str]
     in_manifold: np.ndarray
     tau: float
+    checklist: np.ndarray | None = None  # every clinical criterion passed (None: not part of the verdict)
 
     @property
     def recognised(self) -> np.ndarray:
@@ -131,7 +137,8 @@ class Judgement:
 
     @property
     def plausible(self) -> np.ndarray:
-        return self.recognised & self.in_manifold
+        both = self.recognised & self.in_manifold
+        return both if self.checklist is None else both & self.checklist
 
 
 def declared_probability(proba: np.ndarray, classes: Sequence[str], models: EvaluationModels) -> np.ndarray:
@@ -141,12 +148,22 @@ def declared_probability(proba: np.ndarray, classes: Sequence[str], models: Eval
 
 
 def judge(
-    models: EvaluationModels, proba: np.ndarray, classes: Sequence[str], in_manifold: np.ndarray, tau: float = 0.5
+    models: EvaluationModels,
+    proba: np.ndarray,
+    classes: Sequence[str],
+    in_manifold: np.ndarray,
+    tau: float = 0.5,
+    checklist: np.ndarray | None = None,
 ) -> Judgement:
-    """Combine the oracle's probabilities with manifold membership (see the module docstring)."""
+    """Combine the oracle's probabilities with manifold membership and the checklist (see the module docstring)."""
     predicted = [models.class_map.names[i] for i in proba.argmax(axis=1)] if len(proba) else []
     return Judgement(
-        list(classes), declared_probability(proba, classes, models), predicted, np.asarray(in_manifold, dtype=bool), tau
+        list(classes),
+        declared_probability(proba, classes, models),
+        predicted,
+        np.asarray(in_manifold, dtype=bool),
+        tau,
+        None if checklist is None else np.asarray(checklist, dtype=bool),
     )
 
 
@@ -156,7 +173,8 @@ def judge_images(
     """Plausibility of in-memory images (uint8 NHWC or float NCHW) declaring ``classes``."""
     images = models.prepare(images)
     inside = prdc(reference.reference_features, models.embed(images), reference.k, reference.radii).in_manifold
-    return judge(models, models.oracle_proba(images), classes, inside, tau)
+    checklist = reference.checklist.judge(images, list(classes)).plausible if reference.checklist else None
+    return judge(models, models.oracle_proba(images), classes, inside, tau, checklist)
 
 
 def _rates(j: Judgement, mask: np.ndarray) -> dict[str, float]:
@@ -167,6 +185,7 @@ def _rates(j: Judgement, mask: np.ndarray) -> dict[str, float]:
             "rate": float("nan"),
             "oracle_rate": float("nan"),
             "manifold_rate": float("nan"),
+            "checklist_rate": float("nan"),
             "mean_p_declared": float("nan"),
         }
     return {
@@ -174,6 +193,7 @@ def _rates(j: Judgement, mask: np.ndarray) -> dict[str, float]:
         "rate": float(j.plausible[mask].mean()),
         "oracle_rate": float(j.recognised[mask].mean()),
         "manifold_rate": float(j.in_manifold[mask].mean()),
+        "checklist_rate": float(j.checklist[mask].mean()) if j.checklist is not None else float("nan"),
         "mean_p_declared": float(j.p_declared[mask].mean()),
     }
 

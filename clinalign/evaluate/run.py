@@ -47,12 +47,13 @@ ORACLE_MIN_ACCURACY = 0.9
 RewardFn = Callable[[ImageSet], np.ndarray]
 
 DEFINITIONS = {
-    "plausible": "the evaluation oracle gives the declared class probability >= tau AND the sample's domain "
-    "features lie inside the k-NN ball (k = 5) of at least one real training image; "
-    "'oracle_rate' (class-consistent) and 'manifold_rate' (on-manifold) are the two conditions alone",
+    "plausible": "the evaluation oracle gives the declared class probability >= tau (class-consistent, "
+    "'oracle_rate') AND the sample's domain features lie inside the k-NN ball (k = 5) of at least one real "
+    "training image (on-manifold, 'manifold_rate') AND every clinical checklist criterion is within the declared "
+    "class's real range ('checklist_rate'; unless the checklist is turned off)",
     "checklist": "clinical criteria measured from the pixels (cell size, nucleus/cell ratio, nucleus lobes, "
     "chromatin brightness, cytoplasm hue, cytoplasm granules), each within the range real cells of the "
-    "declared class show (their 1st..99th percentiles, calibrated on the real training images); 'all' "
+    "declared class show (their [q, 1 - q] percentiles, calibrated on the real training images); 'all' "
     "is every criterion at once",
     "oracle": "an independent classifier (VGG, its own seed) trained on real half B only; the simulated "
     "expert is a ResNet trained on half A (halves by a hash of the file name)",
@@ -78,6 +79,10 @@ class MetricConfig:
     bootstrap: int = 200
     level: float = 0.95
     copy_percentile: float = 1.0
+    # The clinical checklist is part of plausibility (single-cell images); each range spans real
+    # cells' [q, 1 - q] percentiles, so a real cell fails a criterion with probability ~2q.
+    checklist: bool = True
+    checklist_quantile: float = 0.005
     seed: int = 0
     utility: UtilityConfig | None = field(default_factory=UtilityConfig)  # None: skip TSTR
 
@@ -147,7 +152,15 @@ def _score_set(
     s = samples.at(models.image_size, models.channels)
     feats = models.embed(s.images)
     man = prdc(ref.reference_features, feats, config.k, ref.radii)
-    j = judge(models, models.oracle_proba(s.images), s.classes, man.in_manifold, config.tau)
+    checklist = ref.checklist.judge(s.images, s.classes)
+    j = judge(
+        models,
+        models.oracle_proba(s.images),
+        s.classes,
+        man.in_manifold,
+        config.tau,
+        checklist.plausible if config.checklist else None,
+    )
     mem = memorisation(feats, s.images, ref, copies)
     rewards = None if reward is None else np.asarray(reward(samples), dtype=np.float64).reshape(-1)
     if rewards is not None and len(rewards) != len(s):
@@ -164,7 +177,6 @@ def _score_set(
         m["fid_inception"] = fid_to_stats(models.inception(s.images), *ref.inception_stats)
     m["prdc"] = man.summary()
     m["plausibility"] = summarise(j)
-    checklist = ref.checklist.judge(s.images, s.classes)
     m["checklist"] = checklist.summary()
     if rewards is not None:
         m["reward"] = {
@@ -245,7 +257,15 @@ def _compare(a: SetResult, b: SetResult, level: float) -> dict[str, dict[str, fl
 
 
 def _real_metrics(models: EvaluationModels, ref: RealReference, copies: CopyReference, config: MetricConfig) -> dict:
-    j = judge(models, ref.test_proba, ref.test.classes, ref.test_manifold.in_manifold, config.tau)
+    real_checklist = ref.checklist.judge(ref.test.images, ref.test.classes)
+    j = judge(
+        models,
+        ref.test_proba,
+        ref.test.classes,
+        ref.test_manifold.in_manifold,
+        config.tau,
+        real_checklist.plausible if config.checklist else None,
+    )
     accuracy = models.info.get("test_accuracy")
     warnings = []
     if accuracy is not None and accuracy < ORACLE_MIN_ACCURACY:
@@ -285,7 +305,7 @@ def _real_metrics(models: EvaluationModels, ref: RealReference, copies: CopyRefe
         "real_test": {
             "plausibility": summarise(j),
             "prdc": ref.test_manifold.summary(),
-            "checklist": ref.checklist.judge(ref.test.images, ref.test.classes).summary(),
+            "checklist": real_checklist.summary(),
             "fid_vs_train": fid(ref.test_features, ref.train_features),
         },
         "copy_thresholds": {"feature": copies.threshold_feature, "pixel": copies.threshold_pixel},
@@ -316,7 +336,9 @@ def evaluate_samples(
     samples = as_image_set(samples)
     baseline = None if baseline is None else as_image_set(baseline)
     start = time.perf_counter()
-    ref = reference or RealReference.build(models, real, test, config.k, config.max_reference, config.seed, generator)
+    ref = reference or RealReference.build(
+        models, real, test, config.k, config.max_reference, config.seed, generator, config.checklist_quantile
+    )
     copies = CopyReference.build(ref, config.copy_percentile)
     utility_baseline = (
         None
