@@ -1,4 +1,4 @@
-"""``clinalign data``: make, import, split and check image folders."""
+"""``clinalign data`` (make, import, split and check image folders) and ``clinalign verdicts`` (experts' sheets)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from . import medmnist, toy
 from .folder import ImageFolderDataset
 from .importing import ImportConfig, import_images
 from .pools import POOL_NAMES, split_pools, write_pools
+from .verdicts import import_verdicts
 
 DEFAULT_DOWNLOAD_DIR = Path("~/.medmnist")  # the medmnist package's own cache: its files are reused
 
@@ -78,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     _register_import(sub)
     _register_pools(sub)
+    _register_verdicts(subparsers)
 
 
 def _register_import(sub: argparse._SubParsersAction) -> None:
@@ -107,6 +109,32 @@ def _register_pools(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="which images of each class go to G")
     p.set_defaults(func=cmd_pools)
+
+
+def _register_verdicts(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "verdicts",
+        help="bring experts' verdicts from a spreadsheet in",
+        description="Turn a CSV of verdicts into the feedback layout (CLASS/align, CLASS/notalign).",
+    )
+    sub = parser.add_subparsers(dest="verdicts_command", metavar="<command>")
+
+    def usage(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=usage)
+    p = sub.add_parser(
+        "import",
+        help="CSV of ID,class,verdict[,reviewer,reasons] -> OUT/CLASS/align|notalign + judgements.csv",
+        description="Copy the judged samples into OUT/CLASS/align/ (plausible) and OUT/CLASS/notalign/ "
+        "(implausible), file names kept, and write OUT/judgements.csv. Verdicts: plausible/implausible, 1/0, "
+        "yes/no, align/notalign. Several reviewers per image: the majority decides; ties are left out and listed.",
+    )
+    p.add_argument("csv", type=Path, metavar="FILE.csv", help="columns ID,class,verdict[,reviewer,reasons]")
+    p.add_argument("--samples", type=Path, required=True, help="the sample folder the IDs refer to")
+    p.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+    p.set_defaults(func=cmd_verdicts)
 
 
 class _Bar:
@@ -216,4 +244,20 @@ def cmd_pools(args: argparse.Namespace) -> int:
         s = summary[name]
         classes = len(s["classes"])
         print(f"  {name}  {s['n']:>7} images  {classes} classes  fingerprint {s['fingerprint']}  {folders[name]}")
+    return 0
+
+
+def cmd_verdicts(args: argparse.Namespace) -> int:
+    result = import_verdicts(args.csv, args.samples, args.out)
+    decided = sum(sum(v.values()) for v in result.counts.values())
+    print(f"wrote {decided} judged images from {result.votes} verdicts to {result.out} (+ judgements.csv)")
+    width = max(len("class"), *(len(c) for c in result.counts))
+    print(f"  {'class':<{width}}  {'align':>7}  {'notalign':>8}")
+    for cls, n in sorted(result.counts.items()):
+        print(f"  {cls:<{width}}  {n['align']:>7}  {n['notalign']:>8}")
+    if result.ties:
+        shown = ", ".join(result.ties[:10]) + (", ..." if len(result.ties) > 10 else "")
+        print(f"left out {len(result.ties)} tied image(s) (see excluded.csv): {shown}")
+    if result.unjudged:
+        print(f"{result.unjudged} sample(s) in {args.samples} have no verdict in {args.csv}")
     return 0
