@@ -67,6 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--flag", default=None, help="which MedMNIST set the --npz is (default: bloodmnist)")
     p.set_defaults(func=run_medmnist)
 
+    _register_inspect(sub)
+    _register_import(sub)
+    _register_pools(sub)
+    _register_verdicts(subparsers)
+
+
+def _register_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inspect",
         help="count images per class and find unreadable files",
@@ -76,10 +83,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--class_cond", type=str2bool, default=True)
     p.set_defaults(func=run_inspect)
-
-    _register_import(sub)
-    _register_pools(sub)
-    _register_verdicts(subparsers)
 
 
 def _register_import(sub: argparse._SubParsersAction) -> None:
