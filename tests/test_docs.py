@@ -69,7 +69,10 @@ def strip_comment(line: str) -> str:
 def shell_words(text: str) -> list[str]:
     lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
     lexer.whitespace_split, lexer.commenters = True, ""
-    return list(lexer)
+    try:
+        return list(lexer)
+    except ValueError:  # an unbalanced quote or a lone backslash: prose, or a line no shell would run
+        return text.split()
 
 
 def segments(words: list[str]) -> list[list[str]]:
@@ -142,8 +145,10 @@ def inline_commands(path: Path, lines: list[str]) -> list[Command]:
     found = []
     for m in re.finditer(r"(?<!`)`([^`]+)`(?!`)", text):
         span = " ".join(m.group(1).split())
-        words = shell_words(span) if not span.startswith(("clinalign/", "clinalign.")) else []
-        if words and (words[0] == "clinalign" or words[0].startswith(("python", "torchrun"))):
+        if span.split()[:1] not in (["clinalign"], ["python"], ["python3"], ["torchrun"]):
+            continue
+        words = shell_words(span)
+        if words:
             line = text.count("\n", 0, m.start()) + 1
             named_only = not any(w.startswith("-") for w in words[1:])
             found.append(Command(f"{path.name}:{line}", span, words, named_only))
@@ -241,7 +246,7 @@ def clinalign_argv(words: list[str]) -> tuple[list[str] | None, str]:
             return words[3:], "clinalign"
         if words[1:3] == ["-m", "torch.distributed.run"]:
             return _launched(words[3:])
-    if words[:1] == ["torchrun"]:
+    if words[:1] == ["torchrun"] and len(words) > 1:  # a bare `torchrun` in prose launches nothing
         return _launched(words[1:])
     return None, ""
 
