@@ -8,7 +8,8 @@ same command gives the same images.
 
 Under ``torchrun --nproc_per_node N`` the batches are dealt round-robin (batch b to rank
 b % N); rank 0 gathers each round's images, writes them, the manifest and ``samples.npz``, so
-the folder is byte-identical to a one-process run and resumes the same way. Rejection sampling
+the folder is the one a single process writes (byte for byte on CPUs; GPU kernels may differ in
+the last bit between devices) and resumes the same way. Rejection sampling
 decides each batch from the acceptances before it, so it runs in one process.
 """
 
@@ -260,8 +261,8 @@ def _draw_sharded(draw: _Drawer, out: Path, info: DistInfo, bar) -> None:
     """Batch b on rank b % world; per round rank 0 writes every rank's batch in batch order, then the manifest."""
     plan = draw.plan()
     first = draw.next_batch
-    mine = list(range(first + info.rank, first + len(plan), info.world_size))
-    log.info("rank %d of %d draws %d of %d batches: %s", info.rank, info.world_size, len(mine), len(plan), mine)
+    own = list(range(first + info.rank, first + len(plan), info.world_size))
+    log.info("rank %d of %d draws %d of %d batches: %s", info.rank, info.world_size, len(own), len(plan), own)
     for start in range(0, len(plan), info.world_size):
         mine = start + info.rank
         pixels = draw.draw(first + mine, plan[mine])[0] if mine < len(plan) else None
