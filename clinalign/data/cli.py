@@ -1,4 +1,4 @@
-"""``clinalign data``: make and check image folders (toy cells, MedMNIST, inspect)."""
+"""``clinalign data`` (make, import, split and check image folders) and ``clinalign verdicts`` (experts' sheets)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from ..utils.config import str2bool
+from ..utils.config import add_flags, resolve, str2bool
 from . import medmnist, toy
 from .folder import ImageFolderDataset
+from .importing import ImportConfig, import_images
+from .pools import POOL_NAMES, split_pools, write_pools
+from .verdicts import import_verdicts
 
 DEFAULT_DOWNLOAD_DIR = Path("~/.medmnist")  # the medmnist package's own cache: its files are reused
 
@@ -64,6 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--flag", default=None, help="which MedMNIST set the --npz is (default: bloodmnist)")
     p.set_defaults(func=run_medmnist)
 
+    _register_inspect(sub)
+    _register_import(sub)
+    _register_pools(sub)
+    _register_verdicts(subparsers)
+
+
+def _register_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inspect",
         help="count images per class and find unreadable files",
@@ -73,6 +83,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--class_cond", type=str2bool, default=True)
     p.set_defaults(func=run_inspect)
+
+
+def _register_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import",
+        help="bring your own labelled images in as train/val/test folders",
+        description="Read class folders (SRC/CLASS/**/img.jpg), seed-named folders (CLASS_*.png), a CSV of "
+        "path,class or a MedMNIST .npz, and write OUT/train, OUT/val, OUT/test named CLASS_<original stem>, "
+        "split per class with a seed, plus OUT/import.json (source, split, counts, fingerprints).",
+    )
+    p.add_argument("src", type=Path, metavar="SRC", help="a folder, a .csv (path,class) or a MedMNIST .npz")
+    p.add_argument("out", type=Path, metavar="OUT", help="output folder (new or empty)")
+    add_flags(p, ImportConfig)
+    p.set_defaults(func=cmd_import)
+
+
+def _register_pools(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pools",
+        help="split real training images into the generator's, the expert's and the oracle's pools",
+        description="Write OUT/G (REAL_PER_CLASS images per class for the generator), OUT/E and OUT/O (the rest, "
+        "halved by a name hash, for the simulated expert and the evaluation oracle) as links to the originals, "
+        "and OUT/pools.json.",
+    )
+    p.add_argument("--train", type=Path, required=True, help="the real training folder (seed naming)")
+    p.add_argument("--real_per_class", type=int, default=128, help="images per class in G (the paper's 128)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="which images of each class go to G")
+    p.set_defaults(func=cmd_pools)
+
+
+def _register_verdicts(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "verdicts",
+        help="bring experts' verdicts from a spreadsheet in",
+        description="Turn a CSV of verdicts into the feedback layout (CLASS/align, CLASS/notalign).",
+    )
+    sub = parser.add_subparsers(dest="verdicts_command", metavar="<command>")
+
+    def usage(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=usage)
+    p = sub.add_parser(
+        "import",
+        help="CSV of ID,class,verdict[,reviewer,reasons] -> OUT/CLASS/align|notalign + judgements.csv",
+        description="Copy the judged samples into OUT/CLASS/align/ (plausible) and OUT/CLASS/notalign/ "
+        "(implausible), file names kept, and write OUT/judgements.csv. Verdicts: plausible/implausible, 1/0, "
+        "yes/no, align/notalign. Several reviewers per image: the majority decides; ties are left out and listed.",
+    )
+    p.add_argument("csv", type=Path, metavar="FILE.csv", help="columns ID,class,verdict[,reviewer,reasons]")
+    p.add_argument("--samples", type=Path, required=True, help="the sample folder the IDs refer to")
+    p.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+    p.set_defaults(func=cmd_verdicts)
 
 
 class _Bar:
@@ -145,3 +210,57 @@ def _print_counts(counts: Counter, order: list[str] | None = None) -> None:
     width = max(len(name) for name in names)
     for index, name in enumerate(names):
         print(f"  {index:>3}  {name:<{width}}  {counts.get(name, 0):>7}")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    cfg = resolve(ImportConfig, args)
+    with _Bar(None, "importing") as bar:
+        result = import_images(args.src, args.out, cfg, progress=bar)
+    source = result.record["source"]
+    how = f"resized to {cfg.size}x{cfg.size} PNG" if cfg.size else "PNG as stored" if result.kind == "npz" else "copied"
+    print(f"imported {source['images']} images from {args.src} ({result.kind}, {how}) into {args.out}")
+    _print_table(result.counts)
+    split = result.record["split"]
+    print(f"split {'/'.join(f'{f:g}' for f in split) if isinstance(split, list) else split}, seed {cfg.seed}")
+    for name, print_ in result.record["fingerprints"].items():
+        print(f"  {name:<5}  fingerprint {print_}  {args.out / name}")
+    print(f"record: {args.out / 'import.json'}")
+    return 0
+
+
+def _print_table(counts: dict[str, dict[str, int]]) -> None:
+    splits = list(counts)
+    classes = sorted({c for per in counts.values() for c in per})
+    width = max(len("class"), *(len(c) for c in classes))
+    print(f"  {'class':<{width}}" + "".join(f"  {s:>7}" for s in splits) + f"  {'total':>7}")
+    for c in classes + ["total"]:
+        row = [sum(counts[s].values()) if c == "total" else counts[s].get(c, 0) for s in splits]
+        print(f"  {c:<{width}}" + "".join(f"  {n:>7}" for n in row) + f"  {sum(row):>7}")
+
+
+def cmd_pools(args: argparse.Namespace) -> int:
+    pools = split_pools(args.train, args.real_per_class, args.seed)
+    folders = write_pools(pools, args.out)
+    summary = pools.summary()
+    print(f"pools of {args.train} ({args.real_per_class} per class in G, seed {args.seed}) in {args.out}:")
+    for name in POOL_NAMES:
+        s = summary[name]
+        classes = len(s["classes"])
+        print(f"  {name}  {s['n']:>7} images  {classes} classes  fingerprint {s['fingerprint']}  {folders[name]}")
+    return 0
+
+
+def cmd_verdicts(args: argparse.Namespace) -> int:
+    result = import_verdicts(args.csv, args.samples, args.out)
+    decided = sum(sum(v.values()) for v in result.counts.values())
+    print(f"wrote {decided} judged images from {result.votes} verdicts to {result.out} (+ judgements.csv)")
+    width = max(len("class"), *(len(c) for c in result.counts))
+    print(f"  {'class':<{width}}  {'align':>7}  {'notalign':>8}")
+    for cls, n in sorted(result.counts.items()):
+        print(f"  {cls:<{width}}  {n['align']:>7}  {n['notalign']:>8}")
+    if result.ties:
+        shown = ", ".join(result.ties[:10]) + (", ..." if len(result.ties) > 10 else "")
+        print(f"left out {len(result.ties)} tied image(s) (see excluded.csv): {shown}")
+    if result.unjudged:
+        print(f"{result.unjudged} sample(s) in {args.samples} have no verdict in {args.csv}")
+    return 0

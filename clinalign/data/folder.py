@@ -61,9 +61,14 @@ def load_image(path: str | Path, image_size: int, channels: int | None = None) -
 
     ``channels`` 1 or 3 forces the output; ``None`` keeps the file's own (1 for grayscale).
     """
+    return fit_image(open_image(path), image_size, channels)
+
+
+def fit_image(img: Image.Image, image_size: int, channels: int | None = None) -> np.ndarray:
+    """:func:`load_image` for an image already in memory (an array of a MedMNIST file, say)."""
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1, 3 or None, got {channels}")
-    img = to_8bit(open_image(path))
+    img = to_8bit(img)
     if channels == 1 and img.mode == "RGB":
         img = img.convert("L")
     arr = center_crop_arr(img, image_size)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..utils.fileio import atomic_directory
+from ..utils.fileio import atomic_directory, write_text_atomic
 from .classmap import validate_class_name
 from .folder import _decode_all, _stack
 from .naming import is_image_file
@@ -126,12 +126,14 @@ def write_feedback_folder(
     items: Iterable[tuple[Path, str, bool]],
     overwrite: bool = False,
     concepts: dict[str, str] | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> dict:
     """Copy ``(source image, declared class, plausible)`` items into ``out/CLASS/align|notalign/``.
 
     File names are kept (they are the IDs of the rewards CSV). ``concepts`` ({concept: parent})
-    is written as ``concepts.json`` (see :mod:`clinalign.concepts`). Written into a temporary
-    sibling and renamed into place; returns counts per class and verdict.
+    is written as ``concepts.json`` (see :mod:`clinalign.concepts`); ``extra_files`` ({name: text},
+    e.g. ``judgements.csv``) beside the class folders. Written into a temporary sibling and renamed
+    into place, so the verdicts and their record appear together; returns counts per class and verdict.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -149,4 +151,6 @@ def write_feedback_folder(
             from .concepts import write_concepts_file
 
             write_concepts_file(tmp, concepts)
+        for name, text in (extra_files or {}).items():
+            write_text_atomic(tmp / name, text)
     return counts

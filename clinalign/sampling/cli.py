@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..utils.config import add_flags, resolve
 from .rejection import reward_acceptor
-from .sample import SampleConfig, sample_folder
+from .sample import SampleConfig, check_one_process, sample_folder
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,10 +26,13 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     cfg = resolve(SampleConfig, args)
+    check_one_process(args.reward_checkpoint or None)
     accept = (
         reward_acceptor(args.reward_checkpoint, args.min_reward, args.checkpoint) if args.reward_checkpoint else None
     )
     result = sample_folder(args.checkpoint, args.out, cfg, accept=accept, progress=True)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank has the result; one prints it
+        return 0
     print(
         f"wrote {result.written} images to {result.out} ({', '.join(f'{k}: {v}' for k, v in result.per_class.items())})"
     )
@@ -49,7 +53,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "sample",
         help="draw synthetic images from a checkpoint",
-        description="Draw samples into LABEL_000123.png files with manifest.csv and samples.npz.",
+        description="Draw samples into LABEL_000123.png files with manifest.csv and samples.npz. Under "
+        "torchrun --nproc_per_node N the batches are shared among N processes (the same files as one process).",
     )
     add_sample_arguments(parser)
     parser.set_defaults(func=cmd_sample)

@@ -5,12 +5,19 @@ Output: ``LABEL_000123.png`` files (so they feed straight into feedback, scoring
 (improved-diffusion's ``arr_0`` images NHWC uint8, ``arr_1`` class indices). Each batch's noise
 depends only on (seed, batch index), so an interrupted run continues where it stopped and the
 same command gives the same images.
+
+Under ``torchrun --nproc_per_node N`` the batches are dealt round-robin (batch b to rank
+b % N); rank 0 gathers each round's images, writes them, the manifest and ``samples.npz``, so
+the folder is the one a single process writes (byte for byte on CPUs; GPU kernels may differ in
+the last bit between devices) and resumes the same way. Rejection sampling
+decides each batch from the acceptances before it, so it runs in one process.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from ..data.classmap import ClassMap
 from ..data.naming import MANIFEST_NAME, list_images
@@ -25,7 +33,7 @@ from ..diffusion.samplers import SAMPLERS
 from ..errors import ConfigError
 from ..training.checkpoint import Checkpoint, find_checkpoint
 from ..utils.config import option
-from ..utils.distributed import resolve_device
+from ..utils.distributed import DistInfo, init_distributed, resolve_device
 from ..utils.fileio import atomic_writer
 
 log = logging.getLogger(__name__)
@@ -149,6 +157,15 @@ def generate(
     return x.float().clamp(-1, 1).cpu()
 
 
+def check_one_process(accept) -> None:
+    """Rejection sampling under torchrun: refused before anything is loaded."""
+    if accept is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "rejection sampling (--reward_checkpoint) runs in one process: each batch depends on what the "
+            "batches before it accepted; run it without torchrun"
+        )
+
+
 def sample_folder(
     checkpoint: str | Path | Checkpoint,
     out: str | Path,
@@ -159,35 +176,53 @@ def sample_folder(
     """Draw ``cfg.num_samples`` images (split evenly over the classes) into ``out``; resumable.
 
     ``accept`` (rejection sampling): keeps only the images it accepts, drawing more until every
-    class has its quota or has used ``cfg.max_draw_factor`` times its quota in draws.
+    class has its quota or has used ``cfg.max_draw_factor`` times its quota in draws. Under
+    torchrun every rank calls this and gets the same result; only rank 0 touches ``out``.
     """
     if cfg.sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    check_one_process(accept)
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else find_checkpoint(checkpoint)
     class_map, names = _classes_to_draw(ck, cfg.class_list)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    joined = dist.is_available() and dist.is_initialized()
+    info = init_distributed(resolve_device(cfg.device))
+    try:
+        return _sample(ck, out, cfg, class_map, names, accept, info, progress)
+    finally:
+        if info.enabled and not joined:  # leave a group we created, as a process that ends must
+            dist.destroy_process_group()
+
+
+def _sample(ck, out: Path, cfg: SampleConfig, class_map, names, accept, info: DistInfo, progress: bool):
     settings = {
         "checkpoint": str(ck.path),
         "sampler": cfg.sampler,
         "steps": str(cfg.resolved_steps or ""),
         "seed": str(cfg.seed),
     }
-    rows = _resume_rows(out, out / MANIFEST_NAME, settings)
-    if rows:
+    rows = _on_main(info, lambda: _resume_rows(out, out / MANIFEST_NAME, settings))
+    if rows and info.is_main:
         log.info("%s: resuming, %d of %d samples already there", out, len(rows), cfg.num_samples)
     draw = _Drawer(ck, cfg, class_map, names, rows, settings, accept)
     bar = None
-    if progress:
+    if progress and info.is_main:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.num_samples, initial=len(rows), unit="img", dynamic_ncols=True)
-    while draw.needs_more():
-        written = draw.batch(out)
-        if bar is not None:
-            bar.update(written)
+    if info.enabled:
+        _draw_sharded(draw, out, info, bar)
+    else:
+        while draw.needs_more():
+            written = draw.batch(out)
+            if bar is not None:
+                bar.update(written)
     if bar is not None:
         bar.close()
+    return _on_main(info, lambda: _finish(out, draw, class_map, names))
+
+
+def _finish(out: Path, draw: _Drawer, class_map: ClassMap, names: list[str]) -> SampleResult:
     write_npz(out, draw.rows, class_map)
     concepts = {n: class_map.parents[n] for n in {r["class"] for r in draw.rows} if class_map.parents.get(n)}
     if concepts:  # evaluation judges a concept's samples as its parent class
@@ -203,6 +238,49 @@ def sample_folder(
         drawn_per_class=draw.drawn_by,
         short=draw.short,
     )
+
+
+def _on_main(info: DistInfo, fn: Callable):
+    """``fn()`` on rank 0 and its result, or its error, on every rank: the others never read ``out``."""
+    if not info.enabled:
+        return fn()
+    box: list = [None]
+    if info.is_main:
+        try:
+            box[0] = (True, fn())
+        except Exception as exc:
+            box[0] = (False, exc)
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _draw_sharded(draw: _Drawer, out: Path, info: DistInfo, bar) -> None:
+    """Batch b on rank b % world; per round rank 0 writes every rank's batch in batch order, then the manifest."""
+    plan = draw.plan()
+    first = draw.next_batch
+    own = list(range(first + info.rank, first + len(plan), info.world_size))
+    log.info("rank %d of %d draws %d of %d batches: %s", info.rank, info.world_size, len(own), len(plan), own)
+    for start in range(0, len(plan), info.world_size):
+        mine = start + info.rank
+        pixels = draw.draw(first + mine, plan[mine])[0] if mine < len(plan) else None
+        gathered: list = [None] * info.world_size
+        dist.all_gather_object(gathered, pixels)  # all_gather: gather_object is not on every backend
+        if not info.is_main:
+            continue
+        written = sum(
+            draw.record(out, first + start + k, plan[start + k], batch)
+            for k, batch in enumerate(gathered)
+            if batch is not None
+        )
+        _write_rows_atomic(out / MANIFEST_NAME, draw.rows)  # a prefix of whole batches: resume stays exact
+        if bar is not None:
+            bar.update(written)
+    draw.next_batch = first + len(plan)
+    for name in draw.remaining:
+        draw.remaining[name] = 0
 
 
 def _classes_to_draw(ck: Checkpoint, classes: list[str] | None) -> tuple[ClassMap, list[str]]:
@@ -257,14 +335,32 @@ class _Drawer:
     def needs_more(self) -> bool:
         return any(self.remaining.values())
 
+    def plan(self) -> list[list[str]]:
+        """The labels of every batch still to draw, when every draw is kept (no rejection)."""
+        left, batches = dict(self.remaining), []
+        while any(left.values()):
+            batches.append(_batch_labels(left, self.cfg.batch_size))
+            for name in batches[-1]:
+                left[name] -= 1
+        return batches
+
     def batch(self, out: Path) -> int:
         """Draw one batch, write what is kept, update the manifest; returns the number written."""
-        from ..data.transforms import save_png, to_uint8
+        batch_names = _batch_labels(self.remaining, self.cfg.batch_size)
+        if self.accept is not None:  # draw a full batch even near the end: rejects are expected
+            batch_names = (batch_names * self.cfg.batch_size)[: self.cfg.batch_size]
+        pixels, keep, scores = self.draw(self.next_batch, batch_names)
+        written = self.record(out, self.next_batch, batch_names, pixels, keep, scores)
+        _write_rows_atomic(out / MANIFEST_NAME, self.rows)
+        self.next_batch += 1
+        self._give_up_on_hopeless_classes()
+        return written
+
+    def draw(self, batch_index: int, batch_names: list[str]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
+        """uint8 NHWC images of one batch (noise from (seed, batch_index)), the accepted mask and the scores."""
+        from ..data.transforms import to_uint8
 
         cfg = self.cfg
-        batch_names = _batch_labels(self.remaining, cfg.batch_size)
-        if self.accept is not None:  # draw a full batch even near the end: rejects are expected
-            batch_names = (batch_names * cfg.batch_size)[: cfg.batch_size]
         labels = torch.tensor([self.class_map.index(n) for n in batch_names])
         images = generate(
             self.model,
@@ -273,7 +369,7 @@ class _Drawer:
             (len(batch_names), *self.shape_tail),
             sampler=cfg.sampler,
             steps=cfg.resolved_steps,
-            generator=batch_generator(cfg.seed, self.next_batch),
+            generator=batch_generator(cfg.seed, batch_index),
             class_cond=self.class_cond,
             eta=cfg.eta,
             clip_denoised=cfg.clip_denoised,
@@ -282,10 +378,16 @@ class _Drawer:
         keep, scores = (torch.ones(len(batch_names), dtype=torch.bool), None)
         if self.accept is not None:
             keep, scores = self.accept(images, labels)
-        pixels, written = to_uint8(images), 0
+        return to_uint8(images), keep, scores
+
+    def record(self, out: Path, batch_index: int, batch_names: list[str], pixels: np.ndarray, keep=None, scores=None):
+        """Write the kept images of a batch under the next running numbers; returns how many were written."""
+        from ..data.transforms import save_png
+
+        written = 0
         for j, name in enumerate(batch_names):
             self.drawn_by[name] += 1
-            if not keep[j] or self.remaining[name] == 0:
+            if (keep is not None and not keep[j]) or self.remaining[name] == 0:
                 continue
             file_id = f"{name}_{self.counter:06d}.png"
             save_png(pixels[j], out / file_id)
@@ -293,7 +395,7 @@ class _Drawer:
                 {
                     "ID": file_id,
                     "class": name,
-                    "batch": str(self.next_batch),
+                    "batch": str(batch_index),
                     "reward": f"{float(scores[j]):.6f}" if scores is not None else "",
                     **self.settings,
                 }
@@ -301,10 +403,7 @@ class _Drawer:
             self.remaining[name] -= 1
             self.counter += 1
             written += 1
-        _write_rows_atomic(out / MANIFEST_NAME, self.rows)
-        self.next_batch += 1
         self.written += written
-        self._give_up_on_hopeless_classes()
         return written
 
     def _give_up_on_hopeless_classes(self) -> None:
@@ -321,6 +420,7 @@ class _Drawer:
 
 
 def _resume_rows(out: Path, manifest: Path, settings: dict[str, str]) -> list[dict[str, str]]:
+    out.mkdir(parents=True, exist_ok=True)
     if manifest.exists():
         rows = _read_rows(manifest)
         if rows:
