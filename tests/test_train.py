@@ -153,6 +153,20 @@ def test_non_finite_step_is_skipped_and_never_written(tmp_path):
     assert [r["skipped_steps"] for r in records] == [0, 1, 1]
 
 
+def test_save_steps_checkpoint_between_intervals(tmp_path):
+    """A control continued from a base at any step is checkpointed at its comparison points."""
+
+    def stream():
+        while True:
+            yield torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([0, 1]), torch.ones(2)
+
+    run = tmp_path / "points"
+    spec = _tiny_spec(run, stream, max_steps=5, save_interval=100)
+    spec.save_steps = frozenset({3})
+    train(spec)
+    assert [find_checkpoint(p).step for p in list_checkpoints(run)] == [3, 5]
+
+
 def test_zero_weights_leave_the_model_unchanged(tmp_path):
     """Per-sample weights really scale the loss: all-zero weights give zero gradients."""
 

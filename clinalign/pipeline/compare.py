@@ -110,13 +110,15 @@ def continue_training(
             "lr": cfg.finetune_lr,
             "batch_size": cfg.finetune_batch,
             "ema_rate": ",".join(base.ema_rates) or "0.999",
-            "save_interval": save_every,
+            "save_interval": 10**9,
             "log_interval": max(1, save_every // 4),
             "use_fp16": cfg.use_fp16,
             "seed": cfg.seed,
             "device": cfg.device,
         },
         progress=progress,
+        # every multiple of save_every after the base: the comparison points, whatever the base's step
+        save_steps=range(base.step + save_every, total_steps + 1, save_every),
     )
     return time.perf_counter() - start
 

@@ -66,8 +66,11 @@ def check_channels(dataset, expected: int, source: Path) -> None:
         )
 
 
-def pretrain(args: argparse.Namespace | dict[str, Any], progress: bool = False) -> Path:
-    """Train (or resume) a diffusion model on an image folder. Returns the last checkpoint."""
+def pretrain(args: argparse.Namespace | dict[str, Any], progress: bool = False, save_steps=()) -> Path:
+    """Train (or resume) a diffusion model on an image folder. Returns the last checkpoint.
+
+    ``save_steps``: steps to checkpoint besides every ``save_interval`` (for comparisons at given costs).
+    """
     train_cfg = resolve(TrainConfig, args)
     run_dir = train_cfg.run_path()
     resume = prepare_resume(
@@ -108,6 +111,7 @@ def pretrain(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
         resume=resume,
         progress=progress,
         extra_meta={"objective": "pretrain"},
+        save_steps=frozenset(int(s) for s in save_steps),
     )
     return train(spec)
 
