@@ -46,9 +46,7 @@ class Shared:
     deadline: float
     lock: threading.Lock = field(default_factory=threading.Lock)
     reserved: int = 0
-    acked: list[tuple[str, str, str, str]] = field(
-        default_factory=list
-    )  # (reviewer, request_id, item, verdict)
+    acked: list[tuple[str, str, str, str]] = field(default_factory=list)  # (reviewer, request_id, item, verdict)
     latencies: list[float] = field(default_factory=list)  # first-try successes, seconds
     retried: int = 0
     replayed: int = 0
@@ -100,9 +98,7 @@ def _call(
 
 
 def reviewer_loop(name: str, token: str, base_url: str, shared: Shared) -> None:
-    with httpx.Client(
-        base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0
-    ) as client:
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0) as client:
         try:
             data, _, _ = _call(client, shared, "GET", "/api/next")
             item = data["item"]
@@ -163,8 +159,7 @@ def verify(store: Store, shared: Shared) -> dict[str, int]:
     lost = sum(
         1
         for who, rid, item, verdict in shared.acked
-        if rid not in stored
-        or (stored[rid].name, stored[rid].uid, stored[rid].verdict) != (who, item, verdict)
+        if rid not in stored or (stored[rid].name, stored[rid].uid, stored[rid].verdict) != (who, item, verdict)
     )
     sent = {rid for _, rid, _, _ in shared.acked}
     pairs = Counter((r.name, r.uid) for r in rows if r.undone_at is None)
@@ -216,9 +211,7 @@ def run(
                 for n, t in tokens.items()
             ]
             if kill:
-                threads.append(
-                    threading.Thread(target=killer, args=(server, shared, marks, kills), daemon=True)
-                )
+                threads.append(threading.Thread(target=killer, args=(server, shared, marks, kills), daemon=True))
             t0 = time.perf_counter()
             for t in threads:
                 t.start()
@@ -271,9 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reviewers", type=int, default=20)
     p.add_argument("--verdicts", type=int, default=5000, help="total verdicts across all reviewers")
     p.add_argument("--per_image", type=int, default=2)
-    p.add_argument(
-        "--kill", action="store_true", help="SIGKILL the server mid-load (see --kills) and restart it"
-    )
+    p.add_argument("--kill", action="store_true", help="SIGKILL the server mid-load (see --kills) and restart it")
     p.add_argument("--kills", type=int, default=1, help="with --kill: how many times (evenly spread)")
     p.add_argument("--db", help="database URL (default: a SQLite file in a temp folder)")
     p.add_argument("--workdir", help="keep images, database and server.log here")

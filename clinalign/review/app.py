@@ -94,9 +94,7 @@ def _login_page(target: str, name: str) -> str:
 <a href="{target}">Continue</a></p></main></body></html>"""
 
 
-def create_app(
-    db_url: str, *, trusted_origins: list[str] | None = None, store: Store | None = None
-) -> FastAPI:
+def create_app(db_url: str, *, trusted_origins: list[str] | None = None, store: Store | None = None) -> FastAPI:
     """Build the app for one feedback database (created if missing)."""
     store = store or Store(db_url)
     trusted = frozenset(o.rstrip("/") for o in trusted_origins or [])
@@ -234,9 +232,7 @@ def create_app(
             image = image or queue.next_image(s, p.id)
             item = queue.item_view(s, image) if image else None
             prog = queue.progress(s, p.id)
-        return UndoOut(
-            undone=_verdict_out(v) if v else None, next=_item_out(item), progress=_progress_out(prog)
-        )
+        return UndoOut(undone=_verdict_out(v) if v else None, next=_item_out(item), progress=_progress_out(prog))
 
     @app.get(
         "/api/images/{uid}",
@@ -251,9 +247,7 @@ def create_app(
         """Image bytes by opaque ID (from the database; never a file path)."""
         with store.read() as s:
             row = s.execute(
-                select(Blob.data, Blob.media_type)
-                .join(Image, Image.blob_sha == Blob.sha256)
-                .where(Image.uid == uid)
+                select(Blob.data, Blob.media_type).join(Image, Image.blob_sha == Blob.sha256).where(Image.uid == uid)
             ).first()
         if row is None:
             raise HTTPException(404, "no such image")
@@ -281,9 +275,7 @@ def create_app(
         return ConceptOut(name=c.name, parent=c.parent)
 
     @app.post("/api/admin/people", response_model=PersonLinkOut, status_code=201, tags=["admin"])
-    def add_person(
-        body: PersonIn, request: Request, p: Annotated[Principal, Depends(admin)]
-    ) -> PersonLinkOut:
+    def add_person(body: PersonIn, request: Request, p: Annotated[Principal, Depends(admin)]) -> PersonLinkOut:
         """Create a reviewer (or admin) and return their private link (shown only now)."""
         token = ingest.add_user(store, body.name, body.role, rotate=body.rotate)
         base = str(request.base_url).rstrip("/")

@@ -30,9 +30,7 @@ COOKIE_MAX_AGE = 30 * 24 * 3600
 
 bearer_scheme = HTTPBearer(auto_error=False, description="Reviewer or admin token")
 header_scheme = APIKeyHeader(name=TOKEN_HEADER, auto_error=False, description="Reviewer or admin token")
-cookie_scheme = APIKeyCookie(
-    name=COOKIE, auto_error=False, description="Set by opening a private link /r/<token>"
-)
+cookie_scheme = APIKeyCookie(name=COOKIE, auto_error=False, description="Set by opening a private link /r/<token>")
 
 
 @dataclass(frozen=True)

@@ -189,9 +189,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("name")
         _db_flag(p)
         p.add_argument("--base_url", default="http://127.0.0.1:8000", help="where the app is reachable")
-        p.add_argument(
-            "--rotate", action="store_true", help="issue a new link for an existing name (revokes the old)"
-        )
+        p.add_argument("--rotate", action="store_true", help="issue a new link for an existing name (revokes the old)")
         p.set_defaults(func=_cmd_add_person(role))
 
     p = sub.add_parser("add-concept", help="add a finer class (e.g. neutrophil-band) under a parent class")
@@ -204,9 +202,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write CLASS/align and CLASS/notalign folders + votes.csv")
     _db_flag(p)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument(
-        "--rule", default="majority", help="majority | unanimous | reviewer:NAME (default majority)"
-    )
+    p.add_argument("--rule", default="majority", help="majority | unanimous | reviewer:NAME (default majority)")
     p.add_argument("--batch", help="only this batch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=cmd_export)
@@ -216,15 +212,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch")
     p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser(
-        "export-labelstudio", help="write Label Studio tasks.json + labeling_config.xml + images/"
-    )
+    p = sub.add_parser("export-labelstudio", help="write Label Studio tasks.json + labeling_config.xml + images/")
     _db_flag(p)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--batch")
-    p.add_argument(
-        "--image_prefix", default="images/", help="prefix of data.image (where Label Studio finds images/)"
-    )
+    p.add_argument("--image_prefix", default="images/", help="prefix of data.image (where Label Studio finds images/)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export_ls)
 

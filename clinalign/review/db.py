@@ -260,9 +260,7 @@ class Store:
         elif self.dialect == "postgresql":
             self.engine = create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=16)
         else:
-            raise ClinalignError(
-                f"--db {url!r}: unsupported database {self.dialect!r}; use sqlite or postgresql"
-            )
+            raise ClinalignError(f"--db {url!r}: unsupported database {self.dialect!r}; use sqlite or postgresql")
         self._writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         # SQLite has one writer at a time anyway; queueing writers on a lock in this process
         # replaces SQLite's sleep-and-poll busy handler, which gives long, unfair tail latencies.

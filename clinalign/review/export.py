@@ -122,18 +122,13 @@ def export_feedback(
     out = Path(out).expanduser().resolve()
     kind, who = parse_rule(rule)
     if out.exists() and not overwrite and not (out.is_dir() and not any(out.iterdir())):
-        raise ClinalignError(
-            f"{out}: already exists and is not empty; pass --overwrite or choose another --out"
-        )
+        raise ClinalignError(f"{out}: already exists and is not empty; pass --overwrite or choose another --out")
     if not out.parent.is_dir():
         raise ClinalignError(f"{out.parent}: folder does not exist; create it first")
 
     with store.read() as s:
         batch_ids = [get_batch(s, batch).id] if batch else None
-        if (
-            kind == "reviewer"
-            and s.scalar(select(User.id).where(User.name == who, User.role == REVIEWER)) is None
-        ):
+        if kind == "reviewer" and s.scalar(select(User.id).where(User.name == who, User.role == REVIEWER)) is None:
             raise NotFound(f"--rule {rule}: no reviewer named {who!r}")
         q = select(Image).where(Image.kind == SAMPLE).order_by(Image.batch_id, Image.filename)
         if batch_ids:
@@ -167,8 +162,10 @@ def export_feedback(
         concept_parent: dict[str, str] = {}
         for name, parent in s.execute(cq):
             if concept_parent.setdefault(name, parent) != parent:
-                raise DataError(f"concept {name!r} has parent {concept_parent[name]!r} in one batch and {parent!r} "
-                                "in another; export one batch at a time with --batch NAME")
+                raise DataError(
+                    f"concept {name!r} has parent {concept_parent[name]!r} in one batch and {parent!r} "
+                    "in another; export one batch at a time with --batch NAME"
+                )
         exported_concepts: dict[str, str] = {}
         summary = ExportSummary(out=str(out), rule=rule, images=len(images))
         folders: Counter = Counter()

@@ -116,9 +116,7 @@ def reference_classes(paths: list[Path], root: Path, layout: str = "auto") -> li
     one_deep = all(len(r.parts) == 2 for r in rel)
     if layout == "folders" and not one_deep:
         bad = next(r for r in rel if len(r.parts) != 2)
-        raise DataError(
-            f"{root / bad}: not in a class folder; --reference_layout folders expects CLASS/image.png"
-        )
+        raise DataError(f"{root / bad}: not in a class folder; --reference_layout folders expects CLASS/image.png")
     if layout == "folders" or (layout == "auto" and one_deep):
         return [r.parts[0] for r in rel]
     return declared_classes(paths, root)
@@ -232,8 +230,9 @@ def add_batch(
 
     paths = list_images(samples)
     classes = [check_class_name(c, p) for c, p in zip(declared_classes(paths, samples), paths, strict=True)]
-    check_unique_names(paths, "image IDs (file names) must be unique in a batch because the reward CSV "
-                              "refers to images by file name")
+    check_unique_names(
+        paths, "image IDs (file names) must be unique in a batch because the reward CSV refers to images by file name"
+    )
     loaded = [load_image(p) for p in paths]
 
     strips: dict[str, list[LoadedImage]] = {}
@@ -316,12 +315,7 @@ def add_batch(
                 n_refs += 1
         s.add_all(images)
         s.flush()
-        slots = [
-            {"image_id": im.id, "slot_no": k}
-            for im in images
-            if im.kind != REFERENCE
-            for k in range(per_image)
-        ]
+        slots = [{"image_id": im.id, "slot_no": k} for im in images if im.kind != REFERENCE for k in range(per_image)]
         if slots:
             s.execute(insert(Slot), slots)
     summary = BatchSummary(name, len(loaded), len(qc_items), n_refs, per_image, dict(Counter(classes)))
@@ -349,9 +343,7 @@ def add_user(store: Store, name: str, role: str = REVIEWER, *, rotate: bool = Fa
     if role not in (REVIEWER, ADMIN):
         raise ValueError(role)
     if not NAME_RE.match(name):
-        raise Invalid(
-            f"name {name!r}: use 1-100 letters, digits, spaces or . @ + - (start with a letter or digit)"
-        )
+        raise Invalid(f"name {name!r}: use 1-100 letters, digits, spaces or . @ + - (start with a letter or digit)")
     token = new_token()
     with store.write() as s:
         user = s.scalar(select(User).where(User.name == name))
@@ -386,22 +378,14 @@ def add_concept(store: Store, batch_name: str, name: str, parent: str) -> Concep
     with store.write() as s:
         batch = get_batch(s, batch_name)
         classes = set(
-            s.scalars(
-                select(Image.declared_class)
-                .where(Image.batch_id == batch.id, Image.kind == SAMPLE)
-                .distinct()
-            )
+            s.scalars(select(Image.declared_class).where(Image.batch_id == batch.id, Image.kind == SAMPLE).distinct())
         )
         if parent not in classes:
-            raise Invalid(
-                f"parent {parent!r} is not a class of batch {batch_name!r} ({', '.join(sorted(classes))})"
-            )
+            raise Invalid(f"parent {parent!r} is not a class of batch {batch_name!r} ({', '.join(sorted(classes))})")
         if name in classes:
             raise Invalid(f"concept {name!r} is already a class of batch {batch_name!r}")
         exists = s.scalar(
-            select(func.count())
-            .select_from(Concept)
-            .where(Concept.batch_id == batch.id, Concept.name == name)
+            select(func.count()).select_from(Concept).where(Concept.batch_id == batch.id, Concept.name == name)
         )
         if exists:
             raise Conflict(f"concept {name!r} already exists in batch {batch_name!r}")

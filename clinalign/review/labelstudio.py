@@ -100,9 +100,7 @@ def export_labelstudio(
     """Write ``tasks.json``, ``labeling_config.xml`` and ``images/`` (synthetic samples only)."""
     out = Path(out).expanduser().resolve()
     if out.exists() and not overwrite and not (out.is_dir() and not any(out.iterdir())):
-        raise ClinalignError(
-            f"{out}: already exists and is not empty; pass --overwrite or choose another --out"
-        )
+        raise ClinalignError(f"{out}: already exists and is not empty; pass --overwrite or choose another --out")
     if not out.parent.is_dir():
         raise ClinalignError(f"{out.parent}: folder does not exist; create it first")
     with store.read() as s:
@@ -118,9 +116,7 @@ def export_labelstudio(
         names = Counter(im.filename for im in images)
         dup = [n for n, k in names.items() if k > 1]
         if dup:
-            raise DataError(
-                f"{dup[0]}: appears in more than one batch; export one batch at a time with --batch NAME"
-            )
+            raise DataError(f"{dup[0]}: appears in more than one batch; export one batch at a time with --batch NAME")
         votes: dict[int, list[tuple[Verdict, User]]] = defaultdict(list)
         for v, u in s.execute(
             select(Verdict, User)
@@ -272,24 +268,15 @@ def import_labelstudio(store: Store, path: str | Path, *, batch: str) -> ImportS
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read Label Studio JSON ({exc}); export the project as JSON") from exc
-    tasks = (
-        raw
-        if isinstance(raw, list)
-        else raw.get("tasks")
-        if isinstance(raw, dict) and "tasks" in raw
-        else [raw]
-    )
+    tasks = raw if isinstance(raw, list) else raw.get("tasks") if isinstance(raw, dict) and "tasks" in raw else [raw]
     if not all(isinstance(t, dict) for t in tasks):
-        raise DataError(
-            f"{path}: expected a list of Label Studio tasks (objects with 'data' and 'annotations')"
-        )
+        raise DataError(f"{path}: expected a list of Label Studio tasks (objects with 'data' and 'annotations')")
     summary = ImportSummary(tasks=len(tasks))
     skipped: Counter = Counter()
     with store.write() as s:
         b = get_batch(s, batch)
         by_name = {
-            im.filename: im
-            for im in s.scalars(select(Image).where(Image.batch_id == b.id, Image.kind == SAMPLE))
+            im.filename: im for im in s.scalars(select(Image).where(Image.batch_id == b.id, Image.kind == SAMPLE))
         }
         concepts = {(c.name, c.parent) for c in s.scalars(select(Concept).where(Concept.batch_id == b.id))}
         users: dict[str, User] = {}
@@ -313,16 +300,12 @@ def import_labelstudio(store: Store, path: str | Path, *, batch: str) -> ImportS
                 user = users.get(name) or s.scalar(select(User).where(User.name == name))
                 if user is None:
                     # Imported judges get a token nobody knows; add-reviewer --rotate gives them a link.
-                    user = User(
-                        name=name, role=REVIEWER, token_hash=hash_token(new_token()), created_at=utcnow()
-                    )
+                    user = User(name=name, role=REVIEWER, token_hash=hash_token(new_token()), created_at=utcnow())
                     s.add(user)
                     s.flush()
                     summary.reviewers.append(name)
                 elif user.role != REVIEWER:
-                    raise DataError(
-                        f"{path}: annotator {name!r} is an admin here, not a reviewer; rename one of them"
-                    )
+                    raise DataError(f"{path}: annotator {name!r} is an admin here, not a reviewer; rename one of them")
                 users[name] = user
                 if len([r for r in reasons if r not in allowed]):
                     skipped["reason tags not on the checklist (dropped)"] += 1
@@ -372,10 +355,7 @@ def _take_slot(s, image_id: int, reviewer_id: int) -> None:
     if s.scalar(select(Slot.id).where(Slot.image_id == image_id, Slot.reviewer_id == reviewer_id)):
         return
     slot = s.scalar(
-        select(Slot)
-        .where(Slot.image_id == image_id, Slot.reviewer_id.is_(None))
-        .order_by(Slot.slot_no)
-        .limit(1)
+        select(Slot).where(Slot.image_id == image_id, Slot.reviewer_id.is_(None)).order_by(Slot.slot_no).limit(1)
     )
     if slot is not None:
         slot.reviewer_id = reviewer_id

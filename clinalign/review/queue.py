@@ -61,9 +61,7 @@ class VerdictView:
 
 def _current(reviewer_id: int, image_id) -> object:
     """SQL condition: the reviewer has a current (not undone) verdict on the image."""
-    return exists().where(
-        Verdict.reviewer_id == reviewer_id, Verdict.image_id == image_id, Verdict.undone_at.is_(None)
-    )
+    return exists().where(Verdict.reviewer_id == reviewer_id, Verdict.image_id == image_id, Verdict.undone_at.is_(None))
 
 
 def _holds(reviewer_id: int, image_id) -> object:
@@ -236,9 +234,7 @@ def record_verdict(
     allowed = set(checklist_for(batch, image.declared_class))
     unknown = [r for r in reasons if r not in allowed]
     if unknown:
-        raise Invalid(
-            f"reason(s) {unknown} are not on the checklist for {image.declared_class!r}: {sorted(allowed)}"
-        )
+        raise Invalid(f"reason(s) {unknown} are not on the checklist for {image.declared_class!r}: {sorted(allowed)}")
     if concept:
         ok = s.scalar(
             select(Concept.id).where(

@@ -51,9 +51,7 @@ class NextOut(BaseModel):
 
 
 class VerdictIn(Strict):
-    request_id: UUID = Field(
-        description="Client-generated UUID; retrying with the same id never creates a duplicate"
-    )
+    request_id: UUID = Field(description="Client-generated UUID; retrying with the same id never creates a duplicate")
     item: ImageUid
     verdict: VerdictWord
     reasons: list[ReasonTag] = Field(default_factory=list, max_length=30)
@@ -99,9 +97,7 @@ class ConceptIn(Strict):
 class PersonIn(Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     role: Literal["reviewer", "admin"] = "reviewer"
-    rotate: bool = Field(
-        default=False, description="Issue a new link for an existing person (revokes the old one)"
-    )
+    rotate: bool = Field(default=False, description="Issue a new link for an existing person (revokes the old one)")
 
 
 class PersonLinkOut(BaseModel):

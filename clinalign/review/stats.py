@@ -122,9 +122,7 @@ def dashboard(s: Session, batch: str | None = None) -> dict[str, Any]:
                 "qc_share": b.qc_share,
                 "samples": sum(n for (bid, k, _), n in image_counts.items() if bid == b.id and k == SAMPLE),
                 "qc": sum(n for (bid, k, _), n in image_counts.items() if bid == b.id and k == QC),
-                "references": sum(
-                    n for (bid, k, _), n in image_counts.items() if bid == b.id and k == REFERENCE
-                ),
+                "references": sum(n for (bid, k, _), n in image_counts.items() if bid == b.id and k == REFERENCE),
                 "concepts": [{"name": c.name, "parent": c.parent} for c in concepts],
                 "created_at": b.created_at,
             }
@@ -137,9 +135,7 @@ def dashboard(s: Session, batch: str | None = None) -> dict[str, Any]:
     classes = []
     for cls in sorted({c for (_, k, c) in image_counts if k == SAMPLE}):
         n_images = sum(n for (bid, k, c), n in image_counts.items() if k == SAMPLE and c == cls)
-        required = sum(
-            n * per_image[bid] for (bid, k, c), n in image_counts.items() if k == SAMPLE and c == cls
-        )
+        required = sum(n * per_image[bid] for (bid, k, c), n in image_counts.items() if k == SAMPLE and c == cls)
         counts = class_votes[cls]
         classes.append(
             {

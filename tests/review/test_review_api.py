@@ -246,9 +246,7 @@ def test_blind_and_qc_items_look_like_samples(db_url, tmp_path):
                 data = {"item": r.json()["next"]}
             assert {k[:2] for k in keysets} == {
                 (
-                    tuple(
-                        sorted(["uid", "declared_class", "image_url", "references", "checklist", "concepts"])
-                    ),
+                    tuple(sorted(["uid", "declared_class", "image_url", "references", "checklist", "concepts"])),
                     24,
                 )
             }
@@ -370,14 +368,9 @@ def test_admin_can_invite_people(client, study):
     token = link.rsplit("/", 1)[1]
     assert client.get("/api/me", headers=bearer(token)).json()["name"] == "carol"
     assert (
-        client.post(
-            "/api/admin/people", json={"name": "carol"}, headers=bearer(study.admin_token)
-        ).status_code
-        == 409
+        client.post("/api/admin/people", json={"name": "carol"}, headers=bearer(study.admin_token)).status_code == 409
     )
-    r = client.post(
-        "/api/admin/people", json={"name": "carol", "rotate": True}, headers=bearer(study.admin_token)
-    )
+    r = client.post("/api/admin/people", json={"name": "carol", "rotate": True}, headers=bearer(study.admin_token))
     assert r.status_code == 201
     assert client.get("/api/me", headers=bearer(token)).status_code == 401  # old link revoked
 
@@ -414,16 +407,10 @@ def test_cookie_posts_need_the_custom_header_and_same_origin(client, study):
     assert client.post("/api/undo").status_code == 403
     xrw = {"X-Requested-With": "clinalign"}
     assert (
-        client.post(
-            "/api/verdicts", json=body(), headers={**xrw, "Origin": "http://evil.example"}
-        ).status_code
-        == 403
+        client.post("/api/verdicts", json=body(), headers={**xrw, "Origin": "http://evil.example"}).status_code == 403
     )
     assert client.post("/api/verdicts", json=body(), headers={**xrw, "Origin": "null"}).status_code == 403
-    assert (
-        client.post("/api/verdicts", json=body(), headers={**xrw, "Sec-Fetch-Site": "cross-site"}).status_code
-        == 403
-    )
+    assert client.post("/api/verdicts", json=body(), headers={**xrw, "Sec-Fetch-Site": "cross-site"}).status_code == 403
     with study.store.read() as s:
         assert s.scalar(select(func.count()).select_from(Verdict)) == 0
     r = client.post(

@@ -30,9 +30,7 @@ LAUNCH_ARGS = [
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CLINALIGN_REQUIRE_BROWSER") == "1":
-        raise RuntimeError(
-            f"CLINALIGN_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)"
-        )
+        raise RuntimeError(f"CLINALIGN_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)")
     pytest.skip(f"{CHROMIUM} not installed", allow_module_level=True)
 
 sync_api = pytest.importorskip("playwright.sync_api")

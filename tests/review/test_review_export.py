@@ -97,9 +97,7 @@ def test_export_writes_the_seed_layout(store, tmp_path):
     with store.write() as s:
         qc = s.scalar(select(Image).where(Image.kind == QC))
         rid = s.scalar(select(User.id).where(User.name == "a"))
-        queue.record_verdict(
-            s, rid, request_id=str(uuid.uuid4()), item=qc.uid, verdict="plausible", require_slot=False
-        )
+        queue.record_verdict(s, rid, request_id=str(uuid.uuid4()), item=qc.uid, verdict="plausible", require_slot=False)
         qc_name = Path(qc.filename).name
 
     out = tmp_path / "feedback"
