@@ -191,6 +191,24 @@ class Verdict(Base):
     )
 
 
+PASSWORD_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword"})
+
+
+def redact_url(url: str) -> str:
+    """A database URL safe to print or log: its password (also one passed as a query
+    parameter) masked. A bare file path carries no secret and comes back unchanged."""
+    if "://" not in url:
+        return url
+    try:
+        parsed = make_url(url)
+    except Exception:  # unparseable: say nothing about it rather than echo a possible secret
+        return "<database URL>"
+    hidden = {k: "xxx" for k in parsed.query if k.lower() in PASSWORD_QUERY_KEYS}
+    if hidden:
+        parsed = parsed.update_query_dict(hidden)
+    return parsed.render_as_string(hide_password=True)
+
+
 def normalise_url(db: str) -> str:
     """Accept a SQLAlchemy URL or a bare file path (taken as SQLite)."""
     if "://" not in db:
@@ -283,7 +301,7 @@ class Store:
     @property
     def safe_url(self) -> str:
         """The URL with any password masked, for messages and logs."""
-        return make_url(self.url).render_as_string(hide_password=True)
+        return redact_url(self.url)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
