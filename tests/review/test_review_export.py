@@ -154,7 +154,7 @@ def test_export_is_atomic(store, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ex, "_swap_into_place", boom)
+    monkeypatch.setattr(ex, "_write_votes", boom)  # images already copied, votes.csv fails
     with pytest.raises(OSError):
         export_feedback(store, out, overwrite=True)
     monkeypatch.undo()
