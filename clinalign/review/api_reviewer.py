@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 from sqlalchemy import select
@@ -12,6 +12,7 @@ from sqlalchemy import select
 from . import queue
 from .auth import COOKIE, Principal, current_principal, reviewer
 from .db import Blob, Image, Store
+from .images import MEDIA_TYPE, ServedImages, blind_png
 from .schemas import ImageUid, MeOut, NextOut, ProgressOut, UndoIn, UndoOut, VerdictIn, VerdictResult
 from .web import get_store, item_out, progress_out, verdict_out
 
@@ -90,23 +91,25 @@ def undo(p: Reviewer, store: StoreDep, body: UndoIn | None = None) -> UndoOut:
 @router.get(
     "/images/{uid}",
     tags=["review"],
-    responses={200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "The image bytes"}},
+    responses={200: {"content": {MEDIA_TYPE: {}}, "description": "The image, re-encoded (see below)"}},
     response_class=Response,
 )
 def get_image(
     uid: Annotated[ImageUid, PathParam(description="Opaque image ID from an item")],
     p: AnyPrincipal,
+    request: Request,
     store: StoreDep,
 ) -> Response:
-    """Image bytes by opaque ID (from the database; never a file path)."""
-    with store.read() as s:
-        row = s.execute(
-            select(Blob.data, Blob.media_type).join(Image, Image.blob_sha == Blob.sha256).where(Image.uid == uid)
-        ).first()
-    if row is None:
-        raise HTTPException(404, "no such image")
-    return Response(
-        content=row.data,
-        media_type=row.media_type,
-        headers={"Cache-Control": "private, max-age=86400, immutable"},
-    )
+    """Image by opaque ID (from the database; never a file path). Every image is served as an
+    uncompressed RGB PNG without metadata, so its size depends only on its width and height and
+    real (QC) images cannot be told from synthetic ones by their bytes."""
+    cache: ServedImages = request.app.state.images
+    data = cache.get(uid)
+    if data is None:
+        with store.read() as s:
+            raw = s.scalar(select(Blob.data).join(Image, Image.blob_sha == Blob.sha256).where(Image.uid == uid))
+        if raw is None:
+            raise HTTPException(404, "no such image")
+        data = blind_png(raw)
+        cache.put(uid, data)
+    return Response(content=data, media_type=MEDIA_TYPE, headers={"Cache-Control": "private, max-age=86400, immutable"})

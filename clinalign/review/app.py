@@ -16,6 +16,7 @@ from .. import __version__
 from ..errors import ClinalignError
 from . import api_admin, api_reviewer, pages
 from .db import Store
+from .images import ServedImages
 from .middleware import SECURITY_HEADERS, install_guard
 from .pages import STATIC
 from .problems import Conflict, Forbidden, Invalid, NotFound
@@ -54,6 +55,7 @@ def create_app(db_url: str, *, trusted_origins: list[str] | None = None, store: 
         redoc_url=None,
     )
     app.state.store = store or Store(db_url)
+    app.state.images = ServedImages()
     app.state.settings = Settings(trusted_origins=frozenset(o.rstrip("/") for o in trusted_origins or []))
     install_guard(app)
     app.add_exception_handler(ClinalignError, _problem)
