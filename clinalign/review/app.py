@@ -17,14 +17,14 @@ from ..errors import ClinalignError
 from . import api_admin, api_reviewer, pages
 from .db import Store
 from .images import ServedImages
-from .middleware import SECURITY_HEADERS, install_guard
+from .middleware import MAX_BODY_BYTES, SECURITY_HEADERS, Gate
 from .pages import STATIC
 from .problems import Conflict, Forbidden, Invalid, NotFound
 from .web import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STATIC", "SECURITY_HEADERS", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "SECURITY_HEADERS", "STATIC", "create_app"]
 
 STATUS = {NotFound: 404, Forbidden: 403, Conflict: 409, Invalid: 422}
 
@@ -57,7 +57,7 @@ def create_app(db_url: str, *, trusted_origins: list[str] | None = None, store: 
     app.state.store = store or Store(db_url)
     app.state.images = ServedImages()
     app.state.settings = Settings(trusted_origins=frozenset(o.rstrip("/") for o in trusted_origins or []))
-    install_guard(app)
+    app.add_middleware(Gate, max_body=MAX_BODY_BYTES)
     app.add_exception_handler(ClinalignError, _problem)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)

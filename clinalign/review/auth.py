@@ -48,14 +48,22 @@ def lookup(store: Store, token: str | None) -> Principal | None:
         return Principal(user.id, user.name, user.role) if user else None
 
 
+def request_token(request: Request) -> str | None:
+    """The token a request carries: a bearer token, else the token header, else the cookie."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    bearer = credentials.strip() if scheme.lower() == "bearer" else None
+    return bearer or request.headers.get(TOKEN_HEADER) or request.cookies.get(COOKIE)
+
+
 def current_principal(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     header_token: Annotated[str | None, Security(header_scheme)],
     cookie_token: Annotated[str | None, Security(cookie_scheme)],
 ) -> Principal:
-    token = (bearer.credentials if bearer else None) or header_token or cookie_token
-    principal = lookup(request.app.state.store, token)
+    # The security schemes are parameters so that /openapi.json documents them; the token is
+    # read once, by request_token, which the gate middleware uses too.
+    principal = getattr(request.state, "principal", None) or lookup(request.app.state.store, request_token(request))
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

@@ -1,0 +1,101 @@
+"""Hardening against hostile requests: bounded bodies, authentication before reading them,
+the CSRF header rule for every credential combination, invite links, login CSRF."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from review_helpers import bearer
+
+from clinalign.review.app import create_app
+
+MAX_BODY_BYTES = 128 * 1024  # the limit docs/review.md states
+
+CHUNK = 64 * 1024
+
+
+@pytest.fixture
+def app(study):
+    return create_app(study.store.url, store=study.store)
+
+
+def asgi_post(app, path: str, headers: dict[str, str], chunks: Iterator[bytes]) -> tuple[int, int]:
+    """POST straight into the ASGI app with a lazily produced body; returns (status, bytes the
+    app pulled from the client). Nothing is buffered on the way, unlike a test client."""
+    pulled = 0
+
+    async def receive():
+        nonlocal pulled
+        chunk = next(chunks, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        pulled += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    return next(m["status"] for m in sent if m["type"] == "http.response.start"), pulled
+
+
+def body(megabytes: int) -> Iterator[bytes]:
+    return (b"x" * CHUNK for _ in range(megabytes * 1024 * 1024 // CHUNK))
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def test_bodies_are_refused_early_and_read_only_after_authentication(app, study):
+    alice = bearer(study.tokens["alice"])
+    # No token, no Content-Length (chunked): refused before a single byte is read.
+    assert asgi_post(app, "/api/verdicts", JSON, body(64)) == (401, 0)
+    assert asgi_post(app, "/api/admin/people", JSON, body(64)) == (401, 0)
+    # No token, a declared 300 MB: refused on the header alone.
+    assert asgi_post(app, "/api/verdicts", {**JSON, "Content-Length": str(300 << 20)}, body(64)) == (413, 0)
+    # A valid token, a declared 50 MB: refused on the header alone.
+    assert asgi_post(app, "/api/verdicts", {**JSON, **alice, "Content-Length": str(50 << 20)}, body(50)) == (413, 0)
+    # A valid token, 50 MB streamed without Content-Length: cut off at the limit.
+    status, pulled = asgi_post(app, "/api/verdicts", {**JSON, **alice}, body(50))
+    assert status == 413 and pulled <= MAX_BODY_BYTES + CHUNK
+    # A lying Content-Length is no way round the streamed cap.
+    status, pulled = asgi_post(app, "/api/verdicts", {**JSON, **alice, "Content-Length": "100"}, body(50))
+    assert status == 413 and pulled <= MAX_BODY_BYTES + CHUNK
+
+
+def test_a_largest_legitimate_verdict_fits_the_limit(app, study):
+    with TestClient(app) as client:
+        item = client.get("/api/next", headers=bearer(study.tokens["alice"])).json()["item"]
+        verdict = {
+            "request_id": str(uuid.uuid4()),
+            "item": item["uid"],
+            "verdict": "implausible",
+            "reasons": item["checklist"],
+            # 4,000 characters outside the BMP, which ASCII-only JSON escapes to 12 bytes each.
+            "comment": "\U0001f52c" * 4000,
+        }
+        content = json.dumps(verdict).encode()
+        assert 48_000 < len(content) < MAX_BODY_BYTES
+        r = client.post("/api/verdicts", content=content, headers={**JSON, **bearer(study.tokens["alice"])})
+        assert r.status_code == 200, r.text
