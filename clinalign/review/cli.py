@@ -25,6 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .serverlog import uvicorn_log_config
 
     app = create_app(args.db, trusted_origins=args.trusted_origin)
     print(
@@ -36,6 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app,
         host=args.host,
         port=args.port,
+        log_config=uvicorn_log_config(),
         log_level="warning" if args.quiet else "info",
         access_log=not args.quiet,
         proxy_headers=args.proxy_headers,
