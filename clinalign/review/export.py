@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 
 ALIGN, NOTALIGN = "align", "notalign"
 VOTE_COLUMNS = ["ID", "class", "reviewer", "verdict", "reasons", "comment", "concept", "time"]
+# A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP
+# "CSV injection"); such cells are written with a leading apostrophe, which shows it as text.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: str) -> str:
+    return "'" + value if value.startswith(FORMULA_START) else value
 
 
 @dataclass(frozen=True)
@@ -189,19 +196,8 @@ def _write_votes(path: Path, judged: _Judged) -> int:
         for im in judged.images:
             for v, name in judged.votes.get(im.id, []):
                 reasons = ";".join(json.loads(v.reasons or "[]"))
-                created = v.created_at.isoformat()
-                w.writerow(
-                    [
-                        im.filename,
-                        im.declared_class,
-                        name,
-                        v.verdict,
-                        reasons,
-                        v.comment or "",
-                        v.concept or "",
-                        created,
-                    ]
-                )
+                row = [im.filename, im.declared_class, name, v.verdict, reasons, v.comment, v.concept, v.created_at]
+                w.writerow([csv_safe(str(c) if c is not None else "") for c in row[:7]] + [row[7].isoformat()])
                 rows += 1
         f.flush()
         os.fsync(f.fileno())

