@@ -48,11 +48,31 @@ def lookup(store: Store, token: str | None) -> Principal | None:
         return Principal(user.id, user.name, user.role) if user else None
 
 
+@dataclass(frozen=True)
+class Credentials:
+    token: str | None
+    source: str  # "header", "cookie" or "none"
+
+
+def request_credentials(request: Request) -> Credentials:
+    """The one token a request is judged by, and where it came from.
+
+    A token header (``Authorization: Bearer``, or ``X-Clinalign-Token`` even when empty) decides
+    alone: a bad one is refused, never made good by the cookie. Other ``Authorization`` schemes
+    (e.g. Basic, from a reverse proxy) are not ours and are ignored, so the cookie then decides.
+    """
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return Credentials(value.strip(), "header")
+    if TOKEN_HEADER in request.headers:
+        return Credentials(request.headers[TOKEN_HEADER].strip(), "header")
+    if COOKIE in request.cookies:
+        return Credentials(request.cookies[COOKIE], "cookie")
+    return Credentials(None, "none")
+
+
 def request_token(request: Request) -> str | None:
-    """The token a request carries: a bearer token, else the token header, else the cookie."""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    bearer = credentials.strip() if scheme.lower() == "bearer" else None
-    return bearer or request.headers.get(TOKEN_HEADER) or request.cookies.get(COOKIE)
+    return request_credentials(request).token
 
 
 def current_principal(
@@ -101,7 +121,7 @@ def csrf_refusal(request: Request, trusted_origins: frozenset[str] = frozenset()
         return f"cross-origin request from {origin!r} refused"
     if request.headers.get("sec-fetch-site") in ("cross-site", "same-site") and origin not in trusted_origins:
         return "cross-site request refused"
-    by_header = "authorization" in request.headers or TOKEN_HEADER.lower() in request.headers
-    if not by_header and COOKIE in request.cookies and request.headers.get(CSRF_HEADER) != CSRF_VALUE:
+    cookie_based = request_credentials(request).source == "cookie"
+    if cookie_based and request.headers.get(CSRF_HEADER) != CSRF_VALUE:
         return f"cookie-authenticated requests must send the header {CSRF_HEADER}: {CSRF_VALUE}"
     return None

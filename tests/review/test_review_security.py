@@ -99,3 +99,37 @@ def test_a_largest_legitimate_verdict_fits_the_limit(app, study):
         assert 48_000 < len(content) < MAX_BODY_BYTES
         r = client.post("/api/verdicts", content=content, headers={**JSON, **bearer(study.tokens["alice"])})
         assert r.status_code == 200, r.text
+
+
+AUTH_VARIANTS = {
+    "none": {},
+    "basic": {"Authorization": "Basic x"},
+    "bearer-empty": {"Authorization": "Bearer "},
+    "bearer-bad": {"Authorization": "Bearer " + "x" * 43},
+    "bearer-ok": {"Authorization": "Bearer {alice}"},
+    "token-empty": {"X-Clinalign-Token": ""},
+    "token-bad": {"X-Clinalign-Token": "x" * 43},
+    "token-ok": {"X-Clinalign-Token": "{alice}"},
+}
+XRW_VARIANTS = {"absent": {}, "wrong": {"X-Requested-With": "XMLHttpRequest"}, "ok": {"X-Requested-With": "clinalign"}}
+
+
+def expected(auth: str, xrw: str) -> int:
+    """The documented rule: a request that presents a token header (Bearer or X-Clinalign-Token)
+    is judged by that token alone; otherwise the cookie authenticates it, and then a
+    state-changing request must also send X-Requested-With: clinalign."""
+    if auth.startswith(("bearer", "token")):
+        return 200 if auth.endswith("-ok") else 401
+    return 200 if xrw == "ok" else 403
+
+
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
+def test_the_csrf_header_rule_holds_for_every_credential_combination(app, study, auth):
+    alice = study.tokens["alice"]
+    with TestClient(app) as client:
+        assert client.get(f"/r/{alice}").status_code == 200  # the browser now holds alice's cookie
+        assert client.cookies.get("clinalign_session") == alice
+        for xrw, extra in XRW_VARIANTS.items():
+            headers = {k: v.format(alice=alice) for k, v in AUTH_VARIANTS[auth].items()} | extra
+            r = client.post("/api/undo", headers=headers)
+            assert r.status_code == expected(auth, xrw), (auth, xrw, r.status_code, r.text)
