@@ -10,7 +10,7 @@ from . import ingest, stats
 from .auth import Principal, admin
 from .db import Store
 from .schemas import ConceptIn, ConceptOut, PersonIn, PersonLinkOut, StatsOut
-from .web import get_store
+from .web import get_settings, get_store, link_base
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 
@@ -40,6 +40,6 @@ def add_concept(body: ConceptIn, p: Admin, store: StoreDep) -> ConceptOut:
 @router.post("/people", response_model=PersonLinkOut, status_code=201)
 def add_person(body: PersonIn, request: Request, p: Admin, store: StoreDep) -> PersonLinkOut:
     """Create a reviewer (or admin) and return their private link (shown only now)."""
+    base = link_base(request, get_settings(request))  # before the person exists: refusing adds nobody
     token = ingest.add_user(store, body.name, body.role, rotate=body.rotate)
-    base = str(request.base_url).rstrip("/")
     return PersonLinkOut(name=body.name, role=body.role, link=ingest.private_link(base, token))

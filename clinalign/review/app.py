@@ -44,8 +44,16 @@ async def _problem(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=code)
 
 
-def create_app(db_url: str, *, trusted_origins: list[str] | None = None, store: Store | None = None) -> FastAPI:
-    """Build the app for one feedback database (created if missing)."""
+def create_app(
+    db_url: str,
+    *,
+    trusted_origins: list[str] | None = None,
+    store: Store | None = None,
+    base_url: str | None = None,
+) -> FastAPI:
+    """Build the app for one feedback database (created if missing). ``base_url`` is the address
+    reviewers open (invite links are built on it); without it the admin API makes links only
+    for loopback and trusted-origin requests."""
     app = FastAPI(
         title="clinalign expert review",
         version=__version__,
@@ -56,7 +64,10 @@ def create_app(db_url: str, *, trusted_origins: list[str] | None = None, store: 
     )
     app.state.store = store or Store(db_url)
     app.state.images = ServedImages()
-    app.state.settings = Settings(trusted_origins=frozenset(o.rstrip("/") for o in trusted_origins or []))
+    app.state.settings = Settings(
+        trusted_origins=frozenset(o.rstrip("/") for o in trusted_origins or []),
+        base_url=base_url.rstrip("/") if base_url else None,
+    )
     app.add_middleware(Gate, max_body=MAX_BODY_BYTES)
     app.add_exception_handler(ClinalignError, _problem)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

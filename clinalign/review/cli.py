@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DB = "sqlite:///feedback.db"
 
@@ -21,13 +24,28 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+def serve_base_url(host: str, port: int) -> str | None:
+    """The address ``serve --host H --port P`` is reached at, when the host names one."""
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
     from .serverlog import uvicorn_log_config
 
-    app = create_app(args.db, trusted_origins=args.trusted_origin)
+    base_url = args.base_url or serve_base_url(args.host, args.port)
+    if base_url is None:
+        log.warning(
+            "--host %s without --base_url: the dashboard can make invite links only when opened on "
+            "this machine (127.0.0.1); pass --base_url http://<this host>:%d",
+            args.host,
+            args.port,
+        )
+    app = create_app(args.db, trusted_origins=args.trusted_origin, base_url=base_url)
     print(
         f"clinalign review: serving {app.state.store.safe_url} on http://{args.host}:{args.port} "
         f"(reviewers: their private links; admin dashboard: /admin; API docs: /docs)",
@@ -153,6 +171,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=[],
         help="extra Origin allowed to POST (e.g. https://review.lab.org behind a proxy); repeatable",
     )
+    p.add_argument(
+        "--base_url",
+        help="the address reviewers open, e.g. https://review.lab.org; invite links made on the dashboard "
+        "start with it (default: http://HOST:PORT, unless --host is 0.0.0.0)",
+    )
     p.add_argument("--proxy_headers", action="store_true", help="trust X-Forwarded-* (behind an https proxy)")
     p.add_argument("--quiet", action="store_true", help="no access log")
     p.set_defaults(func=cmd_serve)
@@ -252,8 +275,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m clinalign.review.cli ...``: the review commands alone, without importing the
     other stages (and torch), so the server starts in about a second."""
-    import logging
-
     from ..errors import ClinalignError
 
     parser = argparse.ArgumentParser(prog="clinalign")

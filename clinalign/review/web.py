@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from fastapi import Request
 
 from . import queue
 from .db import Store
+from .problems import Conflict
 from .schemas import ConceptOut, ItemOut, ProgressOut, VerdictOut
 
 
@@ -16,6 +18,29 @@ class Settings:
     """How one app instance was configured (``clinalign review serve`` flags)."""
 
     trusted_origins: frozenset[str] = field(default_factory=frozenset)
+    # Where reviewers reach the app; invite links are built on it, never on the Host header.
+    base_url: str | None = None
+
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def link_base(request: Request, settings: Settings) -> str:
+    """The address to put in front of ``/r/<token>``: the configured base URL; without one, the
+    request's own address only when it is loopback or a trusted origin (a Host header is
+    whatever the client says, so an unknown one must not end up in a credential's link)."""
+    if settings.base_url:
+        return settings.base_url
+    host = request.headers.get("host", "")
+    if urlsplit(f"//{host}").hostname in LOOPBACK:
+        return f"{request.url.scheme}://{host}"
+    origin = f"{request.url.scheme}://{host}"
+    if origin in settings.trusted_origins:
+        return origin
+    raise Conflict(
+        f"this server does not know its public address (Host {host!r} is not trusted), so it cannot make "
+        "a link; restart `clinalign review serve` with --base_url set to the address reviewers open"
+    )
 
 
 def get_store(request: Request) -> Store:

@@ -360,11 +360,12 @@ def test_concepts(client, study):
     assert picked
 
 
-def test_admin_can_invite_people(client, study):
+def test_admin_can_invite_people(study):
+    client = TestClient(create_app(study.store.url, store=study.store, base_url="http://review.lab.example"))
     r = client.post("/api/admin/people", json={"name": "carol"}, headers=bearer(study.admin_token))
     assert r.status_code == 201
     link = r.json()["link"]
-    assert link.startswith("http://testserver/r/")
+    assert link.startswith("http://review.lab.example/r/")
     token = link.rsplit("/", 1)[1]
     assert client.get("/api/me", headers=bearer(token)).json()["name"] == "carol"
     assert (

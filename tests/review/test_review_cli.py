@@ -173,3 +173,12 @@ def test_add_batch_layouts_and_atomicity(tmp_path, store):
         add_batch(store, dup.parent, name="dup")
     with store.read() as s:
         assert s.scalar(select(func.count()).select_from(Batch)) == 1
+
+
+def test_serve_knows_its_address_for_invite_links():
+    from clinalign.review.cli import serve_base_url
+
+    assert serve_base_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+    assert serve_base_url("review.lab", 80) == "http://review.lab:80"
+    assert serve_base_url("::1", 8000) == "http://[::1]:8000"
+    assert serve_base_url("0.0.0.0", 8000) is None  # every address: only --base_url can say which

@@ -133,3 +133,36 @@ def test_the_csrf_header_rule_holds_for_every_credential_combination(app, study,
             headers = {k: v.format(alice=alice) for k, v in AUTH_VARIANTS[auth].items()} | extra
             r = client.post("/api/undo", headers=headers)
             assert r.status_code == expected(auth, xrw), (auth, xrw, r.status_code, r.text)
+
+
+def invite(client, study, host: str):
+    return client.post(
+        "/api/admin/people",
+        json={"name": f"carol-{uuid.uuid4().hex[:6]}"},
+        headers={**bearer(study.admin_token), "Host": host},
+    )
+
+
+def test_invite_links_use_the_configured_base_url_not_the_host_header(study):
+    app = create_app(study.store.url, store=study.store, base_url="https://review.lab.example/")
+    with TestClient(app) as client:
+        for host in ("evil.example", "review.lab.example", "127.0.0.1:8000"):
+            r = invite(client, study, host)
+            assert r.status_code == 201, r.text
+            assert r.json()["link"].startswith("https://review.lab.example/r/"), r.json()
+
+
+def test_without_a_base_url_unknown_hosts_get_no_link(app, study):
+    from sqlalchemy import func, select
+
+    from clinalign.review.db import User
+
+    with TestClient(app) as client:
+        with study.store.read() as s:
+            before = s.scalar(select(func.count()).select_from(User))
+        r = invite(client, study, "evil.example")
+        assert r.status_code == 409 and "--base_url" in r.json()["detail"]
+        with study.store.read() as s:
+            assert s.scalar(select(func.count()).select_from(User)) == before  # nobody half-invited
+        r = invite(client, study, "127.0.0.1:8000")
+        assert r.status_code == 201 and r.json()["link"].startswith("http://127.0.0.1:8000/r/")
