@@ -34,6 +34,8 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def csv_safe(value: str) -> str:
+    # NUL was accepted in comments before the API refused it; a NUL makes tools call the file binary.
+    value = value.replace("\x00", "")
     return "'" + value if value.startswith(FORMULA_START) else value
 
 

@@ -45,7 +45,7 @@ from .db import (
 )
 from .export import check_out_folder
 from .ingest import NAME_RE, checklist_for, get_batch
-from .problems import Conflict
+from .problems import Conflict, Invalid
 from .queue import record_verdict
 from .tokens import hash_token, new_token
 
@@ -336,6 +336,11 @@ class _Importer:
         except Conflict:
             self.skipped["already judged here"] += 1
             return
+        except Invalid as exc:
+            raise DataError(
+                f"{self.path}: annotation {ann.get('id', index)} of {image.filename}: {exc}; fix it in "
+                "Label Studio (or the JSON) and import again"
+            ) from None
         if view.replayed:
             self.skipped["already imported"] += 1
             return

@@ -20,6 +20,7 @@ from . import db
 from .db import REFERENCE, VERDICTS, Batch, Concept, Image, Slot, Verdict
 from .ingest import checklist_for
 from .problems import Conflict, Forbidden, Invalid, NotFound
+from .schemas import no_control_characters
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,10 @@ def record_verdict(
     reasons = list(dict.fromkeys(reasons or []))
     if verdict not in VERDICTS:
         raise Invalid(f"verdict {verdict!r}: must be one of {', '.join(VERDICTS)}")
+    try:
+        no_control_characters(comment)
+    except ValueError as exc:
+        raise Invalid(f"comment {exc}") from None
     replay = _replay(s, reviewer_id, request_id, item, verdict)
     if replay is not None:
         return replay

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+
+def no_control_characters(text: str) -> str:
+    bad = CONTROL.search(text)
+    if bad:
+        raise ValueError(
+            f"contains the control character {bad.group()!r} at position {bad.start()}; "
+            "only printable text, tabs and line breaks are accepted"
+        )
+    return text
+
+
+# C0 controls and DEL, except tab, line feed and carriage return. A NUL makes `grep` call
+# votes.csv binary, and PostgreSQL refuses NUL in text columns outright.
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CommentText = Annotated[str, AfterValidator(no_control_characters)]
 
 ImageUid = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{1,64}$")]
 VerdictWord = Literal["plausible", "implausible", "unsure"]
@@ -55,7 +72,7 @@ class VerdictIn(Strict):
     item: ImageUid
     verdict: VerdictWord
     reasons: list[ReasonTag] = Field(default_factory=list, max_length=30)
-    comment: str = Field(default="", max_length=4000)
+    comment: CommentText = Field(default="", max_length=4000)
     concept: ConceptName | None = None
 
 

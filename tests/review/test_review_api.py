@@ -464,3 +464,33 @@ def test_security_headers_and_offline_docs(client):
         assert not re.search(r"url\(\s*['\"]?https?:|fetch\(\s*['\"`]https?:|//cdn", text), f
     for page in ["/", "/admin", "/docs", "/static/review.js", "/static/style.css", "/favicon.ico"]:
         assert client.get(page).status_code == 200, page
+
+
+def test_comments_refuse_control_characters(client, study):
+    alice = study.tokens["alice"]
+    item = next_item(client, alice)["item"]["uid"]
+    for bad in ("nul\x00byte", "bell\x07", "escape\x1b[31m", "del\x7f"):
+        r = post_verdict(client, alice, item, comment=bad)
+        assert r.status_code == 422, (bad, r.text)
+        assert "control character" in r.text
+    r = post_verdict(client, alice, item, comment="two lines\nand a\ttab")
+    assert r.status_code == 200 and r.json()["verdict"]["comment"] == "two lines\nand a\ttab"
+
+
+def test_export_drops_nul_bytes_stored_before_they_were_refused(sqlite_url, tmp_path):
+    # SQLite only: PostgreSQL never stored a NUL (its text type refuses them).
+    from clinalign.review.db import Store
+    from clinalign.review.export import export_feedback
+
+    store = Store(sqlite_url)
+    study = make_study(store, tmp_path)
+    client = TestClient(create_app(store.url, store=store))
+    alice = study.tokens["alice"]
+    item = next_item(client, alice)["item"]["uid"]
+    assert post_verdict(client, alice, item, comment="fine").status_code == 200
+    with study.store.write() as s:
+        s.execute(Verdict.__table__.update().values(comment="old\x00data"))
+    export_feedback(study.store, tmp_path / "out")
+    raw = (tmp_path / "out" / "votes.csv").read_bytes()
+    assert b"\x00" not in raw and b"olddata" in raw
+    store.dispose()

@@ -329,3 +329,18 @@ def test_votes_csv_cannot_run_formulas_in_a_spreadsheet(store, tmp_path):
         else:
             assert written == comment
     assert all(r[k][:1] not in ("=", "+", "-", "@", "\t", "\r") for r in rows.values() for k in r)
+
+
+def test_labelstudio_import_names_the_annotation_with_a_control_character(sqlite_url, tmp_path):
+    store = Store(sqlite_url)
+    make_samples(tmp_path / "s", n=1)
+    add_batch(store, tmp_path / "s", name="lab", qc_share=0)
+    result = [
+        {"type": "choices", "value": {"choices": ["Plausible"]}},
+        {"type": "textarea", "value": {"text": ["bad\x00byte"]}},
+    ]
+    task = {"data": {"image": "neutrophil_000000.png"}, "annotations": [{"id": 5, "completed_by": 1, "result": result}]}
+    (tmp_path / "ls.json").write_text(json.dumps([task]))
+    with pytest.raises(DataError, match=r"ls\.json: annotation 5 of neutrophil_000000\.png: comment contains"):
+        import_labelstudio(store, tmp_path / "ls.json", batch="lab")
+    store.dispose()
