@@ -121,7 +121,9 @@ def csrf_refusal(request: Request, trusted_origins: frozenset[str] = frozenset()
         return f"cross-origin request from {origin!r} refused"
     if request.headers.get("sec-fetch-site") in ("cross-site", "same-site") and origin not in trusted_origins:
         return "cross-site request refused"
-    cookie_based = request_credentials(request).source == "cookie"
+    # A private link's confirm step (POST /r/<token>) is a plain form post authenticated by its
+    # path; Origin and Sec-Fetch-Site above are what protect it.
+    cookie_based = request_credentials(request).source == "cookie" and not request.url.path.startswith("/r/")
     if cookie_based and request.headers.get(CSRF_HEADER) != CSRF_VALUE:
         return f"cookie-authenticated requests must send the header {CSRF_HEADER}: {CSRF_VALUE}"
     return None

@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
-from .auth import COOKIE, COOKIE_MAX_AGE, lookup
-from .db import Store
+from .auth import COOKIE, COOKIE_MAX_AGE, Principal, lookup
+from .db import ADMIN, Store
 from .web import get_store
 
 STATIC = Path(__file__).parent / "static"
@@ -18,15 +18,60 @@ STATIC = Path(__file__).parent / "static"
 router = APIRouter(include_in_schema=False)
 
 
-def _login_page(target: str, name: str) -> str:
+# A navigation the user started here (address bar, bookmark, mail client) or on this origin.
+DIRECT = frozenset({"none", "same-origin"})
+PAGE_HEADERS = {"Cache-Control": "no-store"}
+
+
+def _page(title: str, body: str, status_code: int = 200, head: str = "") -> HTMLResponse:
+    return HTMLResponse(
+        f"""<!doctype html><html lang="en"><head><meta charset="utf-8">{head}
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>
+<link rel="stylesheet" href="/static/style.css"></head>
+<body class="centered"><main>{body}</main></body></html>""",
+        status_code=status_code,
+        headers=PAGE_HEADERS,
+    )
+
+
+def _invalid_link() -> HTMLResponse:
+    body = "<h1>This link is not valid</h1><p>Ask your study coordinator for a new private link.</p>"
+    return _page("Link not valid", body, 401)
+
+
+def _confirm_page(token: str, name: str) -> HTMLResponse:
+    # A private link opened from another site (a webmail page, or an attacker's page that wants
+    # this browser signed in as the attacker: login CSRF) signs in only after this same-origin post.
+    who = html.escape(name)
+    return _page(
+        "Sign in?",
+        f"""<h1>Sign in as {who}?</h1>
+<p>This private link belongs to <strong>{who}</strong>. Continue only if it is yours.</p>
+<form method="post" action="/r/{html.escape(token)}">
+<button class="primary" type="submit">Continue as {who}</button></form>""",
+    )
+
+
+def _signed_in(request: Request, token: str, principal: Principal) -> HTMLResponse:
     # Not a 303 redirect: browsers withhold SameSite=Strict cookies on a redirect chain that
     # began on another site (the mail client), so the landing page would look logged out.
     # A same-site navigation started by this page carries the cookie.
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="0;url={target}"><title>Signing in…</title>
-<link rel="stylesheet" href="/static/style.css"></head>
-<body class="centered"><main><p>Signed in as <strong>{html.escape(name)}</strong>.
-<a href="{target}">Continue</a></p></main></body></html>"""
+    target = "/admin" if principal.role == ADMIN else "/"
+    response = _page(
+        "Signing in…",
+        f"""<p>Signed in as <strong>{html.escape(principal.name)}</strong>. <a href="{target}">Continue</a></p>""",
+        head=f'<meta http-equiv="refresh" content="0;url={target}">',
+    )
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=COOKIE_MAX_AGE,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
 
 
 @router.get("/")
@@ -46,28 +91,20 @@ def docs_page() -> FileResponse:
 
 @router.get("/r/{token}")
 def open_link(token: str, request: Request, store: Annotated[Store, Depends(get_store)]) -> HTMLResponse:
+    """Sign in at once when the link was opened directly; ask first when another site led here."""
     principal = lookup(store, token)
-    headers = {"Cache-Control": "no-store"}
     if principal is None:
-        return HTMLResponse(
-            "<!doctype html><title>Link not valid</title><link rel=stylesheet href=/static/style.css>"
-            "<body class=centered><main><h1>This link is not valid</h1><p>Ask your study "
-            "coordinator for a new private link.</p></main>",
-            status_code=401,
-            headers=headers,
-        )
-    target = "/admin" if principal.role == "admin" else "/"
-    response = HTMLResponse(_login_page(target, principal.name), headers=headers)
-    response.set_cookie(
-        COOKIE,
-        token,
-        max_age=COOKIE_MAX_AGE,
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-        path="/",
-    )
-    return response
+        return _invalid_link()
+    if request.headers.get("sec-fetch-site") in DIRECT:
+        return _signed_in(request, token, principal)
+    return _confirm_page(token, principal.name)
+
+
+@router.post("/r/{token}")
+def confirm_link(token: str, request: Request, store: Annotated[Store, Depends(get_store)]) -> HTMLResponse:
+    """The confirm step; the gate has already refused it from a foreign Origin or another site."""
+    principal = lookup(store, token)
+    return _invalid_link() if principal is None else _signed_in(request, token, principal)
 
 
 @router.get("/favicon.ico")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from review_helpers import bearer, make_study
+from review_helpers import FROM_MAIL, bearer, make_study
 from sqlalchemy import func, select
 
 from clinalign.review.agreement import cohen_kappa
@@ -381,7 +381,7 @@ def test_admin_can_invite_people(study):
 
 def test_private_link_sets_a_strict_cookie(client, study):
     token = study.tokens["alice"]
-    r = client.get(f"/r/{token}")
+    r = client.get(f"/r/{token}", headers=FROM_MAIL)
     assert r.status_code == 200
     cookie = r.headers["set-cookie"]
     assert cookie.startswith("clinalign_session=")
@@ -393,11 +393,11 @@ def test_private_link_sets_a_strict_cookie(client, study):
     assert client.get("/api/me").json()["name"] == "alice"
     assert client.get(f"/r/{'x' * 43}").status_code == 401
     with TestClient(client.app, base_url="https://review.example") as tls:
-        assert "secure" in tls.get(f"/r/{token}").headers["set-cookie"].lower()
+        assert "secure" in tls.get(f"/r/{token}", headers=FROM_MAIL).headers["set-cookie"].lower()
 
 
 def test_cookie_posts_need_the_custom_header_and_same_origin(client, study):
-    client.get(f"/r/{study.tokens['alice']}")
+    client.get(f"/r/{study.tokens['alice']}", headers=FROM_MAIL)
     item = client.get("/api/next").json()["item"]["uid"]
 
     def body():

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from review_helpers import bearer
+from review_helpers import FROM_MAIL, bearer
 
 from clinalign.review.app import create_app
 
@@ -127,7 +127,7 @@ def expected(auth: str, xrw: str) -> int:
 def test_the_csrf_header_rule_holds_for_every_credential_combination(app, study, auth):
     alice = study.tokens["alice"]
     with TestClient(app) as client:
-        assert client.get(f"/r/{alice}").status_code == 200  # the browser now holds alice's cookie
+        assert client.get(f"/r/{alice}", headers=FROM_MAIL).status_code == 200  # the browser holds her cookie
         assert client.cookies.get("clinalign_session") == alice
         for xrw, extra in XRW_VARIANTS.items():
             headers = {k: v.format(alice=alice) for k, v in AUTH_VARIANTS[auth].items()} | extra
@@ -166,3 +166,35 @@ def test_without_a_base_url_unknown_hosts_get_no_link(app, study):
             assert s.scalar(select(func.count()).select_from(User)) == before  # nobody half-invited
         r = invite(client, study, "127.0.0.1:8000")
         assert r.status_code == 201 and r.json()["link"].startswith("http://127.0.0.1:8000/r/")
+
+
+def test_a_private_link_opened_from_another_site_asks_before_signing_in(app, study):
+    """Login CSRF: a page elsewhere must not sign a visitor in as someone else (e.g. the
+    attacker's own reviewer account, to collect the victim's judgements) without a click."""
+    token = study.tokens["alice"]
+    for fetch_site in ("cross-site", "same-site", None):
+        with TestClient(app) as client:
+            headers = {"Sec-Fetch-Site": fetch_site} if fetch_site else {}
+            r = client.get(f"/r/{token}", headers=headers)
+            assert r.status_code == 200 and "set-cookie" not in r.headers, fetch_site
+            assert 'method="post"' in r.text and "alice" in r.text
+            assert client.get("/api/me").status_code == 401
+    # The confirm step is a same-origin form post; one from elsewhere is refused.
+    with TestClient(app) as client:
+        for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
+            r = client.post(f"/r/{token}", headers=headers)
+            assert r.status_code == 403 and "set-cookie" not in r.headers, headers
+        r = client.post(f"/r/{token}", headers={"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"})
+        assert r.status_code == 200 and r.headers["set-cookie"].startswith("clinalign_session=")
+        assert client.get("/api/me").json()["name"] == "alice"
+        # Switching to another link from this page works too (a cookie is already there).
+        r = client.post(
+            f"/r/{study.tokens['bob']}", headers={"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+        )
+        assert r.status_code == 200 and client.get("/api/me").json()["name"] == "bob"
+        assert client.post("/r/" + "x" * 43, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 401
+    # Opened from the mail client or the address bar (Sec-Fetch-Site: none): signed in at once.
+    with TestClient(app) as client:
+        r = client.get(f"/r/{token}", headers={"Sec-Fetch-Site": "none"})
+        assert r.headers["set-cookie"].startswith("clinalign_session=")
+        assert client.get("/api/me").json()["name"] == "alice"
