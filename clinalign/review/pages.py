@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from .auth import COOKIE, COOKIE_MAX_AGE, Principal, lookup
-from .db import ADMIN, Store
+from .auth import COOKIE, COOKIE_MAX_AGE, Principal, lookup, request_credentials
+from .db import ADMIN, REVIEWER, Store
 from .web import get_store
 
 STATIC = Path(__file__).parent / "static"
@@ -43,13 +43,17 @@ def _confirm_page(token: str, name: str) -> HTMLResponse:
     # A private link opened from another site (a webmail page, or an attacker's page that wants
     # this browser signed in as the attacker: login CSRF) signs in only after this same-origin post.
     who = html.escape(name)
-    return _page(
+    response = _page(
         "Sign in?",
         f"""<h1>Sign in as {who}?</h1>
 <p>This private link belongs to <strong>{who}</strong>. Continue only if it is yours.</p>
 <form method="post" action="/r/{html.escape(token)}">
 <button class="primary" type="submit">Continue as {who}</button></form>""",
     )
+    # With no-referrer (our default) a browser sends "Origin: null" on a form post, which the
+    # gate must refuse; same-origin lets the true origin through and still sends nothing away.
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
 
 
 def _signed_in(request: Request, token: str, principal: Principal) -> HTMLResponse:
@@ -74,14 +78,22 @@ def _signed_in(request: Request, token: str, principal: Principal) -> HTMLRespon
     return response
 
 
+def _page_for(request: Request, store: Store, role: str, page: str) -> Response:
+    """The page, or a redirect to the other one when the signed-in person has the other role."""
+    principal = lookup(store, request_credentials(request).token)
+    if principal is not None and principal.role != role:
+        return RedirectResponse("/admin" if principal.role == ADMIN else "/", status_code=303, headers=PAGE_HEADERS)
+    return FileResponse(STATIC / page, headers={"Cache-Control": "no-cache"})
+
+
 @router.get("/")
-def review_page() -> FileResponse:
-    return FileResponse(STATIC / "review.html", headers={"Cache-Control": "no-cache"})
+def review_page(request: Request, store: Annotated[Store, Depends(get_store)]) -> Response:
+    return _page_for(request, store, REVIEWER, "review.html")
 
 
 @router.get("/admin")
-def admin_page() -> FileResponse:
-    return FileResponse(STATIC / "admin.html", headers={"Cache-Control": "no-cache"})
+def admin_page(request: Request, store: Annotated[Store, Depends(get_store)]) -> Response:
+    return _page_for(request, store, ADMIN, "admin.html")
 
 
 @router.get("/docs")

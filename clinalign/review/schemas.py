@@ -191,9 +191,21 @@ class AgreementOut(BaseModel):
     categories: list[str]
 
 
+class CommentOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    reviewer: str
+    class_: str = Field(alias="class")
+    kind: Literal["sample", "qc"] = Field(description="qc: a real image shown as if synthetic")
+    verdict: VerdictWord
+    comment: str
+    image_url: str
+    created_at: datetime
+
+
 class StatsOut(BaseModel):
     batches: list[BatchStats]
     totals: Totals
     reviewers: list[ReviewerStats]
     classes: list[ClassStats]
     agreement: AgreementOut
+    comments: list[CommentOut] = Field(description="The newest comments (up to 200), newest first")

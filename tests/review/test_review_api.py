@@ -494,3 +494,38 @@ def test_export_drops_nul_bytes_stored_before_they_were_refused(sqlite_url, tmp_
     raw = (tmp_path / "out" / "votes.csv").read_bytes()
     assert b"\x00" not in raw and b"olddata" in raw
     store.dispose()
+
+
+def test_dashboard_shows_comments(client, study):
+    alice, bob = study.tokens["alice"], study.tokens["bob"]
+    a = next_item(client, alice)["item"]
+    post_verdict(client, alice, a["uid"], "implausible", comment="<b>two</b> nuclei")
+    b = next_item(client, bob)["item"]
+    post_verdict(client, bob, b["uid"], "plausible")  # no comment: not listed
+    c = post_verdict(client, bob, b["uid"], "plausible")  # 409, nothing stored
+    assert c.status_code == 409
+    comments = client.get("/api/admin/stats", headers=bearer(study.admin_token)).json()["comments"]
+    assert comments == [
+        {
+            "reviewer": "alice",
+            "class": a["declared_class"],
+            "kind": "sample",
+            "verdict": "implausible",
+            "comment": "<b>two</b> nuclei",
+            "image_url": a["image_url"],
+            "created_at": comments[0]["created_at"],
+        }
+    ]
+
+
+def test_each_role_lands_on_its_own_page(client, study):
+    client.get(f"/r/{study.tokens['alice']}", headers=FROM_MAIL)
+    r = client.get("/admin", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    assert client.get("/", follow_redirects=False).status_code == 200
+    client.get(f"/r/{study.admin_token}", headers=FROM_MAIL)
+    r = client.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/admin"
+    assert client.get("/admin", follow_redirects=False).status_code == 200
+    client.cookies.clear()
+    assert client.get("/admin", follow_redirects=False).status_code == 200  # says it needs an admin link
