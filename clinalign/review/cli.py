@@ -46,6 +46,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             args.port,
         )
     app = create_app(args.db, trusted_origins=args.trusted_origin, base_url=base_url)
+    # The event loop and the writer thread share the GIL; a shorter switch interval (default 5 ms)
+    # lets the loop answer while the writer works through a batch.
+    sys.setswitchinterval(0.001)
     print(
         f"clinalign review: serving {app.state.store.safe_url} on http://{args.host}:{args.port} "
         f"(reviewers: their private links; admin dashboard: /admin; API docs: /docs)",
