@@ -330,6 +330,7 @@ def _insert_batch(store: Store, batch: Batch, queue: list[QueueEntry], refs: _Re
         slots = [{"image_id": im.id, "slot_no": k} for im in images for k in range(batch.per_image)]
         if slots:
             s.execute(insert(Slot), slots)
+    store.static.forget_counts()  # new free slots
     return len(refs_added)
 
 

@@ -365,6 +365,7 @@ def import_labelstudio(store: Store, path: str | Path, *, batch: str) -> ImportS
                 f"{path}: none of the {len(tasks)} tasks names an image of batch {batch!r} "
                 f"(first: {summary.unmatched[0]!r}); add-batch the same sample folder first"
             )
+    store.static.forget_counts()  # imported judgements took free slots
     summary.skipped = dict(importer.skipped)
     log.info("imported %d Label Studio judgements into batch %r", summary.imported, batch)
     return summary

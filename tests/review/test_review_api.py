@@ -529,3 +529,35 @@ def test_each_role_lands_on_its_own_page(client, study):
     assert client.get("/admin", follow_redirects=False).status_code == 200
     client.cookies.clear()
     assert client.get("/admin", follow_redirects=False).status_code == 200  # says it needs an admin link
+
+
+def test_progress_stays_exact_while_the_free_count_is_kept_in_memory(db_url, tmp_path):
+    """progress() keeps the number of images with a free slot in memory between recounts; after
+    every claim and verdict it must equal what a fresh count says."""
+    from clinalign.review import queue
+    from clinalign.review.db import Store, User
+
+    store = Store(db_url)
+    try:
+        study = make_study(store, tmp_path, per_image=2, reviewers=("r1", "r2", "r3"), n=3)
+        with store.read() as s:
+            ids = dict(s.execute(select(User.name, User.id)).all())
+
+        def fresh(name):
+            other = Store(db_url, create=False)  # its own, empty memory
+            try:
+                with other.read() as s:
+                    return queue.progress(s, ids[name])
+            finally:
+                other.dispose()
+
+        with TestClient(create_app(store.url, store=store)) as c:
+            order = ["r1", "r2", "r1", "r3", "r3", "r2", "r1", "r2", "r3"] * 2
+            for name in order:
+                data = next_item(c, study.tokens[name])
+                assert data["progress"]["total"] == fresh(name).total, name
+                if data["item"]:
+                    r = post_verdict(c, study.tokens[name], data["item"]["uid"])
+                    assert r.json()["progress"]["total"] == fresh(name).total, name
+    finally:
+        store.dispose()
