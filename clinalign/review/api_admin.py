@@ -42,4 +42,5 @@ def add_person(body: PersonIn, request: Request, p: Admin, store: StoreDep) -> P
     """Create a reviewer (or admin) and return their private link (shown only now)."""
     base = link_base(request, get_settings(request))  # before the person exists: refusing adds nobody
     token = ingest.add_user(store, body.name, body.role, rotate=body.rotate)
+    request.app.state.tokens.forget()  # a re-issued link revokes the old one at once
     return PersonLinkOut(name=body.name, role=body.role, link=ingest.private_link(base, token))

@@ -7,17 +7,20 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..errors import ClinalignError
 from . import api_admin, api_reviewer, pages
+from .auth import SECURITY_SCHEMES, KnownTokens
 from .db import Store
 from .images import ServedImages
-from .middleware import MAX_BODY_BYTES, SECURITY_HEADERS, Gate
+from .middleware import MAX_BODY_BYTES, OPEN_POSTS, SECURITY_HEADERS, Gate
 from .pages import STATIC
 from .problems import Conflict, Forbidden, Invalid, NotFound
 from .web import Settings
@@ -44,6 +47,19 @@ async def _problem(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=code)
 
 
+def openapi_with_security(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the token schemes on every route that needs a token."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        for path, operations in schema["paths"].items():
+            if path.startswith("/api/") and path not in OPEN_POSTS:
+                for op in operations.values():
+                    op["security"] = [{name: []} for name in SECURITY_SCHEMES]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def create_app(
     db_url: str,
     *,
@@ -64,6 +80,7 @@ def create_app(
     )
     app.state.store = store or Store(db_url)
     app.state.images = ServedImages()
+    app.state.tokens = KnownTokens()
     app.state.settings = Settings(
         trusted_origins=frozenset(o.rstrip("/") for o in trusted_origins or []),
         base_url=base_url.rstrip("/") if base_url else None,
@@ -74,4 +91,5 @@ def create_app(
     app.include_router(pages.router)
     app.include_router(api_reviewer.router)
     app.include_router(api_admin.router)
+    app.openapi = lambda: openapi_with_security(app)  # type: ignore[method-assign]
     return app

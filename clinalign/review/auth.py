@@ -10,13 +10,14 @@ Origin.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import Depends, HTTPException, Request, Security, status
-from fastapi.security import APIKeyCookie, APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy import bindparam, select
+from starlette.concurrency import run_in_threadpool
 
 from .db import ADMIN, REVIEWER, Store, User
 from .tokens import hash_token, looks_like_token
@@ -27,10 +28,20 @@ CSRF_HEADER = "X-Requested-With"
 CSRF_VALUE = "clinalign"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 COOKIE_MAX_AGE = 30 * 24 * 3600
+# How long a token's owner is remembered (see KnownTokens).
+TOKEN_CACHE_S = 5.0
 
-bearer_scheme = HTTPBearer(auto_error=False, description="Reviewer or admin token")
-header_scheme = APIKeyHeader(name=TOKEN_HEADER, auto_error=False, description="Reviewer or admin token")
-cookie_scheme = APIKeyCookie(name=COOKIE, auto_error=False, description="Set by opening a private link /r/<token>")
+# How /openapi.json describes the three ways to send a token (see app.openapi_with_security).
+SECURITY_SCHEMES = {
+    "HTTPBearer": {"type": "http", "scheme": "bearer", "description": "Reviewer or admin token"},
+    "APIKeyHeader": {"type": "apiKey", "in": "header", "name": TOKEN_HEADER, "description": "Reviewer or admin token"},
+    "APIKeyCookie": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": COOKIE,
+        "description": "Set by opening a private link /r/<token>",
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -40,12 +51,56 @@ class Principal:
     role: str
 
 
+_BY_HASH = select(User.id, User.name, User.role).where(User.token_hash == bindparam("h"))
+
+
 def lookup(store: Store, token: str | None) -> Principal | None:
     if not token or not looks_like_token(token):
         return None
     with store.read() as s:
-        user = s.scalar(select(User).where(User.token_hash == hash_token(token)))
-        return Principal(user.id, user.name, user.role) if user else None
+        row = s.execute(_BY_HASH, {"h": hash_token(token)}).first()
+        return Principal(row.id, row.name, row.role) if row else None
+
+
+class KnownTokens:
+    """Who a token belongs to, remembered for ``ttl`` seconds, so a reviewer's requests do not
+    each pay a database read. Only hits are kept (a flood of bad tokens cannot fill it). A link
+    re-issued through this app's API is forgotten at once (``forget``); one re-issued from the
+    command line (another process) stops working within ``ttl``."""
+
+    def __init__(self, ttl: float = TOKEN_CACHE_S, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._known: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, token_hash: str) -> Principal | None:
+        hit = self._known.get(token_hash)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, token_hash: str, principal: Principal) -> None:
+        if len(self._known) >= self.max_entries:
+            self._known.clear()
+        self._known[token_hash] = (principal, time.monotonic() + self.ttl)
+
+    def forget(self) -> None:
+        self._known.clear()
+
+
+async def resolve(request: Request) -> Principal | None:
+    """The principal of a request's token: from memory, else from the database off the event loop."""
+    token = request_token(request)
+    if not token or not looks_like_token(token):
+        return None
+    known: KnownTokens = request.app.state.tokens
+    token_hash = hash_token(token)
+    principal = known.get(token_hash)
+    if principal is None:
+        principal = await run_in_threadpool(lookup, request.app.state.store, token)
+        if principal is not None:
+            known.put(token_hash, principal)
+    return principal
 
 
 @dataclass(frozen=True)
@@ -75,15 +130,11 @@ def request_token(request: Request) -> str | None:
     return request_credentials(request).token
 
 
-def current_principal(
-    request: Request,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
-    header_token: Annotated[str | None, Security(header_scheme)],
-    cookie_token: Annotated[str | None, Security(cookie_scheme)],
-) -> Principal:
-    # The security schemes are parameters so that /openapi.json documents them; the token is
-    # read once, by request_token, which the gate middleware uses too.
-    principal = getattr(request.state, "principal", None) or lookup(request.app.state.store, request_token(request))
+async def current_principal(request: Request) -> Principal:
+    # The token is read once, by request_credentials, which the gate middleware uses too; the
+    # schemes above are declared in /openapi.json by app.openapi_with_security, not as
+    # dependencies here (three more dependencies per request cost more than the whole lookup).
+    principal = getattr(request.state, "principal", None) or await resolve(request)
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -93,13 +144,13 @@ def current_principal(
     return principal
 
 
-def reviewer(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+async def reviewer(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
     if principal.role != REVIEWER:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this route is for reviewers; admins have no queue")
     return principal
 
 
-def admin(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+async def admin(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
     if principal.role != ADMIN:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "admin token required")
     return principal

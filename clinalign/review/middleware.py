@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import logging
 
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import SAFE_METHODS, csrf_refusal, lookup, request_token
+from .auth import SAFE_METHODS, csrf_refusal, resolve
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class Gate:
         path = request.url.path
         if path.startswith("/api/") and path not in OPEN_POSTS:
             # Authenticate before the body is read: an anonymous client cannot make us read one.
-            principal = await run_in_threadpool(lookup, request.app.state.store, request_token(request))
+            principal = await resolve(request)
             if principal is None:
                 raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
             request.state.principal = principal

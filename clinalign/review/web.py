@@ -43,7 +43,8 @@ def link_base(request: Request, settings: Settings) -> str:
     )
 
 
-def get_store(request: Request) -> Store:
+# async: FastAPI would run a plain function in a worker thread, a hop that costs more than this.
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
