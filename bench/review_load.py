@@ -572,7 +572,7 @@ def stage_timers(stages: dict[str, list[float]]) -> Iterator[None]:
 
     from clinalign.review import api_reviewer, queue
 
-    targets = [(queue, n) for n in ("record_verdict", "next_image", "item_view", "progress")]
+    targets = [(queue, n) for n in ("record_verdict", "next_row", "item_view", "progress")]
     targets += [(Session, "commit"), (api_reviewer, "verdict_transaction")]
     saved = [(obj, name, getattr(obj, name)) for obj, name in targets]
 
@@ -606,7 +606,7 @@ def run_profile(setup: Setup, verdicts: int = 400) -> dict[str, Any]:
         store, token = Store(url, create=False), tokens["r000"]
         stages: dict[str, list[float]] = {}
         with store.write() as s:
-            uid = api_reviewer.queue.next_image(s, lookup(store, token).id).uid  # type: ignore[union-attr]
+            uid = api_reviewer.queue.next_row(s, lookup(store, token).id).uid  # type: ignore[union-attr]
         with stage_timers(stages):
             for i in range(verdicts):
                 t0 = time.perf_counter()

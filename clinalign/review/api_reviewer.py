@@ -51,7 +51,7 @@ async def logout() -> Response:
 
 
 def next_transaction(s: Session, reviewer_id: int) -> NextOut:
-    image = queue.next_image(s, reviewer_id)
+    image = queue.next_row(s, reviewer_id)
     item = queue.item_view(s, image) if image else None
     return NextOut(item=item_out(item), progress=progress_out(queue.progress(s, reviewer_id)))
 
@@ -81,7 +81,7 @@ def verdict_transaction(s: Session, reviewer_id: int, body: VerdictIn) -> Verdic
         comment=body.comment,
         concept=body.concept,
     )
-    image = queue.next_image(s, reviewer_id)
+    image = queue.next_row(s, reviewer_id)
     item = queue.item_view(s, image) if image else None
     prog = queue.progress(s, reviewer_id)
     return VerdictResult(verdict=verdict_out(v), next=item_out(item), progress=progress_out(prog))
@@ -98,7 +98,7 @@ async def post_verdict(body: VerdictIn, p: Reviewer, store: StoreDep) -> Respons
 def undo_transaction(s: Session, reviewer_id: int, request_id: str | None) -> UndoOut:
     v = queue.undo_last(s, reviewer_id, request_id)
     image = queue.holds_slot(s, reviewer_id, v.item) if v else None
-    image = image or queue.next_image(s, reviewer_id)
+    image = image or queue.next_row(s, reviewer_id)
     item = queue.item_view(s, image) if image else None
     prog = queue.progress(s, reviewer_id)
     return UndoOut(undone=verdict_out(v) if v else None, next=item_out(item), progress=progress_out(prog))
