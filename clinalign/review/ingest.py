@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from ..errors import ClinalignError, DataError
 from . import db
@@ -331,6 +331,11 @@ def _insert_batch(store: Store, batch: Batch, queue: list[QueueEntry], refs: _Re
         if slots:
             s.execute(insert(Slot), slots)
     store.static.forget_counts()  # new free slots
+    if store.dialect == "postgresql":
+        # Fresh statistics now, not whenever autovacuum gets round to it: with the planner's guess
+        # for an empty table, the progress query took 18 ms instead of 0.6 ms on 40,000 slots.
+        with store.engine.begin() as conn:
+            conn.execute(text("ANALYZE review_images, review_slots, review_verdicts"))
     return len(refs_added)
 
 
