@@ -426,7 +426,8 @@ def run(
         **checks,
         **latency([ms for _, ms in shared.samples]),
         "throughput_per_s": _r(len(shared.acked) / used["wall_s"]),
-        **cpu_per_verdict(used, len(shared.acked)),
+        # A restarted server is a new process: its CPU time says nothing about the whole run.
+        **(cpu_per_verdict(used, len(shared.acked)) if not kills else {}),
         "load_wall_s": _r(used["wall_s"]),
         "retried_requests": shared.retried,
         "replayed_acks": shared.replayed,
