@@ -108,9 +108,21 @@ def test_split_feedback_is_deterministic(tmp_path):
 def test_demo_smallest_size_compares_feedback_with_equal_cost_controls(tmp_path):
     from clinalign.pipeline.demo import DemoConfig, format_table, run_demo
 
-    cfg = DemoConfig(out=str(tmp_path / "demo"), minutes=0.2, rounds=2, classes=3, real_per_class=10,
-                     expert_per_class=40, oracle_per_class=40, test_per_class=12, image_size=16,
-                     samples_per_class=8, eval_per_class=8, batch_size=8, device="cpu")
+    cfg = DemoConfig(
+        out=str(tmp_path / "demo"),
+        minutes=0.2,
+        rounds=2,
+        classes=3,
+        real_per_class=10,
+        expert_per_class=40,
+        oracle_per_class=40,
+        test_per_class=12,
+        image_size=16,
+        samples_per_class=8,
+        eval_per_class=8,
+        batch_size=8,
+        device="cpu",
+    )
     summary = run_demo(cfg, progress=False)
     out = Path(cfg.out)
     assert Path(summary["report"]).stat().st_size > 10_000

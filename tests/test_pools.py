@@ -55,8 +55,9 @@ def test_real_per_class_above_a_class_count_names_the_class(train):
 
 
 def test_toy_pools_are_fresh_cells_with_distinct_ids(tmp_path):
-    folders = write_toy_pools(tmp_path / "toy", classes=2, per_class=3, expert_per_class=5, oracle_per_class=4,
-                              test_per_class=2, size=16)
+    folders = write_toy_pools(
+        tmp_path / "toy", classes=2, per_class=3, expert_per_class=5, oracle_per_class=4, test_per_class=2, size=16
+    )
     names = {k: {p.name for p in list_images(f)} for k, f in folders.items()}
     assert {k: len(v) for k, v in names.items()} == {"G": 6, "E": 10, "O": 8, "test": 4}
     assert len(set().union(*names.values())) == 28

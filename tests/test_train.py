@@ -259,8 +259,12 @@ def test_kill_9_mid_run_then_resume_reaches_the_same_step(toy_dir, tmp_path):
 def test_ctrl_c_saves_a_checkpoint_at_the_interrupted_step_and_the_run_resumes(toy_dir, tmp_path):
     """SIGINT (Ctrl-C) with no periodic checkpoint yet: the step reached is saved, and resuming finishes."""
     run = tmp_path / "interrupted"
-    argv = [sys.executable, "-m", "clinalign.cli",
-            *train_argv(toy_dir, run, "--max_steps", "500", "--save_interval", "1000")]
+    argv = [
+        sys.executable,
+        "-m",
+        "clinalign.cli",
+        *train_argv(toy_dir, run, "--max_steps", "500", "--save_interval", "1000"),
+    ]
     proc = subprocess.Popen(argv, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     metrics = run / "metrics.jsonl"
@@ -274,8 +278,9 @@ def test_ctrl_c_saves_a_checkpoint_at_the_interrupted_step_and_the_run_resumes(t
     assert "saving a checkpoint" in err and "rerun the same command to resume" in err
     saved = find_checkpoint(run).step
     assert 3 <= saved < 500, "the interrupted step is saved, though no periodic save was due"
-    res = subprocess.run([*argv[:-4], "--max_steps", str(saved + 2)], env=subprocess_env(), capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run(
+        [*argv[:-4], "--max_steps", str(saved + 2)], env=subprocess_env(), capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stderr
     assert find_checkpoint(run).step == saved + 2
 

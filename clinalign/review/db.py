@@ -8,12 +8,15 @@ never touches the file system on behalf of a client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple, TypeVar
 
 from sqlalchemy import (
     DateTime,
@@ -35,10 +38,12 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, deferred, mapped_column, sessionmaker
 
 from ..errors import ClinalignError
+from .commits import GroupCommitter
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
+T = TypeVar("T")
 
 # Image kinds. A QC item is a real image queued exactly like a synthetic sample; only the
 # database knows the difference, so reviewers cannot tell them apart.
@@ -52,6 +57,10 @@ VERDICTS = (PLAUSIBLE, IMPLAUSIBLE, UNSURE)
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def as_utc(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 class UTCDateTime(TypeDecorator):
@@ -191,6 +200,67 @@ class Verdict(Base):
     )
 
 
+PASSWORD_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword"})
+
+
+def redact_url(url: str) -> str:
+    """A database URL safe to print or log: its password (also one passed as a query
+    parameter) masked. A bare file path carries no secret and comes back unchanged."""
+    if "://" not in url:
+        return url
+    try:
+        parsed = make_url(url)
+    except Exception:  # unparseable: say nothing about it rather than echo a possible secret
+        return "<database URL>"
+    hidden = {k: "xxx" for k in parsed.query if k.lower() in PASSWORD_QUERY_KEYS}
+    if hidden:
+        parsed = parsed.update_query_dict(hidden)
+    return parsed.render_as_string(hide_password=True)
+
+
+class ImageRow(NamedTuple):
+    """An image's identity, which never changes once its batch is loaded."""
+
+    id: int
+    uid: str
+    batch_id: int
+    kind: str
+    declared_class: str
+    blob_sha: str
+
+
+class Static:
+    """What one database never changes once a batch is loaded (image identities, checklists,
+    reference strips), read once per Store: the hot path then skips those queries. Sessions of
+    a Store reach it as ``session.info["static"]``."""
+
+    MAX_IMAGES = 500_000  # about 100 MB; beyond it the map starts afresh
+    FREE_RECOUNT_S = 2.0
+
+    def __init__(self) -> None:
+        # Images with a free slot (queue.free_images); None = count again.
+        self.free_images: int | None = None
+        self.free_recount_at = 0.0
+        self.checklists: dict[int, dict[str, list[str]]] = {}
+        self.references: dict[tuple[int, str], list[str]] = {}
+        self._by_uid: dict[str, ImageRow] = {}
+        self._by_id: dict[int, ImageRow] = {}
+
+    def image(self, *, uid: str | None = None, image_id: int | None = None) -> ImageRow | None:
+        return self._by_uid.get(uid) if uid is not None else self._by_id.get(image_id)  # type: ignore[arg-type]
+
+    def forget_counts(self) -> None:
+        """After slots were added or taken outside the queue functions, or a write failed."""
+        self.free_images = None
+
+    def add_image(self, row: ImageRow) -> ImageRow:
+        if len(self._by_id) >= self.MAX_IMAGES:
+            self._by_uid.clear()
+            self._by_id.clear()
+        self._by_uid[row.uid] = self._by_id[row.id] = row
+        return row
+
+
 def normalise_url(db: str) -> str:
     """Accept a SQLAlchemy URL or a bare file path (taken as SQLite)."""
     if "://" not in db:
@@ -260,16 +330,25 @@ class Store:
         elif self.dialect == "postgresql":
             self.engine = create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=16)
         else:
-            raise ClinalignError(
-                f"--db {url!r}: unsupported database {self.dialect!r}; use sqlite or postgresql"
-            )
+            raise ClinalignError(f"--db {url!r}: unsupported database {self.dialect!r}; use sqlite or postgresql")
         self._writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         # SQLite has one writer at a time anyway; queueing writers on a lock in this process
         # replaces SQLite's sleep-and-poll busy handler, which gives long, unfair tail latencies.
         # (busy_timeout still covers writers in other processes, e.g. a CLI import.)
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
-        self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._write_sessions = sessionmaker(self._writer, expire_on_commit=False)
+        self.static = Static()
+        info = {"static": self.static}
+        self._read_sessions = sessionmaker(self.engine, expire_on_commit=False, info=info)
+        self._write_sessions = sessionmaker(self._writer, expire_on_commit=False, info=info)
+        self._committer: GroupCommitter | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        if self._write_lock is not None:
+            self._committer = GroupCommitter(
+                self._write_sessions, self._write_lock, on_failure=self.static.forget_counts
+            )
+        else:
+            # PostgreSQL takes concurrent writers (and groups their WAL flushes itself).
+            self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="clinalign-review-writer")
         if create:
             self.create_schema()
 
@@ -285,7 +364,7 @@ class Store:
     @property
     def safe_url(self) -> str:
         """The URL with any password masked, for messages and logs."""
-        return make_url(self.url).render_as_string(hide_password=True)
+        return redact_url(self.url)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -308,10 +387,32 @@ class Store:
                     session.commit()
                 except BaseException:
                     session.rollback()
+                    self.static.forget_counts()
                     raise
         finally:
             if lock is not None:
                 lock.release()
 
+    def submit(self, job: Callable[[Session], T]) -> Future[T]:
+        """Run ``job(session)`` in a write transaction off the caller's thread; the future holds
+        its result once the transaction committed (durably), or the exception it raised. On
+        SQLite concurrent jobs share one commit (review/commits.py)."""
+        if self._committer is not None:
+            return self._committer.submit(job)
+        assert self._executor is not None
+        return self._executor.submit(self._transact, job)
+
+    async def run(self, job: Callable[[Session], T]) -> T:
+        """``submit`` for async code: await the committed result."""
+        return await asyncio.wrap_future(self.submit(job))
+
+    def _transact(self, job: Callable[[Session], T]) -> T:
+        with self.write() as s:
+            return job(s)
+
     def dispose(self) -> None:
+        if self._committer is not None:
+            self._committer.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         self.engine.dispose()

@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import secrets
-import shutil
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -24,8 +23,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import quoteattr
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from ..errors import ClinalignError, DataError
+from ..errors import DataError
+from ..utils.fileio import atomic_directory
 from .db import (
     IMPLAUSIBLE,
     PLAUSIBLE,
@@ -42,9 +43,9 @@ from .db import (
     Verdict,
     utcnow,
 )
-from .export import _fresh_tmp, _swap_into_place
+from .export import check_out_folder
 from .ingest import NAME_RE, checklist_for, get_batch
-from .problems import Conflict
+from .problems import Conflict, Invalid
 from .queue import record_verdict
 from .tokens import hash_token, new_token
 
@@ -89,6 +90,63 @@ def labeling_config(checklist_tags: list[str], concepts: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _annotation(v: Verdict, u: User) -> dict[str, Any]:
+    result = [_result("verdict", "choices", {"choices": [LS_CHOICES[v.verdict]]})]
+    reasons = json.loads(v.reasons or "[]")
+    if reasons:
+        result.append(_result("reasons", "choices", {"choices": reasons}))
+    if v.concept:
+        result.append(_result("concept", "choices", {"choices": [v.concept]}))
+    if v.comment:
+        result.append(_result("comment", "textarea", {"text": [v.comment]}))
+    return {
+        "id": v.id,
+        "completed_by": u.id,
+        "clinalign_reviewer": u.name,
+        "created_at": v.created_at.isoformat(),
+        "updated_at": v.created_at.isoformat(),
+        "was_cancelled": False,
+        "ground_truth": False,
+        "result": result,
+    }
+
+
+def _sample_images(s: Session, ids: list[int]) -> list[Image]:
+    images = list(
+        s.scalars(
+            select(Image).where(Image.batch_id.in_(ids), Image.kind == SAMPLE).order_by(Image.batch_id, Image.position)
+        )
+    )
+    dup = [n for n, k in Counter(im.filename for im in images).items() if k > 1]
+    if dup:
+        raise DataError(f"{dup[0]}: appears in more than one batch; export one batch at a time with --batch NAME")
+    return images
+
+
+def _current_votes(s: Session, ids: list[int]) -> dict[int, list[tuple[Verdict, User]]]:
+    votes: dict[int, list[tuple[Verdict, User]]] = defaultdict(list)
+    for v, u in s.execute(
+        select(Verdict, User)
+        .join(User, User.id == Verdict.reviewer_id)
+        .join(Image, Image.id == Verdict.image_id)
+        .where(Verdict.undone_at.is_(None), Image.batch_id.in_(ids), Image.kind == SAMPLE)
+        .order_by(Verdict.id)
+    ):
+        votes[v.image_id].append((v, u))
+    return votes
+
+
+def _config_tags(s: Session, batches: list[Batch], images: list[Image]) -> tuple[list[str], list[str]]:
+    """Every reason tag of the exported classes (in checklist order) and every concept name."""
+    tags: list[str] = []
+    for b in batches:
+        for cls in {im.declared_class for im in images if im.batch_id == b.id}:
+            tags += [t for t in checklist_for(b, cls) if t not in tags]
+    ids = [b.id for b in batches]
+    concepts = sorted(set(s.scalars(select(Concept.name).where(Concept.batch_id.in_(ids)))))
+    return tags, concepts
+
+
 def export_labelstudio(
     store: Store,
     out: str | Path,
@@ -99,92 +157,29 @@ def export_labelstudio(
 ) -> dict[str, Any]:
     """Write ``tasks.json``, ``labeling_config.xml`` and ``images/`` (synthetic samples only)."""
     out = Path(out).expanduser().resolve()
-    if out.exists() and not overwrite and not (out.is_dir() and not any(out.iterdir())):
-        raise ClinalignError(
-            f"{out}: already exists and is not empty; pass --overwrite or choose another --out"
-        )
-    if not out.parent.is_dir():
-        raise ClinalignError(f"{out.parent}: folder does not exist; create it first")
+    check_out_folder(out, overwrite)
     with store.read() as s:
         batches = [get_batch(s, batch)] if batch else list(s.scalars(select(Batch).order_by(Batch.id)))
         ids = [b.id for b in batches]
-        images = list(
-            s.scalars(
-                select(Image)
-                .where(Image.batch_id.in_(ids), Image.kind == SAMPLE)
-                .order_by(Image.batch_id, Image.position)
-            )
-        )
-        names = Counter(im.filename for im in images)
-        dup = [n for n, k in names.items() if k > 1]
-        if dup:
-            raise DataError(
-                f"{dup[0]}: appears in more than one batch; export one batch at a time with --batch NAME"
-            )
-        votes: dict[int, list[tuple[Verdict, User]]] = defaultdict(list)
-        for v, u in s.execute(
-            select(Verdict, User)
-            .join(User, User.id == Verdict.reviewer_id)
-            .join(Image, Image.id == Verdict.image_id)
-            .where(Verdict.undone_at.is_(None), Image.batch_id.in_(ids), Image.kind == SAMPLE)
-            .order_by(Verdict.id)
-        ):
-            votes[v.image_id].append((v, u))
-        tags: list[str] = []
-        for b in batches:
-            for cls in {im.declared_class for im in images if im.batch_id == b.id}:
-                tags += [t for t in checklist_for(b, cls) if t not in tags]
-        concepts = sorted(set(s.scalars(select(Concept.name).where(Concept.batch_id.in_(ids)))))
+        images = _sample_images(s, ids)
+        votes = _current_votes(s, ids)
         batch_names = {b.id: b.name for b in batches}
-
         tasks = []
-        tmp = _fresh_tmp(out)
-        try:
+        with atomic_directory(out) as tmp:
             (tmp / "images").mkdir()
             for im in images:
-                (tmp / "images" / im.filename).write_bytes(
-                    s.scalar(select(Blob.data).where(Blob.sha256 == im.blob_sha)) or b""
-                )
-                annotations = []
-                for v, u in votes.get(im.id, []):
-                    result = [_result("verdict", "choices", {"choices": [LS_CHOICES[v.verdict]]})]
-                    reasons = json.loads(v.reasons or "[]")
-                    if reasons:
-                        result.append(_result("reasons", "choices", {"choices": reasons}))
-                    if v.concept:
-                        result.append(_result("concept", "choices", {"choices": [v.concept]}))
-                    if v.comment:
-                        result.append(_result("comment", "textarea", {"text": [v.comment]}))
-                    annotations.append(
-                        {
-                            "id": v.id,
-                            "completed_by": u.id,
-                            "clinalign_reviewer": u.name,
-                            "created_at": v.created_at.isoformat(),
-                            "updated_at": v.created_at.isoformat(),
-                            "was_cancelled": False,
-                            "ground_truth": False,
-                            "result": result,
-                        }
-                    )
-                tasks.append(
-                    {
-                        "id": im.id,
-                        "data": {
-                            "image": image_prefix + im.filename,
-                            "class": im.declared_class,
-                            "clinalign_id": im.filename,
-                            "batch": batch_names[im.batch_id],
-                        },
-                        "annotations": annotations,
-                    }
-                )
+                data = s.scalar(select(Blob.data).where(Blob.sha256 == im.blob_sha)) or b""
+                (tmp / "images" / im.filename).write_bytes(data)
+                task_data = {
+                    "image": image_prefix + im.filename,
+                    "class": im.declared_class,
+                    "clinalign_id": im.filename,
+                    "batch": batch_names[im.batch_id],
+                }
+                annotations = [_annotation(v, u) for v, u in votes.get(im.id, [])]
+                tasks.append({"id": im.id, "data": task_data, "annotations": annotations})
             (tmp / "tasks.json").write_text(json.dumps(tasks, indent=1))
-            (tmp / "labeling_config.xml").write_text(labeling_config(tags, concepts))
-            _swap_into_place(tmp, out, overwrite)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            (tmp / "labeling_config.xml").write_text(labeling_config(*_config_tags(s, batches, images)))
     n_ann = sum(len(t["annotations"]) for t in tasks)
     log.info("wrote %d Label Studio tasks (%d annotations) to %s", len(tasks), n_ann, out)
     return {"out": str(out), "tasks": len(tasks), "annotations": n_ann}
@@ -262,107 +257,116 @@ def _read_annotation(ann: dict[str, Any]) -> tuple[str | None, list[str], str, s
     return verdict, reasons, "\n".join(comments), concept
 
 
+def _read_tasks(path: Path) -> list[dict[str, Any]]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read Label Studio JSON ({exc}); export the project as JSON") from exc
+    tasks = raw if isinstance(raw, list) else raw.get("tasks") if isinstance(raw, dict) and "tasks" in raw else [raw]
+    if not all(isinstance(t, dict) for t in tasks):
+        raise DataError(f"{path}: expected a list of Label Studio tasks (objects with 'data' and 'annotations')")
+    return tasks
+
+
+class _Importer:
+    """One import into one batch, inside the caller's transaction."""
+
+    def __init__(self, s: Session, path: Path, batch: Batch, summary: ImportSummary) -> None:
+        self.s, self.path, self.batch, self.summary = s, path, batch, summary
+        q = select(Image).where(Image.batch_id == batch.id, Image.kind == SAMPLE)
+        self.by_name = {im.filename: im for im in s.scalars(q)}
+        self.concepts = {(c.name, c.parent) for c in s.scalars(select(Concept).where(Concept.batch_id == batch.id))}
+        self.users: dict[str, User] = {}
+        self.skipped: Counter = Counter()
+
+    def task(self, task: dict[str, Any]) -> None:
+        fname = _file_name(task) or ""
+        image = self.by_name.get(fname) or self.by_name.get(UPLOAD_PREFIX.sub("", fname, count=1))
+        if image is None:
+            self.summary.unmatched.append(str(fname or None))
+            return
+        self.summary.matched += 1
+        for ai, ann in enumerate(task.get("annotations") or []):
+            if ann.get("was_cancelled"):
+                self.skipped["cancelled"] += 1
+            else:
+                self.annotation(image, ann, ai)
+
+    def user(self, name: str) -> User:
+        user = self.users.get(name) or self.s.scalar(select(User).where(User.name == name))
+        if user is None:
+            # Imported judges get a token nobody knows; add-reviewer --rotate gives them a link.
+            user = User(name=name, role=REVIEWER, token_hash=hash_token(new_token()), created_at=utcnow())
+            self.s.add(user)
+            self.s.flush()
+            self.summary.reviewers.append(name)
+        elif user.role != REVIEWER:
+            raise DataError(f"{self.path}: annotator {name!r} is an admin here, not a reviewer; rename one of them")
+        self.users[name] = user
+        return user
+
+    def annotation(self, image: Image, ann: dict[str, Any], index: int) -> None:
+        verdict, reasons, comment, concept = _read_annotation(ann)
+        if verdict is None:
+            self.skipped["no verdict choice"] += 1
+            return
+        name = _reviewer_name(ann)
+        user = self.user(name)
+        allowed = set(checklist_for(self.batch, image.declared_class))
+        if any(r not in allowed for r in reasons):
+            self.skipped["reason tags not on the checklist (dropped)"] += 1
+        if concept and (concept, image.declared_class) not in self.concepts:
+            self.skipped["unknown concept (dropped)"] += 1
+            concept = None
+        key = f"labelstudio:{self.batch.name}:{image.filename}:{ann.get('id', index)}:{name}"
+        try:
+            view = record_verdict(
+                self.s,
+                user.id,
+                request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, key)),
+                item=image.uid,
+                verdict=verdict,
+                reasons=[r for r in reasons if r in allowed],
+                comment=comment[:4000],
+                concept=concept,
+                source="labelstudio",
+                require_slot=False,
+                created_at=_parse_time(ann.get("created_at")),
+            )
+        except Conflict:
+            self.skipped["already judged here"] += 1
+            return
+        except Invalid as exc:
+            raise DataError(
+                f"{self.path}: annotation {ann.get('id', index)} of {image.filename}: {exc}; fix it in "
+                "Label Studio (or the JSON) and import again"
+            ) from None
+        if view.replayed:
+            self.skipped["already imported"] += 1
+            return
+        _take_slot(self.s, image.id, user.id)
+        self.summary.imported += 1
+
+
 def import_labelstudio(store: Store, path: str | Path, *, batch: str) -> ImportSummary:
     """Bring Label Studio judgements into ``batch`` (matched by file name); all or nothing.
 
     Re-importing the same file is harmless: each annotation maps to a fixed request_id.
     """
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read Label Studio JSON ({exc}); export the project as JSON") from exc
-    tasks = (
-        raw
-        if isinstance(raw, list)
-        else raw.get("tasks")
-        if isinstance(raw, dict) and "tasks" in raw
-        else [raw]
-    )
-    if not all(isinstance(t, dict) for t in tasks):
-        raise DataError(
-            f"{path}: expected a list of Label Studio tasks (objects with 'data' and 'annotations')"
-        )
+    tasks = _read_tasks(path)
     summary = ImportSummary(tasks=len(tasks))
-    skipped: Counter = Counter()
     with store.write() as s:
-        b = get_batch(s, batch)
-        by_name = {
-            im.filename: im
-            for im in s.scalars(select(Image).where(Image.batch_id == b.id, Image.kind == SAMPLE))
-        }
-        concepts = {(c.name, c.parent) for c in s.scalars(select(Concept).where(Concept.batch_id == b.id))}
-        users: dict[str, User] = {}
+        importer = _Importer(s, path, get_batch(s, batch), summary)
         for task in tasks:
-            fname = _file_name(task)
-            image = by_name.get(fname or "") or by_name.get(UPLOAD_PREFIX.sub("", fname or "", count=1))
-            if image is None:
-                summary.unmatched.append(str(fname))
-                continue
-            summary.matched += 1
-            allowed = set(checklist_for(b, image.declared_class))
-            for ai, ann in enumerate(task.get("annotations") or []):
-                if ann.get("was_cancelled"):
-                    skipped["cancelled"] += 1
-                    continue
-                verdict, reasons, comment, concept = _read_annotation(ann)
-                if verdict is None:
-                    skipped["no verdict choice"] += 1
-                    continue
-                name = _reviewer_name(ann)
-                user = users.get(name) or s.scalar(select(User).where(User.name == name))
-                if user is None:
-                    # Imported judges get a token nobody knows; add-reviewer --rotate gives them a link.
-                    user = User(
-                        name=name, role=REVIEWER, token_hash=hash_token(new_token()), created_at=utcnow()
-                    )
-                    s.add(user)
-                    s.flush()
-                    summary.reviewers.append(name)
-                elif user.role != REVIEWER:
-                    raise DataError(
-                        f"{path}: annotator {name!r} is an admin here, not a reviewer; rename one of them"
-                    )
-                users[name] = user
-                if len([r for r in reasons if r not in allowed]):
-                    skipped["reason tags not on the checklist (dropped)"] += 1
-                if concept and (concept, image.declared_class) not in concepts:
-                    skipped["unknown concept (dropped)"] += 1
-                    concept = None
-                rid = str(
-                    uuid.uuid5(
-                        uuid.NAMESPACE_URL,
-                        f"labelstudio:{b.name}:{image.filename}:{ann.get('id', ai)}:{name}",
-                    )
-                )
-                try:
-                    view = record_verdict(
-                        s,
-                        user.id,
-                        request_id=rid,
-                        item=image.uid,
-                        verdict=verdict,
-                        reasons=[r for r in reasons if r in allowed],
-                        comment=comment[:4000],
-                        concept=concept,
-                        source="labelstudio",
-                        require_slot=False,
-                        created_at=_parse_time(ann.get("created_at")),
-                    )
-                except Conflict:
-                    skipped["already judged here"] += 1
-                    continue
-                if view.replayed:
-                    skipped["already imported"] += 1
-                    continue
-                _take_slot(s, image.id, user.id)
-                summary.imported += 1
+            importer.task(task)
         if tasks and not summary.matched:
             raise DataError(
                 f"{path}: none of the {len(tasks)} tasks names an image of batch {batch!r} "
                 f"(first: {summary.unmatched[0]!r}); add-batch the same sample folder first"
             )
-    summary.skipped = dict(skipped)
+    store.static.forget_counts()  # imported judgements took free slots
+    summary.skipped = dict(importer.skipped)
     log.info("imported %d Label Studio judgements into batch %r", summary.imported, batch)
     return summary
 
@@ -372,10 +376,7 @@ def _take_slot(s, image_id: int, reviewer_id: int) -> None:
     if s.scalar(select(Slot.id).where(Slot.image_id == image_id, Slot.reviewer_id == reviewer_id)):
         return
     slot = s.scalar(
-        select(Slot)
-        .where(Slot.image_id == image_id, Slot.reviewer_id.is_(None))
-        .order_by(Slot.slot_no)
-        .limit(1)
+        select(Slot).where(Slot.image_id == image_id, Slot.reviewer_id.is_(None)).order_by(Slot.slot_no).limit(1)
     )
     if slot is not None:
         slot.reviewer_id = reviewer_id

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+
+def no_control_characters(text: str) -> str:
+    bad = CONTROL.search(text)
+    if bad:
+        raise ValueError(
+            f"contains the control character {bad.group()!r} at position {bad.start()}; "
+            "only printable text, tabs and line breaks are accepted"
+        )
+    return text
+
+
+# C0 controls and DEL, except tab, line feed and carriage return. A NUL makes `grep` call
+# votes.csv binary, and PostgreSQL refuses NUL in text columns outright.
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CommentText = Annotated[str, AfterValidator(no_control_characters)]
 
 ImageUid = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{1,64}$")]
 VerdictWord = Literal["plausible", "implausible", "unsure"]
@@ -51,13 +68,11 @@ class NextOut(BaseModel):
 
 
 class VerdictIn(Strict):
-    request_id: UUID = Field(
-        description="Client-generated UUID; retrying with the same id never creates a duplicate"
-    )
+    request_id: UUID = Field(description="Client-generated UUID; retrying with the same id never creates a duplicate")
     item: ImageUid
     verdict: VerdictWord
     reasons: list[ReasonTag] = Field(default_factory=list, max_length=30)
-    comment: str = Field(default="", max_length=4000)
+    comment: CommentText = Field(default="", max_length=4000)
     concept: ConceptName | None = None
 
 
@@ -99,9 +114,7 @@ class ConceptIn(Strict):
 class PersonIn(Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     role: Literal["reviewer", "admin"] = "reviewer"
-    rotate: bool = Field(
-        default=False, description="Issue a new link for an existing person (revokes the old one)"
-    )
+    rotate: bool = Field(default=False, description="Issue a new link for an existing person (revokes the old one)")
 
 
 class PersonLinkOut(BaseModel):
@@ -178,9 +191,21 @@ class AgreementOut(BaseModel):
     categories: list[str]
 
 
+class CommentOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    reviewer: str
+    class_: str = Field(alias="class")
+    kind: Literal["sample", "qc"] = Field(description="qc: a real image shown as if synthetic")
+    verdict: VerdictWord
+    comment: str
+    image_url: str
+    created_at: datetime
+
+
 class StatsOut(BaseModel):
     batches: list[BatchStats]
     totals: Totals
     reviewers: list[ReviewerStats]
     classes: list[ClassStats]
     agreement: AgreementOut
+    comments: list[CommentOut] = Field(description="The newest comments (up to 200), newest first")

@@ -25,8 +25,11 @@ def free_port() -> int:
 class ServerProcess:
     """A uvicorn server bound to 127.0.0.1 only; ``kill()`` is a SIGKILL, no clean shutdown."""
 
-    def __init__(self, db_url: str, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self, db_url: str, port: int | None = None, log_path: Path | None = None, *, quiet: bool = True
+    ) -> None:
         self.db_url = db_url
+        self.quiet = quiet
         self.port = port or free_port()
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
@@ -35,7 +38,7 @@ class ServerProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> "ServerProcess":
+    def start(self, timeout: float = 30.0) -> ServerProcess:
         cmd = [
             sys.executable,
             "-m",
@@ -47,7 +50,7 @@ class ServerProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--quiet",
+            *(["--quiet"] if self.quiet else []),
         ]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -78,7 +81,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

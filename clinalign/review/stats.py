@@ -30,6 +30,8 @@ from .db import (
 )
 from .ingest import get_batch
 
+COMMENTS_SHOWN = 200
+
 
 @dataclass
 class Vote:
@@ -100,52 +102,46 @@ def agreement(votes: list[Vote]) -> dict[str, Any]:
     return {"cohen": pairs, "fleiss": fleiss, "categories": list(VERDICTS)}
 
 
-def dashboard(s: Session, batch: str | None = None) -> dict[str, Any]:
-    batches = [get_batch(s, batch)] if batch else list(s.scalars(select(Batch).order_by(Batch.id)))
-    ids = [b.id for b in batches]
-    votes = current_votes(s, ids)
+ImageCounts = Counter  # (batch_id, kind, class) -> number of images
 
-    image_counts = Counter(
-        (bid, kind, cls)
-        for bid, kind, cls in s.execute(
-            select(Image.batch_id, Image.kind, Image.declared_class).where(Image.batch_id.in_(ids))
-        )
-    )
-    per_image = {b.id: b.per_image for b in batches}
-    batch_rows = []
+
+def _batch_rows(s: Session, batches: list[Batch], image_counts: ImageCounts) -> list[dict[str, Any]]:
+    rows = []
     for b in batches:
         concepts = s.scalars(select(Concept).where(Concept.batch_id == b.id).order_by(Concept.name)).all()
-        batch_rows.append(
+        count = {
+            kind: sum(n for (bid, k, _), n in image_counts.items() if bid == b.id and k == kind)
+            for kind in (SAMPLE, QC, REFERENCE)
+        }
+        rows.append(
             {
                 "name": b.name,
                 "per_image": b.per_image,
                 "qc_share": b.qc_share,
-                "samples": sum(n for (bid, k, _), n in image_counts.items() if bid == b.id and k == SAMPLE),
-                "qc": sum(n for (bid, k, _), n in image_counts.items() if bid == b.id and k == QC),
-                "references": sum(
-                    n for (bid, k, _), n in image_counts.items() if bid == b.id and k == REFERENCE
-                ),
+                "samples": count[SAMPLE],
+                "qc": count[QC],
+                "references": count[REFERENCE],
                 "concepts": [{"name": c.name, "parent": c.parent} for c in concepts],
                 "created_at": b.created_at,
             }
         )
+    return rows
 
+
+def _class_rows(votes: list[Vote], image_counts: ImageCounts, per_image: dict[int, int]) -> list[dict[str, Any]]:
     class_votes: dict[str, Counter] = defaultdict(Counter)
     for v in votes:
         if v.kind == SAMPLE:
             class_votes[v.declared_class][v.verdict] += 1
-    classes = []
+    rows = []
     for cls in sorted({c for (_, k, c) in image_counts if k == SAMPLE}):
-        n_images = sum(n for (bid, k, c), n in image_counts.items() if k == SAMPLE and c == cls)
-        required = sum(
-            n * per_image[bid] for (bid, k, c), n in image_counts.items() if k == SAMPLE and c == cls
-        )
+        mine = [(bid, n) for (bid, k, c), n in image_counts.items() if k == SAMPLE and c == cls]
         counts = class_votes[cls]
-        classes.append(
+        rows.append(
             {
                 "class": cls,
-                "images": n_images,
-                "required": required,
+                "images": sum(n for _, n in mine),
+                "required": sum(n * per_image[bid] for bid, n in mine),
                 "done": sum(counts[v] for v in VERDICTS),
                 PLAUSIBLE: counts[PLAUSIBLE],
                 IMPLAUSIBLE: counts[IMPLAUSIBLE],
@@ -153,7 +149,10 @@ def dashboard(s: Session, batch: str | None = None) -> dict[str, Any]:
                 "plausibility_rate": _rate(counts),
             }
         )
+    return rows
 
+
+def _reviewer_rows(s: Session, votes: list[Vote], ids: list[int]) -> list[dict[str, Any]]:
     open_claims = dict(
         s.execute(
             select(User.name, func.count(Slot.id))
@@ -163,11 +162,11 @@ def dashboard(s: Session, batch: str | None = None) -> dict[str, Any]:
             .group_by(User.name)
         ).all()
     )
-    reviewers = []
+    rows = []
     for user in s.scalars(select(User).where(User.role == REVIEWER).order_by(User.name)):
         mine = [v for v in votes if v.reviewer == user.name]
         qc = Counter(v.verdict for v in mine if v.kind == QC)
-        reviewers.append(
+        rows.append(
             {
                 "name": user.name,
                 "done": len(mine),
@@ -185,20 +184,55 @@ def dashboard(s: Session, batch: str | None = None) -> dict[str, Any]:
                 },
             }
         )
+    return rows
 
+
+def recent_comments(s: Session, ids: list[int], limit: int = COMMENTS_SHOWN) -> list[dict[str, Any]]:
+    """The newest non-empty comments on current verdicts, newest first."""
+    q = (
+        select(
+            Verdict.comment, Verdict.verdict, Verdict.created_at, User.name, Image.uid, Image.kind, Image.declared_class
+        )
+        .join(User, User.id == Verdict.reviewer_id)
+        .join(Image, Image.id == Verdict.image_id)
+        .where(Verdict.undone_at.is_(None), Verdict.comment != "", Image.batch_id.in_(ids))
+        .order_by(Verdict.id.desc())
+        .limit(limit)
+    )
+    return [
+        {
+            "reviewer": name,
+            "class": cls,
+            "kind": kind,
+            "verdict": verdict,
+            "comment": comment,
+            "image_url": f"/api/images/{uid}",
+            "created_at": created,
+        }
+        for comment, verdict, created, name, uid, kind, cls in s.execute(q)
+    ]
+
+
+def dashboard(s: Session, batch: str | None = None) -> dict[str, Any]:
+    batches = [get_batch(s, batch)] if batch else list(s.scalars(select(Batch).order_by(Batch.id)))
+    ids = [b.id for b in batches]
+    votes = current_votes(s, ids)
+    image_counts = Counter(
+        s.execute(select(Image.batch_id, Image.kind, Image.declared_class).where(Image.batch_id.in_(ids))).all()
+    )
+    classes = _class_rows(votes, image_counts, {b.id: b.per_image for b in batches})
     sample_votes = [v for v in votes if v.kind == SAMPLE]
-    overall = Counter(v.verdict for v in sample_votes)
-    required_total = sum(c["required"] for c in classes)
     return {
-        "batches": batch_rows,
+        "batches": _batch_rows(s, batches, image_counts),
         "totals": {
             "images": sum(c["images"] for c in classes),
-            "required": required_total,
+            "required": sum(c["required"] for c in classes),
             "done": len(sample_votes),
             "qc_done": sum(v.kind == QC for v in votes),
-            "plausibility_rate": _rate(overall),
+            "plausibility_rate": _rate(Counter(v.verdict for v in sample_votes)),
         },
-        "reviewers": reviewers,
+        "reviewers": _reviewer_rows(s, votes, ids),
         "classes": classes,
         "agreement": agreement(votes),
+        "comments": recent_comments(s, ids),
     }

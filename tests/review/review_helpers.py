@@ -77,5 +77,9 @@ def make_study(
     return study
 
 
+# What a browser sends when a link is opened from a mail client or the address bar.
+FROM_MAIL = {"Sec-Fetch-Site": "none"}
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

@@ -78,9 +78,7 @@ def test_cohen_of_identical_raters_is_one(xs):
     assert cohen_kappa(xs, xs) == pytest.approx(1.0)
 
 
-@given(
-    st.integers(2, 8), st.lists(st.lists(st.integers(0, 5), min_size=3, max_size=3), min_size=1, max_size=30)
-)
+@given(st.integers(2, 8), st.lists(st.lists(st.integers(0, 5), min_size=3, max_size=3), min_size=1, max_size=30))
 def test_fleiss_perfect_agreement_is_one_and_bounded(n, raw):
     # Perfect agreement: every item's n ratings in one category (not all items the same one).
     perfect = [[n if j == i % 3 else 0 for j in range(3)] for i in range(max(2, len(raw)))]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from review_helpers import bearer, make_study
+from review_helpers import FROM_MAIL, bearer, make_study
 from sqlalchemy import func, select
 
 from clinalign.review.agreement import cohen_kappa
@@ -246,9 +246,7 @@ def test_blind_and_qc_items_look_like_samples(db_url, tmp_path):
                 data = {"item": r.json()["next"]}
             assert {k[:2] for k in keysets} == {
                 (
-                    tuple(
-                        sorted(["uid", "declared_class", "image_url", "references", "checklist", "concepts"])
-                    ),
+                    tuple(sorted(["uid", "declared_class", "image_url", "references", "checklist", "concepts"])),
                     24,
                 )
             }
@@ -362,22 +360,18 @@ def test_concepts(client, study):
     assert picked
 
 
-def test_admin_can_invite_people(client, study):
+def test_admin_can_invite_people(study):
+    client = TestClient(create_app(study.store.url, store=study.store, base_url="http://review.lab.example"))
     r = client.post("/api/admin/people", json={"name": "carol"}, headers=bearer(study.admin_token))
     assert r.status_code == 201
     link = r.json()["link"]
-    assert link.startswith("http://testserver/r/")
+    assert link.startswith("http://review.lab.example/r/")
     token = link.rsplit("/", 1)[1]
     assert client.get("/api/me", headers=bearer(token)).json()["name"] == "carol"
     assert (
-        client.post(
-            "/api/admin/people", json={"name": "carol"}, headers=bearer(study.admin_token)
-        ).status_code
-        == 409
+        client.post("/api/admin/people", json={"name": "carol"}, headers=bearer(study.admin_token)).status_code == 409
     )
-    r = client.post(
-        "/api/admin/people", json={"name": "carol", "rotate": True}, headers=bearer(study.admin_token)
-    )
+    r = client.post("/api/admin/people", json={"name": "carol", "rotate": True}, headers=bearer(study.admin_token))
     assert r.status_code == 201
     assert client.get("/api/me", headers=bearer(token)).status_code == 401  # old link revoked
 
@@ -387,7 +381,7 @@ def test_admin_can_invite_people(client, study):
 
 def test_private_link_sets_a_strict_cookie(client, study):
     token = study.tokens["alice"]
-    r = client.get(f"/r/{token}")
+    r = client.get(f"/r/{token}", headers=FROM_MAIL)
     assert r.status_code == 200
     cookie = r.headers["set-cookie"]
     assert cookie.startswith("clinalign_session=")
@@ -399,11 +393,11 @@ def test_private_link_sets_a_strict_cookie(client, study):
     assert client.get("/api/me").json()["name"] == "alice"
     assert client.get(f"/r/{'x' * 43}").status_code == 401
     with TestClient(client.app, base_url="https://review.example") as tls:
-        assert "secure" in tls.get(f"/r/{token}").headers["set-cookie"].lower()
+        assert "secure" in tls.get(f"/r/{token}", headers=FROM_MAIL).headers["set-cookie"].lower()
 
 
 def test_cookie_posts_need_the_custom_header_and_same_origin(client, study):
-    client.get(f"/r/{study.tokens['alice']}")
+    client.get(f"/r/{study.tokens['alice']}", headers=FROM_MAIL)
     item = client.get("/api/next").json()["item"]["uid"]
 
     def body():
@@ -414,16 +408,10 @@ def test_cookie_posts_need_the_custom_header_and_same_origin(client, study):
     assert client.post("/api/undo").status_code == 403
     xrw = {"X-Requested-With": "clinalign"}
     assert (
-        client.post(
-            "/api/verdicts", json=body(), headers={**xrw, "Origin": "http://evil.example"}
-        ).status_code
-        == 403
+        client.post("/api/verdicts", json=body(), headers={**xrw, "Origin": "http://evil.example"}).status_code == 403
     )
     assert client.post("/api/verdicts", json=body(), headers={**xrw, "Origin": "null"}).status_code == 403
-    assert (
-        client.post("/api/verdicts", json=body(), headers={**xrw, "Sec-Fetch-Site": "cross-site"}).status_code
-        == 403
-    )
+    assert client.post("/api/verdicts", json=body(), headers={**xrw, "Sec-Fetch-Site": "cross-site"}).status_code == 403
     with study.store.read() as s:
         assert s.scalar(select(func.count()).select_from(Verdict)) == 0
     r = client.post(
@@ -476,3 +464,100 @@ def test_security_headers_and_offline_docs(client):
         assert not re.search(r"url\(\s*['\"]?https?:|fetch\(\s*['\"`]https?:|//cdn", text), f
     for page in ["/", "/admin", "/docs", "/static/review.js", "/static/style.css", "/favicon.ico"]:
         assert client.get(page).status_code == 200, page
+
+
+def test_comments_refuse_control_characters(client, study):
+    alice = study.tokens["alice"]
+    item = next_item(client, alice)["item"]["uid"]
+    for bad in ("nul\x00byte", "bell\x07", "escape\x1b[31m", "del\x7f"):
+        r = post_verdict(client, alice, item, comment=bad)
+        assert r.status_code == 422, (bad, r.text)
+        assert "control character" in r.text
+    r = post_verdict(client, alice, item, comment="two lines\nand a\ttab")
+    assert r.status_code == 200 and r.json()["verdict"]["comment"] == "two lines\nand a\ttab"
+
+
+def test_export_drops_nul_bytes_stored_before_they_were_refused(sqlite_url, tmp_path):
+    # SQLite only: PostgreSQL never stored a NUL (its text type refuses them).
+    from clinalign.review.db import Store
+    from clinalign.review.export import export_feedback
+
+    store = Store(sqlite_url)
+    study = make_study(store, tmp_path)
+    client = TestClient(create_app(store.url, store=store))
+    alice = study.tokens["alice"]
+    item = next_item(client, alice)["item"]["uid"]
+    assert post_verdict(client, alice, item, comment="fine").status_code == 200
+    with study.store.write() as s:
+        s.execute(Verdict.__table__.update().values(comment="old\x00data"))
+    export_feedback(study.store, tmp_path / "out")
+    raw = (tmp_path / "out" / "votes.csv").read_bytes()
+    assert b"\x00" not in raw and b"olddata" in raw
+    store.dispose()
+
+
+def test_dashboard_shows_comments(client, study):
+    alice, bob = study.tokens["alice"], study.tokens["bob"]
+    a = next_item(client, alice)["item"]
+    post_verdict(client, alice, a["uid"], "implausible", comment="<b>two</b> nuclei")
+    b = next_item(client, bob)["item"]
+    post_verdict(client, bob, b["uid"], "plausible")  # no comment: not listed
+    c = post_verdict(client, bob, b["uid"], "plausible")  # 409, nothing stored
+    assert c.status_code == 409
+    comments = client.get("/api/admin/stats", headers=bearer(study.admin_token)).json()["comments"]
+    assert comments == [
+        {
+            "reviewer": "alice",
+            "class": a["declared_class"],
+            "kind": "sample",
+            "verdict": "implausible",
+            "comment": "<b>two</b> nuclei",
+            "image_url": a["image_url"],
+            "created_at": comments[0]["created_at"],
+        }
+    ]
+
+
+def test_each_role_lands_on_its_own_page(client, study):
+    client.get(f"/r/{study.tokens['alice']}", headers=FROM_MAIL)
+    r = client.get("/admin", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    assert client.get("/", follow_redirects=False).status_code == 200
+    client.get(f"/r/{study.admin_token}", headers=FROM_MAIL)
+    r = client.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/admin"
+    assert client.get("/admin", follow_redirects=False).status_code == 200
+    client.cookies.clear()
+    assert client.get("/admin", follow_redirects=False).status_code == 200  # says it needs an admin link
+
+
+def test_progress_stays_exact_while_the_free_count_is_kept_in_memory(db_url, tmp_path):
+    """progress() keeps the number of images with a free slot in memory between recounts; after
+    every claim and verdict it must equal what a fresh count says."""
+    from clinalign.review import queue
+    from clinalign.review.db import Store, User
+
+    store = Store(db_url)
+    try:
+        study = make_study(store, tmp_path, per_image=2, reviewers=("r1", "r2", "r3"), n=3)
+        with store.read() as s:
+            ids = dict(s.execute(select(User.name, User.id)).all())
+
+        def fresh(name):
+            other = Store(db_url, create=False)  # its own, empty memory
+            try:
+                with other.read() as s:
+                    return queue.progress(s, ids[name])
+            finally:
+                other.dispose()
+
+        with TestClient(create_app(store.url, store=store)) as c:
+            order = ["r1", "r2", "r1", "r3", "r3", "r2", "r1", "r2", "r3"] * 2
+            for name in order:
+                data = next_item(c, study.tokens[name])
+                assert data["progress"]["total"] == fresh(name).total, name
+                if data["item"]:
+                    r = post_verdict(c, study.tokens[name], data["item"]["uid"])
+                    assert r.json()["progress"]["total"] == fresh(name).total, name
+    finally:
+        store.dispose()

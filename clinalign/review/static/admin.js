@@ -44,6 +44,17 @@
     return td;
   }
 
+  function thumb(url) {
+    const td = document.createElement("td");
+    const img = document.createElement("img");
+    img.src = url;
+    img.alt = "";
+    img.className = "thumb";
+    img.loading = "lazy";
+    td.append(img);
+    return td;
+  }
+
   function rows(tbody, items, make, empty) {
     const el = $(tbody);
     el.replaceChildren();
@@ -111,6 +122,11 @@
       cell(p.a), cell(p.b), cell(String(p.n), "num"), cell(pct(p.agreement), "num"), cell(num(p.kappa), "num"),
     ], "No image has been judged by two reviewers yet.");
 
+    rows("t-comments", s.comments, (c) => [
+      thumb(c.image_url), cell(c.comment, "comment"), cell(c.verdict),
+      cell(c.kind === "qc" ? `${c.class} (QC)` : c.class), cell(c.reviewer), cell(when(c.created_at)),
+    ], "No comments yet.");
+
     const list = $("concept-list");
     list.replaceChildren();
     s.batches.forEach((b) => b.concepts.forEach((c) => {
@@ -159,7 +175,11 @@
     }
   });
 
-  api("GET", "/api/me").then((me) => { $("who").textContent = `${me.role}: ${me.name}`; }).catch(() => {});
+  api("GET", "/api/me").then((me) => {
+    // The server already redirects a reviewer; this covers a session that changed meanwhile.
+    if (me.role !== "admin") { location.replace("/"); return; }
+    $("who").textContent = `${me.role}: ${me.name}`;
+  }).catch(() => {});
   refresh();
   setInterval(refresh, 15000);
 })();
