@@ -13,99 +13,23 @@ import json
 import logging
 from pathlib import Path
 
-from ..utils.config import str2bool
+from ..utils.config import add_flags, resolve, str2bool
 
 log = logging.getLogger(__name__)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data (the seed's flags)")
-    g.add_argument("--train_dir", type=Path, help="real images, CLASS/img.png (ImageNet layout)")
-    g.add_argument(
-        "--train_anno_dir", type=Path, help="judged synthetic images: CLASS/align/*.png, CLASS/notalign/*.png"
-    )
-    g.add_argument("--val_dir", type=Path, help="validation real images, CLASS/img.png")
-    g.add_argument("--val_anno_dir", type=Path, help="validation judged images, CLASS/align|notalign/*.png")
-    g.add_argument(
-        "--save_checkpoints_dir",
-        type=Path,
-        default=Path("."),
-        help="where reward.safetensors, report.json and history.jsonl go (what `reward score --checkpoint` takes)",
-    )
-    g.add_argument("--ratio", type=float, default=1.0, help="fraction of the judged training images used, per class")
-    g = p.add_argument_group("feedback from the review database")
-    g.add_argument(
-        "--train_anno_db", help="review database URL (e.g. sqlite:///feedback.db) instead of --train_anno_dir"
-    )
-    g.add_argument(
-        "--anno_rule",
-        default="majority",
-        help="how reviewers' votes become a verdict: majority, "
-        "unanimous, reviewer:NAME (as `clinalign review export --rule`)",
-    )
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=float, default=30, help="maximum epochs (early stopping may end sooner)")
-    g.add_argument("--batch_size", type=int, default=64)
-    g.add_argument(
-        "--lr",
-        "--init_lr",
-        dest="lr",
-        type=float,
-        default=2e-3,
-        help="peak learning rate (the seed's 1e-4 suits a pretrained trunk; this one trains from scratch)",
-    )
-    g.add_argument("--weight_decay", type=float, default=5e-4)
-    g.add_argument(
-        "--lr_schedule",
-        choices=("cosine", "step"),
-        default="cosine",
-        help="one-cycle cosine, or the seed's step decay (--gamma every --lr_decay_every_x_epochs)",
-    )
-    g.add_argument("--gamma", type=float, default=0.1, help="step decay factor (with --lr_schedule step)")
-    g.add_argument("--lr_decay_every_x_epochs", type=int, default=5, help="step decay period (with --lr_schedule step)")
-    g.add_argument("--patience", type=int, default=8, help="epochs without validation improvement before stopping")
-    g.add_argument(
-        "--real_weight",
-        type=float,
-        default=0.5,
-        help="share of each epoch's (image, class) pairs that come from real images",
-    )
-    g.add_argument("--colour_jitter", type=float, default=0.05, help="mild per-channel gain/shift augmentation")
-    g.add_argument(
-        "--require_both",
-        type=str2bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="error (rather than warn) when the feedback holds only one verdict",
-    )
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    """The reward model's flags (from ``TrainConfig``) and the seed's flags that only warn."""
+    from .train import TrainConfig
+
+    add_flags(p.add_argument_group("reward model training (the seed's flags and clinalign's)"), TrainConfig)
+    g = p.add_argument_group("accepted for the seed's command lines")
     g.add_argument(
         "--threads",
         type=int,
         help="torch CPU threads (default: one per core; on a busy shared machine "
         "fewer threads can be much faster, see docs/reward.md)",
     )
-    g.add_argument(
-        "--skip_bad_images",
-        type=str2bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="leave undecodable image files out instead of stopping",
-    )
-    g = p.add_argument_group("model")
-    g.add_argument("--image_size", type=int, help="default: the size of the first real image")
-    g.add_argument("--arch", choices=("resnet", "vgg"), help="trunk (default resnet, or --init_trunk's)")
-    g.add_argument("--width", type=int, help="trunk width (default 16, or --init_trunk's)")
-    g.add_argument(
-        "--stem_stride",
-        type=int,
-        choices=(1, 2),
-        help="stride of the trunk's first conv (default 2 from scratch, 1 with --init_trunk)",
-    )
-    g.add_argument("--init_trunk", type=Path, help="start the trunk from a classifier saved by clinalign (safetensors)")
     g.add_argument("--input_model", help="seed flag; its ResNeXt50 needs downloaded weights, so clinalign uses --arch")
     g.add_argument(
         "--pretrained",
@@ -131,36 +55,7 @@ def config_from_args(args: argparse.Namespace):
             "--pretrained True: no weights are downloaded; the trunk trains from scratch "
             "(pass --init_trunk CLASSIFIER.safetensors to start from a trained classifier)"
         )
-    epochs = int(round(args.epochs))
-    return TrainConfig(
-        train_dir=args.train_dir,
-        train_anno_dir=args.train_anno_dir,
-        val_dir=args.val_dir,
-        val_anno_dir=args.val_anno_dir,
-        save_dir=args.save_checkpoints_dir,
-        train_anno_db=args.train_anno_db,
-        anno_rule=args.anno_rule,
-        epochs=epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        lr_schedule=args.lr_schedule,
-        lr_decay_every_x_epochs=args.lr_decay_every_x_epochs,
-        gamma=args.gamma,
-        image_size=args.image_size,
-        arch=args.arch,
-        width=args.width,
-        stem_stride=args.stem_stride,
-        init_trunk=args.init_trunk,
-        patience=args.patience,
-        real_weight=args.real_weight,
-        colour_jitter=args.colour_jitter,
-        require_both=args.require_both,
-        feedback_fraction=args.ratio,
-        seed=args.seed,
-        device=args.device,
-        skip_bad_images=args.skip_bad_images,
-    )
+    return resolve(TrainConfig, args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

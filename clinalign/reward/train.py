@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from ..data.folder import images_to_tensor
 from ..errors import ConfigError
 from ..models.classifier import augment
+from ..review.db import redact_url
+from ..utils.config import option
 from .calibrate import fit_temperature
 from .calibrate import nll as logit_nll
 from .data import RewardData, load_reward_data, temporary_export, wrong_classes
@@ -44,50 +46,72 @@ _EVAL_BATCH = 512
 MIN_CALIBRATION_PER_VERDICT = 5
 
 
+def whole(text: str) -> int:
+    """An epoch count typed as a whole number or a float (the seed's scripts pass 30.0)."""
+    return int(round(float(text)))
+
+
 @dataclass
 class TrainConfig:
-    train_dir: Path | None
-    train_anno_dir: Path | None = None
-    val_dir: Path | None = None
-    val_anno_dir: Path | None = None
-    save_dir: Path = Path(".")
-    train_anno_db: str | None = None  # review database URL, exported into a temporary folder
-    anno_rule: str = "majority"  # how the export turns several reviewers' votes into one verdict
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-    lr_schedule: str = "cosine"  # or "step": x gamma every lr_decay_every_x_epochs (the seed's)
-    lr_decay_every_x_epochs: int = 5
-    gamma: float = 0.1
-    image_size: int | None = None
-    arch: str | None = None  # default resnet (or the --init_trunk checkpoint's)
-    width: int | None = None  # default DEFAULT_WIDTH (or the --init_trunk checkpoint's)
-    stem_stride: int | None = None  # default 2 from scratch, 1 with --init_trunk
-    init_trunk: Path | None = None
-    patience: int = 8
-    real_weight: float = 0.5
-    colour_jitter: float = 0.05
-    require_both: bool = False
-    feedback_fraction: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    skip_bad_images: bool = False
+    """The reward model's training; flags keep the seed's names (``train_scoring_function.py``)."""
+
+    train_dir: Path | None = option(None, "real images, CLASS/img.png (ImageNet layout)", kind=Path)
+    train_anno_dir: Path | None = option(
+        None, "judged synthetic images: CLASS/align/*.png, CLASS/notalign/*.png", kind=Path
+    )
+    val_dir: Path | None = option(None, "validation real images, CLASS/img.png", kind=Path)
+    val_anno_dir: Path | None = option(None, "validation judged images, CLASS/align|notalign/*.png", kind=Path)
+    save_dir: Path = option(
+        Path("."),
+        "where reward.safetensors, report.json and history.jsonl go (what `reward score --checkpoint` takes)",
+        name="save_checkpoints_dir",
+        kind=Path,
+    )
+    train_anno_db: str | None = option(
+        None, "review database URL (e.g. sqlite:///feedback.db) instead of --train_anno_dir", kind=str
+    )
+    anno_rule: str = option(
+        "majority", "how reviewers' votes become a verdict: majority, unanimous, reviewer:NAME (as review export)"
+    )
+    epochs: int = option(30, "maximum epochs (early stopping may end sooner)", kind=whole)
+    batch_size: int = option(64, "images per step")
+    lr: float = option(
+        2e-3,
+        "peak learning rate (the seed's 1e-4 suits a pretrained trunk; this one trains from scratch)",
+        aliases=("--init_lr",),
+    )
+    weight_decay: float = option(5e-4, "AdamW weight decay")
+    lr_schedule: str = option(
+        "cosine",
+        "one-cycle cosine, or the seed's step decay (--gamma every --lr_decay_every_x_epochs)",
+        choices=("cosine", "step"),
+    )
+    lr_decay_every_x_epochs: int = option(5, "step decay period (with --lr_schedule step)")
+    gamma: float = option(0.1, "step decay factor (with --lr_schedule step)")
+    image_size: int | None = option(None, "input size (default: the size of the first real image)", kind=int)
+    arch: str | None = option(None, "trunk (default resnet, or --init_trunk's)", choices=("resnet", "vgg"))
+    width: int | None = option(None, "trunk width (default 16, or --init_trunk's)", kind=int)
+    stem_stride: int | None = option(
+        None,
+        "stride of the trunk's first conv (default 2 from scratch, 1 with --init_trunk)",
+        choices=(1, 2),
+        kind=int,
+    )
+    init_trunk: Path | None = option(None, "start the trunk from a classifier saved by clinalign", kind=Path)
+    patience: int = option(8, "epochs without validation improvement before stopping")
+    real_weight: float = option(0.5, "share of each epoch's (image, class) pairs that come from real images")
+    colour_jitter: float = option(0.05, "mild per-channel gain/shift augmentation")
+    require_both: bool = option(False, "error (rather than warn) when the feedback holds only one verdict")
+    feedback_fraction: float = option(1.0, "fraction of the judged training images used, per class", name="ratio")
+    seed: int = option(0, "seeds data order, augmentation and initialisation")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1 ...")
+    skip_bad_images: bool = option(False, "leave undecodable image files out instead of stopping")
 
     def to_json(self) -> dict[str, Any]:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
         if self.train_anno_db:
-            out["train_anno_db"] = _safe_url(self.train_anno_db)  # report.json must not keep a password
+            out["train_anno_db"] = redact_url(self.train_anno_db)  # report.json must not keep a password
         return out
-
-
-def _safe_url(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<database URL>"
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -22,12 +22,32 @@ _MISSING = dataclasses.MISSING
 
 
 def option(
-    default: Any, help: str = "", *, choices: tuple | None = None, metavar: str | None = None, flag: bool = True
+    default: Any,
+    help: str = "",
+    *,
+    choices: tuple | None = None,
+    metavar: str | None = None,
+    flag: bool = True,
+    name: str | None = None,
+    aliases: tuple[str, ...] = (),
+    kind: Callable[[str], Any] | None = None,
 ) -> Any:
-    """A dataclass field with its command-line help; ``flag=False`` keeps it off the command line."""
-    return dataclasses.field(
-        default=default, metadata={"help": help, "choices": choices, "metavar": metavar, "flag": flag}
-    )
+    """A dataclass field with its command-line help; ``flag=False`` keeps it off the command line.
+
+    ``name``: the flag's name when it is not the field's (a seed script's spelling, e.g.
+    ``--save_checkpoints_dir`` for ``save_dir``); ``aliases``: more spellings; ``kind``: the type a
+    typed value is converted with when the default does not tell (a ``None`` default, a ``Path``).
+    """
+    meta = {
+        "help": help,
+        "choices": choices,
+        "metavar": metavar,
+        "flag": flag,
+        "name": name,
+        "aliases": aliases,
+        "kind": kind,
+    }
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def repeated(help: str = "", *, metavar: str | None = None) -> Any:
@@ -75,34 +95,27 @@ def add_flags(
     for f in flag_fields(cls):
         if f.name in skip or (only is not None and f.name not in only):
             continue
-        meta = f.metadata
         default = (defaults or {}).get(f.name, default_of(f))
-        help_text = meta["help"]
-        if meta.get("repeat"):
-            parser.add_argument(
-                f"--{f.name}",
-                action="append",
-                default=[],
-                metavar=meta.get("metavar"),
-                help=f"{help_text} (repeatable)",
-            )
-            continue
-        shown = f"{default!r}{', or the checkpoint' if inherit else ''}"
-        text = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
-        value = None if inherit else default
-        if isinstance(default, bool):
-            parser.add_argument(
-                f"--{f.name}", type=str2bool, default=value, metavar=meta.get("metavar") or "BOOL", help=text
-            )
-        else:
-            parser.add_argument(
-                f"--{f.name}",
-                type=type(default) if default is not None else str,
-                default=value,
-                choices=meta.get("choices"),
-                metavar=meta.get("metavar"),
-                help=text,
-            )
+        _add_flag(parser, f, default, inherit)
+
+
+def _add_flag(parser, f: dataclasses.Field, default: Any, inherit: bool) -> None:
+    meta = f.metadata
+    names = [f"--{meta.get('name') or f.name}", *meta.get("aliases", ())]
+    common = {"dest": f.name, "metavar": meta.get("metavar")}
+    if meta.get("repeat"):
+        parser.add_argument(*names, action="append", default=[], help=f"{meta['help']} (repeatable)", **common)
+        return
+    shown = f"{default!r}{', or the checkpoint' if inherit else ''}"
+    text = f"{meta['help']} (default: {shown})" if meta["help"] else f"(default: {shown})"
+    value = None if inherit else default
+    if isinstance(default, bool):
+        # --flag alone means True, as the seed scripts allow; --flag False turns it off
+        common["metavar"] = common["metavar"] or "BOOL"
+        parser.add_argument(*names, type=str2bool, nargs="?", const=True, default=value, help=text, **common)
+        return
+    kind = meta.get("kind") or (type(default) if default is not None else str)
+    parser.add_argument(*names, type=kind, default=value, choices=meta.get("choices"), help=text, **common)
 
 
 def _values(args: argparse.Namespace | Mapping[str, Any]) -> Mapping[str, Any]:
