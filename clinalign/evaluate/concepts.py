@@ -15,7 +15,6 @@ ignores the concept would score.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,13 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.folder import images_to_tensor
 from ..data.toy import subtype_of
 from ..errors import CheckpointError, DataError
-from ..models.fit import fit_classifier
-from .data import HALF_ORACLE, RealData, as_image_set, derived_seed, half_of, is_validation, stratified_cap
+from .data import HALF_ORACLE, RealData, as_image_set, half_of, is_validation, stratified_cap
 from .features import as_uint8_images, classifier_proba
-from .oracle import ORACLE_ARCH, OracleConfig, cache_dir, load_model_dir, save_model_dir, seeded_classifier
+from .oracle import ORACLE_ARCH, OracleConfig, cache_dir, load_model_dir, save_model_dir, train_judge
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +66,6 @@ class SubtypeOracle:
     ) -> SubtypeOracle:
         """``subtypes``: keep only these (e.g. leave out a handful of unlabelled ``NEUTROPHIL`` images)."""
         config = config or OracleConfig()
-        start = time.perf_counter()
         real = as_image_set(real)
         real = real.at(config.image_size, real.channels)
         mine = np.array(
@@ -95,11 +91,6 @@ class SubtypeOracle:
         fit_idx = np.flatnonzero(~val)
         fit_idx = fit_idx[stratified_cap([subtypes_of[i] for i in fit_idx], config.max_train, config.seed)]
         val_idx = np.flatnonzero(val)
-        index = {s: k for k, s in enumerate(subtypes)}
-        y = torch.tensor([index[s] for s in subtypes_of])
-        seed = derived_seed("concept-oracle", config.seed)
-        model = seeded_classifier(ORACLE_ARCH, real.channels, len(subtypes), config.width, seed)
-        x = images_to_tensor(own.images)
         log.info(
             "training the %s subtype oracle (%s, %s) on %d real images of half B",
             parent,
@@ -107,31 +98,19 @@ class SubtypeOracle:
             "/".join(subtypes),
             len(fit_idx),
         )
-        result = fit_classifier(
-            model,
-            x[fit_idx],
-            y[fit_idx],
-            x[val_idx] if len(val_idx) else None,
-            y[val_idx] if len(val_idx) else None,
-            num_classes=len(subtypes),
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            seed=seed,
-            progress=progress,
+        model, info = train_judge(
+            "concept-oracle",
+            ORACLE_ARCH,
+            subtypes,
+            own.subset(fit_idx),
+            [subtypes_of[i] for i in fit_idx],
+            own.subset(val_idx),
+            [subtypes_of[i] for i in val_idx],
+            config,
+            HALF_ORACLE,
+            progress,
         )
-        info = {
-            "role": "concept-oracle",
-            "arch": ORACLE_ARCH,
-            "half": HALF_ORACLE,
-            "seed": seed,
-            "parent": parent,
-            "train_ids": sorted(own.ids[i] for i in fit_idx),
-            "n_train": len(fit_idx),
-            "n_val": len(val_idx),
-            "val_accuracy": result.best_val_accuracy,
-            "fit_seconds": round(time.perf_counter() - start, 2),
-        }
+        info["parent"] = parent
         log.info("%s subtype oracle: validation accuracy %.3f", parent, info["val_accuracy"])
         return cls(model, parent, subtypes, real.channels, config, info)
 

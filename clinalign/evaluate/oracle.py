@@ -35,6 +35,7 @@ from ..models.fit import balanced_accuracy, fit_classifier
 from ..utils.fileio import atomic_directory
 from .data import (
     HALF_ORACLE,
+    ImageSet,
     RealData,
     as_image_set,
     assert_disjoint,
@@ -79,6 +80,56 @@ def seeded_classifier(arch: str, channels: int, num_outputs: int, width: int, se
     """A classifier whose initial weights depend on ``seed`` only (not on the global RNG's history)."""
     torch.manual_seed(seed)
     return build_classifier(arch, channels, num_outputs, width)
+
+
+def train_judge(
+    role: str,
+    arch: str,
+    labels: list[str],
+    fit: ImageSet,
+    fit_labels: list[str],
+    val: ImageSet,
+    val_labels: list[str],
+    config: Any,
+    half: str,
+    progress: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A classifier over ``labels`` for one of the judges (expert, oracle, subtype oracle) and what it
+    was trained on. Its seed is ``derived_seed(role, config.seed)``, so judges never share one.
+
+    ``config`` gives ``width``, ``epochs``, ``batch_size``, ``lr`` and ``seed``.
+    """
+    start = time.perf_counter()
+    index = {lab: k for k, lab in enumerate(labels)}
+    seed = derived_seed(role, config.seed)
+    model = seeded_classifier(arch, fit.channels, len(labels), config.width, seed)
+    result = fit_classifier(
+        model,
+        images_to_tensor(fit.images),
+        torch.tensor([index[lab] for lab in fit_labels]),
+        images_to_tensor(val.images) if len(val) else None,
+        torch.tensor([index[lab] for lab in val_labels]) if len(val) else None,
+        num_classes=len(labels),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=seed,
+        progress=progress,
+    )
+    info = {
+        "role": role,
+        "arch": arch,
+        "half": half,
+        "seed": seed,
+        "user_seed": config.seed,
+        "train_ids": sorted(fit.ids),
+        "n_train": len(fit),
+        "n_val": len(val),
+        "best_epoch": result.best_epoch,
+        "val_accuracy": result.best_val_accuracy,
+        "fit_seconds": round(time.perf_counter() - start, 2),
+    }
+    return model, info
 
 
 def cache_dir(root: str | Path, payload: dict[str, Any]) -> Path:
@@ -168,7 +219,6 @@ class EvaluationModels:
         ``real`` / ``test``: an ImageSet, an ImageFolderDataset or ``(uint8 NHWC, class names[, ids])``.
         """
         config = config or OracleConfig()
-        start = time.perf_counter()
         real = as_image_set(real)
         real = real.at(config.image_size, real.channels)
         test = None if test is None else as_image_set(test).at(config.image_size, real.channels)
@@ -188,8 +238,6 @@ class EvaluationModels:
         assert all(half_of(i) == HALF_ORACLE for i in fit_set.ids + val_set.ids)
         assert_disjoint(fit_set.ids + val_set.ids, held.ids, "oracle training vs real test")
 
-        seed = derived_seed("oracle", config.seed)
-        model = seeded_classifier(ORACLE_ARCH, real.channels, len(class_map), config.width, seed)
         log.info(
             "training the evaluation oracle (%s, %d px) on %d real images of half B (%d for validation)",
             ORACLE_ARCH,
@@ -197,40 +245,28 @@ class EvaluationModels:
             len(fit_set),
             len(val_set),
         )
-        result = fit_classifier(
-            model,
-            images_to_tensor(fit_set.images),
-            torch.from_numpy(fit_set.labels(class_map)),
-            images_to_tensor(val_set.images) if len(val_set) else None,
-            torch.from_numpy(val_set.labels(class_map)) if len(val_set) else None,
-            num_classes=len(class_map),
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            seed=seed,
-            progress=progress,
+        model, info = train_judge(
+            "oracle",
+            ORACLE_ARCH,
+            class_map.names,
+            fit_set,
+            fit_set.classes,
+            val_set,
+            val_set.classes,
+            config,
+            HALF_ORACLE,
+            progress,
         )
         pred = classifier_proba(model, held.images).argmax(axis=1)
         y = held.labels(class_map)
-        info = {
-            "role": "oracle",
-            "arch": ORACLE_ARCH,
-            "half": HALF_ORACLE,
-            "seed": seed,
-            "user_seed": config.seed,
-            "train_ids": sorted(fit_set.ids),
-            "n_train": len(fit_set),
-            "n_val": len(val_set),
-            "n_test": len(held),
-            "best_epoch": result.best_epoch,
-            "val_accuracy": result.best_val_accuracy,
-            "test_accuracy": float((pred == y).mean()),
-            "test_balanced_accuracy": balanced_accuracy(torch.from_numpy(pred), torch.from_numpy(y), len(class_map)),
-            "fit_seconds": round(time.perf_counter() - start, 2),
-            "real": real.name,
-            "real_fingerprint": real.fingerprint(),
-            "test_fingerprint": test.fingerprint() if test is not None else None,
-        }
+        info.update(
+            n_test=len(held),
+            test_accuracy=float((pred == y).mean()),
+            test_balanced_accuracy=balanced_accuracy(torch.from_numpy(pred), torch.from_numpy(y), len(class_map)),
+            real=real.name,
+            real_fingerprint=real.fingerprint(),
+            test_fingerprint=test.fingerprint() if test is not None else None,
+        )
         log.info(
             "oracle: real test accuracy %.3f (balanced %.3f), trained in %.1fs",
             info["test_accuracy"],

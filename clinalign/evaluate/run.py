@@ -153,42 +153,59 @@ def _score_set(
     feats = models.embed(s.images)
     man = prdc(ref.reference_features, feats, config.k, ref.radii)
     checklist = ref.checklist.judge(s.images, s.classes)
-    j = judge(
-        models,
-        models.oracle_proba(s.images),
-        s.classes,
-        man.in_manifold,
-        config.tau,
-        checklist.plausible if config.checklist else None,
-    )
+    on = checklist.plausible if config.checklist else None
+    j = judge(models, models.oracle_proba(s.images), s.classes, man.in_manifold, config.tau, on)
     mem = memorisation(feats, s.images, ref, copies)
     rewards = None if reward is None else np.asarray(reward(samples), dtype=np.float64).reshape(-1)
     if rewards is not None and len(rewards) != len(s):
         raise ValueError(f"reward model returned {len(rewards)} scores for {len(s)} images")
+    result = SetResult(name, s, feats, j, man, mem, rewards, {}, checklist)
+    result.metrics = _set_metrics(result, models, ref, copies)
+    if config.utility is not None:
+        result.metrics["utility"] = tstr(
+            s, ref.train, ref.test, models.class_map, config.utility, utility_baseline, progress
+        )
+    _bootstrap(result, ref, config)
+    m = result.metrics
+    m["seconds"] = round(time.perf_counter() - start, 2)
+    log.info(
+        "%s: %d samples, plausible %.3f (class-consistent %.3f, on-manifold %.3f, checklist %.3f), FID %.2f",
+        name,
+        len(s),
+        m["plausibility"]["rate"],
+        m["plausibility"]["oracle_rate"],
+        m["plausibility"]["manifold_rate"],
+        m["checklist"]["all"],
+        m["fid"],
+    )
+    return result
 
-    classes = np.asarray(s.classes, dtype=object)
-    m: dict[str, Any] = {"n": len(s), "class_counts": class_counts(s.classes)}
-    m["fid"] = fid_to_stats(feats, *ref.stats)
+
+def _set_metrics(r: SetResult, models: EvaluationModels, ref: RealReference, copies: CopyReference) -> dict:
+    """Every metric of one set that is not bootstrapped: FID (overall, per class), PRDC, the verdicts' rates."""
+    classes = np.asarray(r.samples.classes, dtype=object)
+    names = sorted(set(r.samples.classes))
+    m: dict[str, Any] = {"n": len(r.samples), "class_counts": class_counts(r.samples.classes)}
+    m["fid"] = fid_to_stats(r.features, *ref.stats)
     m["fid_per_class"] = {
-        c: (fid_to_stats(feats[classes == c], *ref.class_stats[c]) if c in ref.class_stats else float("nan"))
-        for c in sorted(set(s.classes))
+        c: (fid_to_stats(r.features[classes == c], *ref.class_stats[c]) if c in ref.class_stats else float("nan"))
+        for c in names
     }
     if models.inception is not None:
-        m["fid_inception"] = fid_to_stats(models.inception(s.images), *ref.inception_stats)
-    m["prdc"] = man.summary()
-    m["plausibility"] = summarise(j)
-    m["checklist"] = checklist.summary()
-    if rewards is not None:
-        m["reward"] = {
-            "mean": _mean(rewards),
-            "per_class": {c: _mean(rewards[classes == c]) for c in sorted(set(s.classes))},
-        }
-    m["memorisation"] = mem.summary(copies)
-    if config.utility is not None:
-        m["utility"] = tstr(s, ref.train, ref.test, models.class_map, config.utility, utility_baseline, progress)
+        m["fid_inception"] = fid_to_stats(models.inception(r.samples.images), *ref.inception_stats)
+    m["prdc"] = r.manifold.summary()
+    m["plausibility"] = summarise(r.judgement)
+    m["checklist"] = r.checklist.summary()
+    if r.reward is not None:
+        m["reward"] = {"mean": _mean(r.reward), "per_class": {c: _mean(r.reward[classes == c]) for c in names}}
+    m["memorisation"] = r.memorisation.summary(copies)
+    return m
 
-    # Bootstrap: per-sample quantities whose mean is the metric, plus FID recomputed per draw.
-    seed = derived_seed(f"bootstrap:{name}", config.seed)
+
+def _bootstrap(r: SetResult, ref: RealReference, config: MetricConfig) -> None:
+    """Intervals of the per-sample means (and FID recomputed per draw) into ``r.metrics['ci']``."""
+    j, man, m = r.judgement, r.manifold, r.metrics
+    seed = derived_seed(f"bootstrap:{r.name}", config.seed)
     per_sample: dict[tuple[str, ...], np.ndarray] = {
         ("plausibility", "rate"): j.plausible,
         ("plausibility", "oracle_rate"): j.recognised,
@@ -196,32 +213,25 @@ def _score_set(
         ("plausibility", "mean_p_declared"): j.p_declared,
         ("prdc", "precision"): man.in_manifold,
         ("prdc", "density"): man.ball_count / config.k,
-        ("checklist", "all"): checklist.plausible,
-        ("memorisation", "feature", "near_copy_fraction"): mem.near_copy_feature,
+        ("checklist", "all"): r.checklist.plausible,
+        ("memorisation", "feature", "near_copy_fraction"): r.memorisation.near_copy_feature,
     }
-    if rewards is not None:
-        per_sample[("reward", "mean")] = rewards
-    for c in sorted(set(s.classes)):
+    if r.reward is not None:
+        per_sample[("reward", "mean")] = r.reward
+    classes = np.asarray(r.samples.classes, dtype=object)
+    for c in sorted(set(r.samples.classes)):
         per_sample[("plausibility", "per_class", c, "rate")] = j.plausible[classes == c]
     reps = {key: bs.replicate_mean(v, config.bootstrap, seed) for key, v in per_sample.items()}
     if config.bootstrap:
         real_stats = FrechetReference(*ref.stats)  # the same d² as fid_to_stats, fast for many draws
-        reps[("fid",)] = bs.replicate(lambda idx: real_stats.distance(feats[idx]), len(s), config.bootstrap, seed)
-    m["ci"] = {".".join(key): list(bs.percentile_interval(r, config.level)) for key, r in reps.items()}
+        reps[("fid",)] = bs.replicate(
+            lambda idx: real_stats.distance(r.features[idx]), len(classes), config.bootstrap, seed
+        )
+    m["ci"] = {".".join(key): list(bs.percentile_interval(v, config.level)) for key, v in reps.items()}
     if config.bootstrap:
         lo, hi = bs.percentile_interval(reps[("fid",)], config.level, bias_from=m["fid"])  # see bootstrap.py
         m["ci"]["fid"] = [max(lo, 0.0), max(hi, 0.0)]
-    m["seconds"] = round(time.perf_counter() - start, 2)
-    log.info(
-        "%s: %d samples, plausible %.3f (oracle %.3f, manifold %.3f), FID %.2f",
-        name,
-        len(s),
-        m["plausibility"]["rate"],
-        m["plausibility"]["oracle_rate"],
-        m["plausibility"]["manifold_rate"],
-        m["fid"],
-    )
-    return SetResult(name, s, feats, j, man, mem, rewards, m, checklist, reps)
+    r.replicates = reps
 
 
 def lookup(metrics: dict, path: tuple[str, ...]) -> float | None:

@@ -25,7 +25,6 @@ import csv
 import hashlib
 import io
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,8 +50,7 @@ from ..evaluate.data import (
     stratified_cap,
 )
 from ..evaluate.features import as_uint8_images, classifier_proba
-from ..evaluate.oracle import cache_dir, load_model_dir, save_model_dir, seeded_classifier
-from ..models.fit import fit_classifier
+from ..evaluate.oracle import cache_dir, load_model_dir, save_model_dir, train_judge
 from ..utils.config import option
 from ..utils.fileio import atomic_writer
 
@@ -272,7 +270,6 @@ class ExpertSimulator:
         """
         config = config or ExpertConfig()
         label_fn = label_fn or LABEL_FUNCTIONS[config.label_from]
-        start = time.perf_counter()
         real = as_image_set(real)
         real = real.at(config.image_size, real.channels)
         in_a = np.array([half_of(i) == HALF_EXPERT for i in real.ids])
@@ -287,7 +284,6 @@ class ExpertSimulator:
             )
         assert all(half_of(i) == HALF_EXPERT for i in fit_set.ids + val_set.ids)  # never the oracle's half
         labels = sorted(set(fit_labels))
-        index = {lab: k for k, lab in enumerate(labels)}
         missing = sorted(set(real.classes) - {parent_of(lab) for lab in labels})
         if missing:
             log.warning(
@@ -297,10 +293,8 @@ class ExpertSimulator:
                 real.name or "the real data",
             )
         val_labels = [label_fn(i, c) for i, c in zip(val_set.ids, val_set.classes)]
-        val_keep = [k for k, lab in enumerate(val_labels) if lab in index]
-        val_set = val_set.subset(val_keep)
-        seed = derived_seed("expert", config.seed)
-        model = seeded_classifier(EXPERT_ARCH, real.channels, len(labels), config.width, seed)
+        val_keep = [k for k, lab in enumerate(val_labels) if lab in labels]
+        val_set, val_labels = val_set.subset(val_keep), [val_labels[k] for k in val_keep]
         log.info(
             "training the simulated expert (%s, %d px, %d labels) on %d real images of half A",
             EXPERT_ARCH,
@@ -308,34 +302,10 @@ class ExpertSimulator:
             len(labels),
             len(fit_set),
         )
-        result = fit_classifier(
-            model,
-            images_to_tensor(fit_set.images),
-            torch.tensor([index[lab] for lab in fit_labels]),
-            images_to_tensor(val_set.images) if len(val_set) else None,
-            torch.tensor([index[val_labels[k]] for k in val_keep]) if len(val_set) else None,
-            num_classes=len(labels),
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            seed=seed,
-            progress=progress,
+        model, info = train_judge(
+            "expert", EXPERT_ARCH, labels, fit_set, fit_labels, val_set, val_labels, config, HALF_EXPERT, progress
         )
-        info = {
-            "role": "expert",
-            "arch": EXPERT_ARCH,
-            "half": HALF_EXPERT,
-            "seed": seed,
-            "user_seed": config.seed,
-            "train_ids": sorted(fit_set.ids),
-            "n_train": len(fit_set),
-            "n_val": len(val_set),
-            "best_epoch": result.best_epoch,
-            "val_accuracy": result.best_val_accuracy,
-            "fit_seconds": round(time.perf_counter() - start, 2),
-            "real": real.name,
-            "real_fingerprint": real.fingerprint(),
-        }
+        info.update(real=real.name, real_fingerprint=real.fingerprint())
         log.info(
             "simulated expert: validation accuracy %.3f, trained in %.1fs", info["val_accuracy"], info["fit_seconds"]
         )
