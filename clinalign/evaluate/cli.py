@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
 
-from ..utils.config import str2bool
+from ..utils.config import add_flags, resolve, str2bool
 from .oracle import OracleConfig
 from .run import MetricConfig, evaluate, json_safe
 from .utility import UtilityConfig
@@ -54,46 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0,
         help="torch CPU threads (0: torch's default; 1 is often fastest on a busy machine)",
     )
-
-    d = OracleConfig()
-    m = p.add_argument_group("evaluation models (part of the cache key)")
-    m.add_argument("--image_size", type=int, default=d.image_size, help="side every image is scaled to")
-    m.add_argument("--epochs", type=int, default=d.epochs, help="oracle training epochs")
-    m.add_argument("--width", type=int, default=d.width, help="oracle base channel width")
-    m.add_argument("--batch_size", type=int, default=d.batch_size)
-    m.add_argument("--lr", type=float, default=d.lr)
-    m.add_argument("--max_train", type=int, default=d.max_train, help="cap on oracle training images (0 = all)")
-    m.add_argument(
-        "--test_fraction",
-        type=float,
-        default=d.test_fraction,
-        help="share of --real held out as test when --real_test is not given",
-    )
-    m.add_argument("--seed", type=int, default=0)
-
-    c, u = MetricConfig(), UtilityConfig()
+    add_flags(p.add_argument_group("evaluation models (part of the cache key)"), OracleConfig)
     s = p.add_argument_group("metrics")
-    s.add_argument("--tau", type=float, default=c.tau, help="oracle probability of the declared class needed")
-    s.add_argument(
-        "--checklist",
-        type=str2bool,
-        default=c.checklist,
-        metavar="BOOL",
-        help="the clinical checklist is part of plausibility (single-cell images; False for other data)",
-    )
-    s.add_argument("--k", type=int, default=c.k, help="neighbours for the k-NN manifold (PRDC)")
-    s.add_argument(
-        "--max_reference",
-        type=int,
-        default=c.max_reference,
-        help="real images spanning the manifold (stratified subsample)",
-    )
-    s.add_argument("--bootstrap", type=int, default=c.bootstrap, help="bootstrap draws for the intervals (0 = none)")
+    add_flags(s, MetricConfig)
     s.add_argument("--utility", type=str2bool, default=True, metavar="BOOL", help="train the TSTR classifiers")
-    s.add_argument("--utility_steps", type=int, default=u.steps, help="optimiser steps per TSTR classifier")
-    s.add_argument(
-        "--utility_max_train", type=int, default=u.max_train, help="images per TSTR training set (stratified subsample)"
-    )
+    add_flags(s, UtilityConfig)
 
 
 def _num(value: float | None) -> str:
@@ -103,30 +69,9 @@ def _num(value: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    oracle = OracleConfig(
-        image_size=args.image_size,
-        width=args.width,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        test_fraction=args.test_fraction,
-        max_train=args.max_train,
-    )
-    utility = (
-        UtilityConfig(steps=args.utility_steps, max_train=args.utility_max_train, seed=args.seed)
-        if args.utility
-        else None
-    )
-    metrics = MetricConfig(
-        tau=args.tau,
-        k=args.k,
-        max_reference=args.max_reference,
-        bootstrap=args.bootstrap,
-        seed=args.seed,
-        utility=utility,
-        checklist=args.checklist,
-    )
+    oracle = resolve(OracleConfig, args)
+    utility = dataclasses.replace(resolve(UtilityConfig, args), seed=oracle.seed) if args.utility else None
+    metrics = dataclasses.replace(resolve(MetricConfig, args), seed=oracle.seed, utility=utility)
     result = evaluate(
         args.real,
         args.samples,

@@ -32,6 +32,7 @@ from ..data.folder import images_to_tensor
 from ..errors import CheckpointError, DataError
 from ..models.classifier import build_classifier, load_classifier, save_classifier
 from ..models.fit import balanced_accuracy, fit_classifier
+from ..utils.config import option
 from ..utils.fileio import atomic_directory
 from .data import (
     HALF_ORACLE,
@@ -59,15 +60,15 @@ _FORMAT = 1
 class OracleConfig:
     """How the oracle is trained; every field is part of the cache key."""
 
-    image_size: int = 32
-    width: int = 32
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 2e-3
-    seed: int = 0
-    test_fraction: float = 0.2  # held out of --real when no --real_test is given
-    val_fraction: float = 0.1  # of half B, for early stopping
-    max_train: int = 0  # cap on training images (stratified); 0 = all of half B
+    image_size: int = option(32, "side every image is scaled to (the generator's, for samples from one)")
+    width: int = option(32, "oracle base channel width")
+    epochs: int = option(10, "oracle training epochs (early stopping on its validation slice)")
+    batch_size: int = option(64, "oracle training batch size")
+    lr: float = option(2e-3, "oracle learning rate")
+    seed: int = option(0, "seeds the oracle, the bootstrap and the TSTR classifiers")
+    test_fraction: float = option(0.2, "share of --real held out as test when --real_test is not given")
+    val_fraction: float = option(0.1, "of half B, for early stopping", flag=False)
+    max_train: int = option(0, "cap on oracle training images (stratified; 0 = all of half B)")
 
     def __post_init__(self) -> None:
         if self.image_size < 8:

@@ -27,6 +27,7 @@ import torch
 from ..data.classmap import ClassMap
 from ..data.folder import images_to_tensor
 from ..errors import DataError
+from ..utils.config import option
 from ..utils.fileio import atomic_writer
 from . import bootstrap as bs
 from .checklist import CRITERIA, ChecklistVerdict
@@ -73,17 +74,19 @@ DEFINITIONS = {
 class MetricConfig:
     """How sample sets are scored (none of it changes the cached models)."""
 
-    tau: float = 0.5
-    k: int = 5
-    max_reference: int = 10000  # real vectors spanning the k-NN manifold (stratified subsample)
-    bootstrap: int = 200
-    level: float = 0.95
-    copy_percentile: float = 1.0
+    tau: float = option(0.5, "oracle probability of the declared class needed")
+    k: int = option(5, "neighbours for the k-NN manifold (PRDC)")
+    max_reference: int = option(10000, "real images spanning the manifold (stratified subsample)")
+    bootstrap: int = option(200, "bootstrap draws for the intervals (0 = none)")
+    level: float = option(0.95, "interval level", flag=False)
+    copy_percentile: float = option(1.0, "near copy: closer than this percentile of real-to-real distances", flag=False)
     # The clinical checklist is part of plausibility (single-cell images); each range spans real
     # cells' [q, 1 - q] percentiles, so a real cell fails a criterion with probability ~2q.
-    checklist: bool = True
-    checklist_quantile: float = 0.005
-    seed: int = 0
+    checklist: bool = option(
+        True, "the clinical checklist is part of plausibility (single-cell images; False for other data)"
+    )
+    checklist_quantile: float = option(0.005, "each checklist range spans real cells' [q, 1 - q] percentiles")
+    seed: int = option(0, flag=False)
     utility: UtilityConfig | None = field(default_factory=UtilityConfig)  # None: skip TSTR
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ import torch
 from ..data.classmap import ClassMap
 from ..data.folder import images_to_tensor
 from ..models.fit import balanced_accuracy, fit_classifier, predict_proba
+from ..utils.config import option
 from ..utils.fileio import atomic_writer
 from .data import ImageSet, derived_seed, stratified_cap
 from .oracle import seeded_classifier
@@ -30,15 +31,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class UtilityConfig:
-    arch: str = "resnet"
-    width: int = 16
+    arch: str = option("resnet", flag=False)
+    width: int = option(16, flag=False)
     # A budget in optimiser steps, not epochs, so that a small synthetic set gets as much training
     # as the real baseline instead of losing on set size alone.
-    steps: int = 300
-    batch_size: int = 64
-    lr: float = 2e-3
-    max_train: int = 2000  # per training set (stratified subsample), to bound the time
-    seed: int = 0
+    steps: int = option(300, "optimiser steps per TSTR classifier", name="utility_steps")
+    batch_size: int = option(64, flag=False)
+    lr: float = option(2e-3, flag=False)
+    max_train: int = option(2000, "images per TSTR training set (stratified subsample)", name="utility_max_train")
+    seed: int = option(0, flag=False)
 
 
 def train_test(

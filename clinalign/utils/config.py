@@ -101,8 +101,9 @@ def add_flags(
 
 def _add_flag(parser, f: dataclasses.Field, default: Any, inherit: bool) -> None:
     meta = f.metadata
-    names = [f"--{meta.get('name') or f.name}", *meta.get("aliases", ())]
-    common = {"dest": f.name, "metavar": meta.get("metavar")}
+    key = meta.get("name") or f.name
+    names = [f"--{key}", *meta.get("aliases", ())]
+    common = {"dest": key, "metavar": meta.get("metavar")}
     if meta.get("repeat"):
         parser.add_argument(*names, action="append", default=[], help=f"{meta['help']} (repeatable)", **common)
         return
@@ -123,9 +124,23 @@ def _values(args: argparse.Namespace | Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def typed(args: argparse.Namespace | Mapping[str, Any], cls) -> dict[str, Any]:
-    """The fields of ``cls`` given in ``args`` (an option left ``None`` by ``inherit=True`` is not given)."""
+    """The fields of ``cls`` given in ``args`` (an option left ``None`` by ``inherit=True`` is not given).
+
+    From parsed flags (a Namespace) only ``cls``'s own flags are read, under their flag names, so
+    that two configs sharing a parser never take each other's values; from a dict (a caller's),
+    a field is found under its flag name or its own.
+    """
     values = _values(args)
-    return {f.name: values[f.name] for f in dataclasses.fields(cls) if values.get(f.name) is not None}
+    parsed = isinstance(args, argparse.Namespace)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if parsed and not f.metadata.get("flag", False):
+            continue
+        for key in (f.metadata.get("name"), None if parsed and f.metadata.get("name") else f.name):
+            if key and values.get(key) is not None:
+                out[f.name] = values[key]
+                break
+    return out
 
 
 def from_dict(cls: type[C], values: Mapping[str, Any] | None, what: str = "") -> C:
