@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from clinalign.data.naming import list_images
-from clinalign.pipeline.rounds import AwaitingFeedback, RoundConfig, run_loop, split_feedback
+from clinalign.pipeline.rounds import AwaitingFeedback, FeedbackSource, RoundConfig, run_loop, split_feedback
 from clinalign.training.checkpoint import find_checkpoint
 
 TINY_ROUND = RoundConfig(
@@ -71,7 +71,7 @@ def test_feedback_folder_pauses_until_the_judgements_exist(pretrained, toy_dir, 
     out = tmp_path / "loop"
     judged = tmp_path / "judged"
     with pytest.raises(AwaitingFeedback, match="judge the samples"):
-        run_loop(pretrained, toy_dir, out, rounds=1, cfg=TINY_ROUND, feedback=judged)
+        run_loop(pretrained, toy_dir, out, rounds=1, cfg=TINY_ROUND, source=FeedbackSource(folder=judged))
     samples = out / "round_1" / "samples"
     assert len(list_images(samples)) == 16, "sampling finished before the pause"
     # an expert judges: half plausible, half not
@@ -80,15 +80,28 @@ def test_feedback_folder_pauses_until_the_judgements_exist(pretrained, toy_dir, 
         dest = judged / cls / ("align" if i % 2 else "notalign")
         dest.mkdir(parents=True, exist_ok=True)
         (dest / p.name).write_bytes(p.read_bytes())
-    results = run_loop(pretrained, toy_dir, out, rounds=1, cfg=TINY_ROUND, feedback=judged)
+    results = run_loop(pretrained, toy_dir, out, rounds=1, cfg=TINY_ROUND, source=FeedbackSource(folder=judged))
     assert find_checkpoint(results[0].checkpoint).step == 3
 
 
-def test_review_database_feedback_times_out_cleanly(pretrained, toy_dir, tmp_path):
+def test_review_database_asks_for_reviewers_then_loads_the_batch_and_times_out_cleanly(pretrained, toy_dir, tmp_path):
+    from clinalign.cli import main
+    from clinalign.review.db import Store
+    from clinalign.review.stats import dashboard
+
     out = tmp_path / "loop"
     db = f"sqlite:///{tmp_path / 'fb.db'}"
-    with pytest.raises(AwaitingFeedback, match="0 of 16 verdicts"):
-        run_loop(pretrained, toy_dir, out, rounds=1, cfg=TINY_ROUND, feedback_db=db, review_timeout_s=0.01)
+    source = FeedbackSource(db=db, per_image=2, qc_share=0.25, review_timeout_s=0.01)
+    with pytest.raises(AwaitingFeedback, match="has 0 reviewer.*needs 2.*add-reviewer"):
+        run_loop(pretrained, toy_dir, out, rounds=1, cfg=TINY_ROUND, source=source)
+    for name in ("ana", "ben"):
+        assert main(["review", "add-reviewer", name, "--db", db]) == 0
+    with pytest.raises(AwaitingFeedback, match="0 of 32 verdicts"):  # 16 samples x 2 reviewers each
+        run_loop(pretrained, toy_dir, out, rounds=1, cfg=TINY_ROUND, source=source)
+    with Store(db).read() as s:
+        batch = dashboard(s)["batches"][0]
+    assert batch["name"] == "round_1" and batch["per_image"] == 2
+    assert batch["qc_share"] == 0.25 and batch["samples"] == 16 and batch["qc"] == 5, batch  # 5 of 21 in the queue
 
 
 def test_split_feedback_is_deterministic(tmp_path):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..utils.config import add_flags, resolve
 from .demo import DemoConfig, format_table, run_demo
-from .rounds import AwaitingFeedback, RoundConfig, round_summary, run_loop
+from .rounds import AwaitingFeedback, FeedbackSource, RoundConfig, round_summary, run_loop
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
@@ -19,11 +20,15 @@ def cmd_loop(args: argparse.Namespace) -> int:
             args.rounds,
             args.real_val or None,
             resolve(RoundConfig, args),
-            args.feedback or None,
+            FeedbackSource(
+                folder=Path(args.feedback) if args.feedback else None,
+                db=args.db,
+                per_image=args.per_image,
+                qc_share=args.qc_share,
+                review_timeout_s=args.review_timeout,
+                expert_real=Path(args.expert_real) if args.expert_real else None,
+            ),
             progress=True,
-            feedback_db=args.db,
-            review_timeout_s=args.review_timeout,
-            expert_real=args.expert_real or None,
         )
     except AwaitingFeedback as pause:
         print(f"paused: {pause}")
@@ -63,6 +68,13 @@ def register(subparsers) -> None:
         default="",
         help="review database URL: load each round's samples into the review "
         "app and wait until they are judged (instead of the simulated expert)",
+    )
+    parser.add_argument("--per_image", type=int, default=1, help="with --db, reviewers who judge each image")
+    parser.add_argument(
+        "--qc_share",
+        type=float,
+        default=0.1,
+        help="with --db, the share of the review queue that is blind real images (quality control)",
     )
     parser.add_argument(
         "--review_timeout",

@@ -32,7 +32,7 @@ from ..sampling.sample import sample_folder
 from ..training.checkpoint import Checkpoint, find_checkpoint, list_checkpoints
 from ..utils.config import option
 from ..utils.fileio import write_json_atomic, write_text_atomic
-from .rounds import RoundConfig, run_round
+from .rounds import FeedbackSource, RoundConfig, run_round
 
 log = logging.getLogger(__name__)
 
@@ -227,16 +227,8 @@ class Comparison:
         current = self.base.path
         for k in range(1, self.ccfg.rounds + 1):
             t = time.perf_counter()
-            r = run_round(
-                k,
-                current,
-                self.pools.generator,
-                None,
-                self.out,
-                rcfg,
-                progress=self.progress,
-                expert_real=self.pools.expert,
-            )
+            source = FeedbackSource(expert_real=self.pools.expert)
+            r = run_round(k, current, self.pools.generator, None, self.out, rcfg, source, self.progress)
             self.seconds["feedback"] += time.perf_counter() - t
             current = r.checkpoint
             self.check_judges_never_saw_g()

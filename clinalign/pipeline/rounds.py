@@ -104,6 +104,25 @@ class RoundResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class FeedbackSource:
+    """Where a round's verdicts come from.
+
+    ``folder``: judgements a user puts in ``CLASS/align|notalign`` (one round); ``db``: the review
+    app's database, each image judged by ``per_image`` reviewers, ``qc_share`` of the queue blind real
+    images, the loop waiting ``review_timeout_s`` (0 = until done); neither: the simulated expert,
+    trained on ``expert_real`` (real images the generator never saw; default its own training images).
+    """
+
+    folder: Path | None = None
+    db: str = ""
+    per_image: int = 1
+    qc_share: float = 0.1
+    review_timeout_s: float = 0.0
+    expert_real: Path | None = None
+    expert_dir: Path | None = None
+
+
 def _val_member(file_id: str, share: float) -> bool:
     """Deterministic split by file name, so a rerun holds out the same images."""
     return hash01("clinalign-feedback-val", file_id) < share
@@ -138,14 +157,7 @@ class AwaitingFeedback(Exception):
 
 
 def review_feedback(
-    db_url: str,
-    batch: str,
-    samples: Path,
-    reference: Path,
-    out: Path,
-    per_image: int = 1,
-    poll_s: float = 10.0,
-    timeout_s: float = 0.0,
+    source: FeedbackSource, batch: str, samples: Path, reference: Path, out: Path, poll_s: float = 10.0
 ) -> Path:
     """Load ``samples`` into the review app as ``batch`` (once), wait until every image is judged,
     then export the majority verdicts into ``out`` (CLASS/align|notalign)."""
@@ -154,19 +166,35 @@ def review_feedback(
     from ..review.ingest import add_batch
     from ..review.stats import dashboard
 
-    store = Store(db_url)
+    store = Store(source.db)
     with store.read() as s:
-        known = {b["name"] for b in dashboard(s)["batches"]}
-    if batch not in known:
-        add_batch(store, samples, reference=reference, per_image=per_image, name=batch)
-        log.info("added %s to the review database %s as batch %r; waiting for the experts", samples, db_url, batch)
+        board = dashboard(s)
+    if batch not in {b["name"] for b in board["batches"]}:
+        reviewers = [r["name"] for r in board["reviewers"]]
+        if len(reviewers) < source.per_image:
+            raise AwaitingFeedback(
+                f"{store.safe_url} has {len(reviewers)} reviewer(s) and each image needs {source.per_image}: add "
+                f"them with `clinalign review add-reviewer NAME --db URL` (it prints each private link), start "
+                "`clinalign review serve --db URL`, then rerun this command"
+            )
+        add_batch(store, samples, reference=reference, per_image=source.per_image, qc_share=source.qc_share, name=batch)
+        log.info(
+            "loaded %s into %s as batch %r (%d reviewer(s) per image, %.0f %% of the queue blind real QC); reviewers %s "
+            "judge it through their private links",
+            samples,
+            store.safe_url,
+            batch,
+            source.per_image,
+            100 * source.qc_share,
+            ", ".join(reviewers),
+        )
     start = time.monotonic()
     while True:
         with store.read() as s:
             totals = dashboard(s, batch)["totals"]
         if totals["required"] and totals["done"] >= totals["required"]:
             break
-        if timeout_s and time.monotonic() - start > timeout_s:
+        if source.review_timeout_s and time.monotonic() - start > source.review_timeout_s:
             raise AwaitingFeedback(
                 f"batch {batch!r}: {totals['done']} of {totals['required']} verdicts so far; "
                 "rerun the command once the experts have finished"
@@ -194,23 +222,17 @@ def run_round(
     real_val: Path | None,
     out: Path,
     cfg: RoundConfig,
-    feedback: Path | None = None,
-    expert_dir: Path | None = None,
+    source: FeedbackSource | None = None,
     progress: bool = False,
-    feedback_db: str = "",
-    review_timeout_s: float = 0.0,
-    expert_real: Path | None = None,
 ) -> RoundResult:
     """One round; each step is skipped when its output is already complete.
 
     ``real_train``: the generator's training images (the finetune's anchor and the reward model's
-    real images). ``expert_real``: the simulated expert's experience, real images the generator
-    never saw (default: ``real_train``; see :mod:`clinalign.data.pools`).
+    real images); ``source``: where the verdicts come from (default: the simulated expert).
     """
-    from ..reward.score import score_folder
-    from ..reward.train import TrainConfig, train_reward
     from ..sampling.sample import sample_folder
 
+    source = source or FeedbackSource()
     rdir = out / f"round_{k}"
     rdir.mkdir(parents=True, exist_ok=True)
     secs: dict[str, float] = {}
@@ -223,43 +245,10 @@ def run_round(
 
     fb = rdir / "feedback"
     with _timed(secs, "feedback"):
-        expert_rate = _collect_feedback(
-            k,
-            ck,
-            samples,
-            fb,
-            real_train,
-            out,
-            cfg,
-            feedback,
-            expert_dir,
-            progress,
-            feedback_db,
-            review_timeout_s,
-            expert_real,
-        )
-        fb_train, fb_val = split_feedback(fb, cfg.val_share)
-
-    reward_dir = rdir / "reward"
+        expert_rate = _collect_feedback(k, ck, samples, fb, real_train, out, cfg, source, progress)
     with _timed(secs, "reward"):
-        if not (reward_dir / "reward.safetensors").exists():
-            train_reward(
-                TrainConfig(
-                    train_dir=real_train,
-                    train_anno_dir=fb_train,
-                    val_dir=real_val,
-                    val_anno_dir=fb_val if any(fb_val.iterdir()) else None,
-                    save_dir=reward_dir,
-                    epochs=cfg.reward_epochs,
-                    image_size=cfg.reward_image_size or ck.model.image_size,
-                    seed=cfg.seed,
-                    device="cpu" if cfg.device == "cpu" else "auto",
-                )
-            )
-        rewards_csv = samples / "rewards.csv"
-        if not rewards_csv.exists():
-            score_folder(reward_dir, samples, rewards_csv)
-    mean_reward = _mean_reward(rewards_csv)
+        reward_dir = train_and_score(rdir, ck, samples, fb, real_train, real_val, cfg)
+    mean_reward = _mean_reward(samples / "rewards.csv")
 
     with _timed(secs, "finetune"):
         tuned = finetune_on_feedback(
@@ -278,42 +267,67 @@ def _collect_feedback(
     real_train: Path,
     out: Path,
     cfg: RoundConfig,
-    feedback: Path | None,
-    expert_dir: Path | None,
+    source: FeedbackSource,
     progress: bool,
-    feedback_db: str,
-    review_timeout_s: float,
-    expert_real: Path | None,
 ) -> float | None:
     """The round's verdicts in ``fb`` (CLASS/align|notalign): from the review database, a folder the
     user filled, or the simulated expert; returns the expert's plausible rate when it judged."""
     from ..expert.simulator import ExpertConfig, simulate
 
-    if feedback_db and not fb.exists():
-        review_feedback(feedback_db, f"round_{k}", samples, real_train, fb, timeout_s=review_timeout_s)
-    elif feedback is not None and not fb.exists():
-        if not feedback.exists():
+    if source.db and not fb.exists():
+        review_feedback(source, f"round_{k}", samples, real_train, fb)
+    elif source.folder is not None and not fb.exists():
+        if not source.folder.exists():
             raise AwaitingFeedback(
-                f"round {k}: judge the samples in {samples} and put the verdicts in {feedback} "
-                "(CLASS/align/*.png, CLASS/notalign/*.png), then rerun the same command"
+                f"round {k}: judge the samples in {samples} and put the verdicts in {source.folder} "
+                "(CLASS/align/*.png, CLASS/notalign/*.png; keep the sample file names), then rerun the same command"
             )
-        shutil.copytree(feedback, fb)
-    elif feedback is None and not feedback_db and not (fb / "judgements.csv").exists():
+        shutil.copytree(source.folder, fb)
+    elif source.folder is None and not source.db and not (fb / "judgements.csv").exists():
         shutil.rmtree(fb, ignore_errors=True)
         expert_cfg = ExpertConfig(image_size=ck.model.image_size, seed=cfg.seed, criteria=cfg.expert_criteria)
         result = simulate(
             samples,
             fb,
-            expert_real or real_train,
+            source.expert_real or real_train,
             tau=cfg.tau,
             noise=cfg.noise,
             seed=cfg.seed,
-            expert_dir=expert_dir or out / "expert",
+            expert_dir=source.expert_dir or out / "expert",
             config=expert_cfg,
             progress=progress,
         )
         return result.plausible_rate
     return None
+
+
+def train_and_score(
+    rdir: Path, ck, samples: Path, fb: Path, real_train: Path, real_val: Path | None, cfg: RoundConfig
+) -> Path:
+    """The round's reward model (real images + the split feedback), at the generator's resolution so that
+    real and synthetic images reach it alike, and ``samples/rewards.csv``; each skipped when done."""
+    from ..reward.score import score_folder
+    from ..reward.train import TrainConfig, train_reward
+
+    fb_train, fb_val = split_feedback(fb, cfg.val_share)
+    reward_dir = rdir / "reward"
+    if not (reward_dir / "reward.safetensors").exists():
+        train_reward(
+            TrainConfig(
+                train_dir=real_train,
+                train_anno_dir=fb_train,
+                val_dir=real_val,
+                val_anno_dir=fb_val if any(fb_val.iterdir()) else None,
+                save_dir=reward_dir,
+                epochs=cfg.reward_epochs,
+                image_size=cfg.reward_image_size or ck.model.image_size,
+                seed=cfg.seed,
+                device="cpu" if cfg.device == "cpu" else "auto",
+            )
+        )
+    if not (samples / "rewards.csv").exists():
+        score_folder(reward_dir, samples, samples / "rewards.csv")
+    return reward_dir
 
 
 def finetune_on_feedback(
@@ -427,35 +441,24 @@ def run_loop(
     rounds: int = 1,
     real_val: str | Path | None = None,
     cfg: RoundConfig | None = None,
-    feedback: str | Path | None = None,
+    source: FeedbackSource | None = None,
     progress: bool = False,
-    feedback_db: str = "",
-    review_timeout_s: float = 0.0,
-    expert_real: str | Path | None = None,
 ) -> list[RoundResult]:
     """K rounds of sample -> feedback -> reward -> finetune, each starting from the previous round's model."""
     cfg = cfg or RoundConfig()
     if rounds < 1:
         raise ConfigError(f"--rounds must be at least 1, got {rounds}")
-    if feedback is not None and rounds > 1:
-        raise ConfigError("--feedback gives the judgements of one round's samples; use --rounds 1 with it")
+    source = source or FeedbackSource()
+    if source.folder is not None and rounds > 1:
+        raise ConfigError(
+            "--feedback gives the judgements of one round's samples; run --rounds 1, then the next round with "
+            "--checkpoint OUT/round_1/finetune and a new --out and --feedback, or use the review app (--db)"
+        )
     out = Path(out)
     current = find_checkpoint(checkpoint).path
     results = []
     for k in range(1, rounds + 1):
-        res = run_round(
-            k,
-            current,
-            Path(real_train),
-            Path(real_val) if real_val else None,
-            out,
-            cfg,
-            Path(feedback) if feedback else None,
-            progress=progress,
-            feedback_db=feedback_db,
-            review_timeout_s=review_timeout_s,
-            expert_real=Path(expert_real) if expert_real else None,
-        )
+        res = run_round(k, current, Path(real_train), Path(real_val) if real_val else None, out, cfg, source, progress)
         results.append(res)
         current = res.checkpoint
     return results
