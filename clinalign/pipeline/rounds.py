@@ -179,7 +179,8 @@ def review_feedback(
             )
         add_batch(store, samples, reference=reference, per_image=source.per_image, qc_share=source.qc_share, name=batch)
         log.info(
-            "loaded %s into %s as batch %r (%d reviewer(s) per image, %.0f %% of the queue blind real QC); reviewers %s "
+            "loaded %s into %s as batch %r (%d reviewer(s) per image, %.0f %% of the queue blind real QC); "
+            "reviewers %s "
             "judge it through their private links",
             samples,
             store.safe_url,
