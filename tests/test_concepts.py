@@ -448,7 +448,8 @@ def test_concept_accuracy_cli_with_a_subtype_oracle_independent_of_the_expert(tm
 
 def test_simulated_reviewer_names_concepts_in_the_review_app_and_the_export_carries_them(tmp_path):
     from clinalign.evaluate.data import ImageSet
-    from clinalign.expert.simulator import ExpertConfig, ExpertSimulator, review_queue
+    from clinalign.expert.reviewer import review_queue
+    from clinalign.expert.simulator import ExpertConfig, ExpertSimulator
     from clinalign.review.db import Store
     from clinalign.review.export import export_feedback
     from clinalign.review.ingest import add_batch, add_concept, add_user

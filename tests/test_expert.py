@@ -202,7 +202,7 @@ def test_cli_expert_simulate(folders, capsys):
 def test_simulated_reviewer_works_through_the_review_apps_queue(folders, tmp_path, capsys):
     from sqlalchemy import select
 
-    from clinalign.expert.simulator import review_queue
+    from clinalign.expert.reviewer import review_queue
     from clinalign.review.db import Store, Verdict
     from clinalign.review.ingest import add_batch, add_user
 

@@ -165,11 +165,12 @@ def sample_images(
         raise ValueError(f"steps must be >= 1, got {steps}")
     shape = tuple(shape)
     if sampler == "dpm++":
+        steps = DEFAULT_DPM_STEPS if steps is None else int(steps)
         return dpm_solver_pp_sample_loop(
             model,
             diffusion,
             shape,
-            steps=DEFAULT_DPM_STEPS if steps is None else int(steps),
+            steps=steps,
             noise=noise,
             clip_denoised=clip_denoised,
             model_kwargs=model_kwargs,
@@ -188,12 +189,15 @@ def sample_images(
     if sampler == "ancestral":
         process = diffusion if steps is None else respace(diffusion, str(int(steps)))
         return process.p_sample_loop(model, shape, **common)
+    return _ddim_process(diffusion, steps).ddim_sample_loop(model, shape, eta=eta, **common)
+
+
+def _ddim_process(diffusion: GaussianDiffusion, steps: int | None) -> GaussianDiffusion:
+    """The process DDIM walks: ``ddim{steps}`` strides, else ``steps`` evenly spaced, else the diffusion's own."""
     if steps is None:
-        process = diffusion
-    else:
-        try:
-            process = respace(diffusion, f"ddim{int(steps)}")
-        except ValueError:
-            logger.warning("no integer stride gives exactly %d DDIM steps; using %d evenly spaced steps", steps, steps)
-            process = respace(diffusion, str(int(steps)))
-    return process.ddim_sample_loop(model, shape, eta=eta, **common)
+        return diffusion
+    try:
+        return respace(diffusion, f"ddim{int(steps)}")
+    except ValueError:
+        logger.warning("no integer stride gives exactly %d DDIM steps; using %d evenly spaced steps", steps, steps)
+        return respace(diffusion, str(int(steps)))

@@ -171,6 +171,21 @@ def load_model_dir(
     return model, meta
 
 
+def _oracle_half(train: ImageSet, held: ImageSet, config: OracleConfig, name: str) -> tuple[ImageSet, ImageSet]:
+    """(training, validation) images of real half B, never the held-out test images."""
+    in_b = np.array([half_of(i) == HALF_ORACLE for i in train.ids])
+    val_mask = np.array([is_validation(i, config.val_fraction) for i in train.ids])
+    fit_set = train.subset(np.flatnonzero(in_b & ~val_mask))
+    val_set = train.subset(np.flatnonzero(in_b & val_mask))
+    fit_set = fit_set.subset(stratified_cap(fit_set.classes, config.max_train, config.seed))
+    if len(fit_set) < 2:
+        raise DataError(f"{name or 'real data'}: only {len(fit_set)} image(s) in the oracle's half; add real images")
+    # Independence by construction: half B only, and nothing the metrics test on.
+    assert all(half_of(i) == HALF_ORACLE for i in fit_set.ids + val_set.ids)
+    assert_disjoint(fit_set.ids + val_set.ids, held.ids, "oracle training vs real test")
+    return fit_set, val_set
+
+
 def check_independent(expert_info: dict[str, Any], oracle_info: dict[str, Any]) -> None:
     """Raise AssertionError unless the expert and the oracle differ in architecture, seed and data."""
     if expert_info["arch"] == oracle_info["arch"]:
@@ -225,20 +240,7 @@ class EvaluationModels:
         test = None if test is None else as_image_set(test).at(config.image_size, real.channels)
         train, held = split_real(real, test, config.test_fraction)
         class_map = ClassMap.from_labels(train.classes + held.classes)
-
-        in_b = np.array([half_of(i) == HALF_ORACLE for i in train.ids])
-        val_mask = np.array([is_validation(i, config.val_fraction) for i in train.ids])
-        fit_set = train.subset(np.flatnonzero(in_b & ~val_mask))
-        val_set = train.subset(np.flatnonzero(in_b & val_mask))
-        fit_set = fit_set.subset(stratified_cap(fit_set.classes, config.max_train, config.seed))
-        if len(fit_set) < 2:
-            raise DataError(
-                f"{real.name or 'real data'}: only {len(fit_set)} image(s) in the oracle's half; add real images"
-            )
-        # Independence by construction: half B only, and nothing the metrics test on.
-        assert all(half_of(i) == HALF_ORACLE for i in fit_set.ids + val_set.ids)
-        assert_disjoint(fit_set.ids + val_set.ids, held.ids, "oracle training vs real test")
-
+        fit_set, val_set = _oracle_half(train, held, config, real.name)
         log.info(
             "training the evaluation oracle (%s, %d px) on %d real images of half B (%d for validation)",
             ORACLE_ARCH,

@@ -121,83 +121,76 @@ def _with_ci(m: dict, value: Any, key: str) -> str:
     return f"{_fmt(value)} <span class='muted'>[{_fmt(ci[0])}, {_fmt(ci[1])}]</span>"
 
 
+def _get(m: dict, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if not isinstance(m, dict) or part not in m:
+            return None
+        m = m[part]
+    return m
+
+
+# (label, path in a set's metrics, path in the real-test metrics or None, bootstrapped?)
+HEADLINE_ROWS = [
+    (
+        "plausible (class-consistent AND on-manifold AND checklist)",
+        ("plausibility", "rate"),
+        ("plausibility", "rate"),
+        True,
+    ),
+    (
+        "  class-consistent (oracle recognises the declared class)",
+        ("plausibility", "oracle_rate"),
+        ("plausibility", "oracle_rate"),
+        True,
+    ),
+    (
+        "  on-manifold (inside the real data's k-NN balls)",
+        ("plausibility", "manifold_rate"),
+        ("plausibility", "manifold_rate"),
+        True,
+    ),
+    ("  clinical checklist: every criterion", ("checklist", "all"), ("checklist", "all"), True),
+    ("mean P(declared class)", ("plausibility", "mean_p_declared"), ("plausibility", "mean_p_declared"), True),
+    ("FID (domain features)", ("fid",), ("fid_vs_train",), True),
+    ("FID (Inception-v3)", ("fid_inception",), None, False),
+    ("precision", ("prdc", "precision"), ("prdc", "precision"), True),
+    ("recall", ("prdc", "recall"), ("prdc", "recall"), False),
+    ("density", ("prdc", "density"), ("prdc", "density"), True),
+    ("coverage", ("prdc", "coverage"), ("prdc", "coverage"), False),
+    ("near copies (feature space)", ("memorisation", "feature", "near_copy_fraction"), None, True),
+    ("near copies (pixel space)", ("memorisation", "pixel", "near_copy_fraction"), None, False),
+    ("mean reward", ("reward", "mean"), None, True),
+    ("TSTR accuracy: synthetic only", ("utility", "synthetic_only", "accuracy"), None, False),
+    ("TSTR accuracy: real + synthetic", ("utility", "real_plus_synthetic", "accuracy"), None, False),
+    ("TSTR accuracy: real only (baseline)", ("utility", "real_only", "accuracy"), None, False),
+    ("images", ("n",), None, False),
+]
+
+
 def _headline(result: EvaluationResult) -> str:
     real = result.metrics["real"]["real_test"]
-    cols = list(result.sets) + ["real test"]
+    extra_real = {("utility", "synthetic_only", "accuracy"): "real_only", ("n",): "n_test"}
     rows: list[list[Any]] = []
-
-    def row(label: str, getter, real_value: Any = None, ci_key: str | None = None) -> None:
+    for label, path, real_path, bootstrapped in HEADLINE_ROWS:
+        values = [_get(r.metrics, path) for r in result.sets.values()]
+        if all(v is None for v in values):
+            continue  # a metric no set has (no reward model, no Inception network, no TSTR)
         cells: list[Any] = [label]
-        for r in result.sets.values():
-            v = getter(r.metrics)
-            cells.append(_Raw(_with_ci(r.metrics, v, ci_key)) if ci_key else v)
-        cells.append(real_value)
+        for r, v in zip(result.sets.values(), values):
+            cells.append(_Raw(_with_ci(r.metrics, v, ".".join(path))) if bootstrapped else v)
+        if real_path is not None:
+            cells.append(_get(real, real_path))
+        elif path in extra_real:  # the real column's counterpart lives elsewhere
+            first = next(iter(result.sets.values())).metrics
+            cells.append(
+                result.metrics["real"]["n_test"]
+                if path == ("n",)
+                else _get(first, ("utility", "real_only", "accuracy"))
+            )
+        else:
+            cells.append(None)
         rows.append(cells)
-
-    row(
-        "plausible (class-consistent AND on-manifold AND checklist)",
-        lambda m: m["plausibility"]["rate"],
-        real["plausibility"]["rate"],
-        "plausibility.rate",
-    )
-    row(
-        "  class-consistent (oracle recognises the declared class)",
-        lambda m: m["plausibility"]["oracle_rate"],
-        real["plausibility"]["oracle_rate"],
-        "plausibility.oracle_rate",
-    )
-    row(
-        "  on-manifold (inside the real data's k-NN balls)",
-        lambda m: m["plausibility"]["manifold_rate"],
-        real["plausibility"]["manifold_rate"],
-        "plausibility.manifold_rate",
-    )
-    if "checklist" in real:
-        row(
-            "  clinical checklist: every criterion",
-            lambda m: m["checklist"]["all"],
-            real["checklist"]["all"],
-            "checklist.all",
-        )
-    row(
-        "mean P(declared class)",
-        lambda m: m["plausibility"]["mean_p_declared"],
-        real["plausibility"]["mean_p_declared"],
-        "plausibility.mean_p_declared",
-    )
-    row("FID (domain features)", lambda m: m["fid"], real["fid_vs_train"], "fid")
-    if any("fid_inception" in r.metrics for r in result.sets.values()):
-        row("FID (Inception-v3)", lambda m: m.get("fid_inception"))
-    for key in ("precision", "recall", "density", "coverage"):
-        row(
-            key,
-            lambda m, key=key: m["prdc"][key],
-            real["prdc"][key],
-            f"prdc.{key}" if key in ("precision", "density") else None,
-        )
-    row(
-        "near copies (feature space)",
-        lambda m: m["memorisation"]["feature"]["near_copy_fraction"],
-        None,
-        "memorisation.feature.near_copy_fraction",
-    )
-    row("near copies (pixel space)", lambda m: m["memorisation"]["pixel"]["near_copy_fraction"])
-    if any("reward" in r.metrics for r in result.sets.values()):
-        row("mean reward", lambda m: m.get("reward", {}).get("mean"), None, "reward.mean")
-    if any("utility" in r.metrics for r in result.sets.values()):
-        first = next(r for r in result.sets.values() if "utility" in r.metrics)
-        row(
-            "TSTR accuracy: synthetic only",
-            lambda m: m.get("utility", {}).get("synthetic_only", {}).get("accuracy"),
-            first.metrics["utility"]["real_only"]["accuracy"],
-        )
-        row(
-            "TSTR accuracy: real + synthetic",
-            lambda m: m.get("utility", {}).get("real_plus_synthetic", {}).get("accuracy"),
-        )
-        row("TSTR accuracy: real only (baseline)", lambda m: m.get("utility", {}).get("real_only", {}).get("accuracy"))
-    row("images", lambda m: m["n"], result.metrics["real"]["n_test"])
-    return _table(["metric"] + cols, rows) + (
+    return _table(["metric"] + list(result.sets) + ["real test"], rows) + (
         "<p class='muted'>Brackets: 95 % bootstrap interval over samples. The <b>real test</b> column scores "
         "held-out real images the same way: the ceiling a generator can reach for plausibility and the floor for "
         "FID at this sample size. Real-test TSTR is the real-only classifier.</p>"

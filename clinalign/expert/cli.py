@@ -12,7 +12,8 @@ from ..data.naming import list_images
 from ..errors import ConfigError
 from ..reward.data import image_size_of
 from ..utils.config import add_flags, resolve, str2bool
-from .simulator import ExpertConfig, check_reviewer, expert_for, review_queue, simulate
+from .reviewer import check_reviewer, review_queue
+from .simulator import ExpertConfig, expert_for, simulate
 
 
 def run_simulate(args: argparse.Namespace) -> int:

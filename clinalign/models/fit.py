@@ -72,14 +72,8 @@ def fit_classifier(
         bar = tqdm(total=epochs, unit="epoch", dynamic_ncols=True, leave=False)
     for epoch in range(epochs):
         loss = _epoch(model, train_x, train_y, opt, sched, gen, batch_size, colour_jitter, weights, device)
-        record = {"epoch": epoch, "train_loss": loss}
-        if val_x is not None and val_y is not None and len(val_x):
-            pred = predict_proba(model, val_x, device=device).argmax(1)
-            record["val_accuracy"] = float((pred == val_y).float().mean())
-            record["val_balanced_accuracy"] = balanced_accuracy(pred, val_y, num_classes)
-            score = record["val_accuracy"]
-        else:
-            score = -record["train_loss"]
+        record = {"epoch": epoch, "train_loss": loss, **_validate(model, val_x, val_y, num_classes, device)}
+        score = record.get("val_accuracy", -loss)
         best.history.append(record)
         if on_epoch:
             on_epoch(record)
@@ -97,6 +91,16 @@ def fit_classifier(
     model.load_state_dict(best_state)
     model.eval()
     return best
+
+
+def _validate(model: nn.Module, val_x, val_y, num_classes: int, device) -> dict[str, float]:
+    if val_x is None or val_y is None or not len(val_x):
+        return {}
+    pred = predict_proba(model, val_x, device=device).argmax(1)
+    return {
+        "val_accuracy": float((pred == val_y).float().mean()),
+        "val_balanced_accuracy": balanced_accuracy(pred, val_y, num_classes),
+    }
 
 
 def _epoch(

@@ -12,9 +12,11 @@ loaded (an image's identity, checklists, reference strips) is read once per Stor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,6 +25,7 @@ from sqlalchemy import Connection, bindparam, exists, insert, select, text, upda
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ..errors import DataError
 from . import db
 from .db import REFERENCE, VERDICTS, Batch, Concept, Image, ImageRow, Slot, Static, Verdict
 from .problems import Conflict, Forbidden, Invalid, NotFound
@@ -421,3 +424,70 @@ def undo_last(s: Session, reviewer_id: int, request_id: str | None = None) -> Ve
     except IntegrityError:
         raise Conflict(f"request_id {request_id} was already used; send a new one") from None
     return _view(last, _uid(s, last.image_id))
+
+
+# ---------------------------------------------------------------------------------------------
+# An automated reviewer (the simulated expert) working through a queue like a person
+
+
+@dataclass
+class QueueItem:
+    """What a reviewer is shown: the image's bytes, its declared class and the concepts offered for it."""
+
+    uid: str
+    declared_class: str
+    image: bytes
+    concepts: list[str]
+
+
+#: Judges one item: (plausible?, the concept it is assigned to or None).
+Judge = Callable[[QueueItem], tuple[bool, "str | None"]]
+
+
+def reviewer_id(store: db.Store, name: str) -> int:
+    """The id of reviewer ``name``; a DataError saying how to add one when there is none."""
+    with store.read() as s:
+        found = s.scalar(select(db.User.id).where(db.User.name == name))
+    if found is None:
+        raise DataError(
+            f"--reviewer {name!r}: no such reviewer in {store.safe_url}; add one with "
+            "`clinalign review add-reviewer NAME --db URL`"
+        )
+    return found
+
+
+def work_queue(
+    store: db.Store, reviewer: str, judge: Judge, *, source: str = "simulated", limit: int | None = None
+) -> dict[str, dict[str, int]]:
+    """Judge ``reviewer``'s queue item by item until it is empty (or ``limit``); per class counts.
+
+    Each item is claimed, judged and recorded in its own transaction with a request ID derived from
+    the reviewer and the item, so an interrupted run loses nothing and a rerun continues where it stopped.
+    """
+    user = reviewer_id(store, reviewer)
+    per_class: dict[str, dict[str, int]] = {}
+    n = 0
+    while limit is None or n < limit:
+        with store.write() as s:
+            row = next_row(s, user)
+            if row is None:
+                break
+            blob = s.get(db.Blob, row.blob_sha)
+            view = item_view(s, row)
+            plausible, concept = judge(
+                QueueItem(row.uid, row.declared_class, blob.data, [c["name"] for c in view.concepts])
+            )
+            request = hashlib.sha256(f"{reviewer}:{row.uid}".encode()).hexdigest()[:32]
+            record_verdict(
+                s,
+                user,
+                request_id=f"sim-{request}",
+                item=row.uid,
+                verdict=db.PLAUSIBLE if plausible else db.IMPLAUSIBLE,
+                source=source,
+                concept=concept,
+            )
+        counts = per_class.setdefault(row.declared_class, {"plausible": 0, "implausible": 0})
+        counts["plausible" if plausible else "implausible"] += 1
+        n += 1
+    return per_class

@@ -163,20 +163,11 @@ def score_paths(
         torch.set_num_threads(before)
 
 
-def _score(
-    model: RewardModel,
-    paths: list[Path],
-    classes: list[str],
-    idx: torch.Tensor,
-    batch_size: int,
-    progress: Callable[[int], None] | None,
-    decode_threads: int,
-) -> Scores:
-    t0 = time.perf_counter()
+def _decoded_batches(paths: list[Path], model: RewardModel, batch_size: int, decode_threads: int):
+    """Yield ``(uint8 images, decode seconds, resized files)`` per batch, with the next batch decoding ahead."""
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     # Each decode task does a whole sub-batch, so thread overhead is paid per batch, not per image.
     sub = max(1, -(-batch_size // decode_threads))
-    logits, decode_seconds, resized = [], 0.0, []
     with ThreadPoolExecutor(decode_threads) as pool:
 
         def submit(chunk: list[Path]):
@@ -190,28 +181,46 @@ def _score(
         for chunk in (next(ahead, None), next(ahead, None)):  # keep one batch decoding ahead
             if chunk is not None:
                 pending.append(submit(chunk))
-        done = 0
         while pending:
             parts = [f.result() for f in pending.popleft()]
             nxt = next(ahead, None)
             if nxt is not None:
                 pending.append(submit(nxt))
-            images = np.concatenate([a for a, _, _ in parts])
-            decode_seconds += sum(s for _, s, _ in parts)
-            resized += [r for _, _, rs in parts for r in rs]
-            logits.append(model.score_uint8(images, idx[done : done + len(images)], batch_size))
-            done += len(images)
-            if progress is not None:
-                progress(len(images))
+            yield (
+                np.concatenate([a for a, _, _ in parts]),
+                sum(s for _, s, _ in parts),
+                [r for _, _, rs in parts for r in rs],
+            )
+
+
+def _score(
+    model: RewardModel,
+    paths: list[Path],
+    classes: list[str],
+    idx: torch.Tensor,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    decode_threads: int,
+) -> Scores:
+    t0 = time.perf_counter()
+    logits, decode_seconds, resized, done = [], 0.0, [], 0
+    for images, seconds, off in _decoded_batches(paths, model, batch_size, decode_threads):
+        decode_seconds += seconds
+        resized += off
+        logits.append(model.score_uint8(images, idx[done : done + len(images)], batch_size))
+        done += len(images)
+        if progress is not None:
+            progress(len(images))
     if resized:
         p, (w, h) = resized[0]
+        size = model.image_size
         log.warning(
             "%d of %d images are not %dx%d (e.g. %s is %dx%d); they were scaled and centre-cropped to the "
             "reward model's size",
             len(resized),
             len(paths),
-            model.image_size,
-            model.image_size,
+            size,
+            size,
             p,
             w,
             h,

@@ -202,34 +202,47 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
     )
     # The rows this run adds to the starting model's map (also when resuming).
     new_rows = [class_map.index(n) for n in class_map.names if n not in start.init.class_map]
-    write_run_config(
-        run_dir,
-        model_cfg,
-        diffusion_cfg,
-        train_cfg,
-        source.channels,
-        class_map,
-        {
-            **asdict(ft),
-            "reward_transform": mode,
-            "rewards": str(rewards_file),
-            "data_pre_dir": str(pre_dir),
-            "init_checkpoint": str(start.init.path),
-            "n_real": len(real),
-            "n_synthetic": len(synthetic),
-            "concepts": concepts,
-            "concept_lr_scale": ft.concept_lr_scale if new_rows else None,
-        },
+    record = {
+        **asdict(ft),
+        "reward_transform": mode,
+        "rewards": str(rewards_file),
+        "data_pre_dir": str(pre_dir),
+        "init_checkpoint": str(start.init.path),
+        "n_real": len(real),
+        "n_synthetic": len(synthetic),
+        "concepts": concepts,
+        "concept_lr_scale": ft.concept_lr_scale if new_rows else None,
+    }
+    write_run_config(run_dir, model_cfg, diffusion_cfg, train_cfg, source.channels, class_map, record)
+    spec = _finetune_spec(
+        start, ft, train_cfg, model_cfg, diffusion_cfg, class_map, real, synthetic, weights, new_rows, progress
     )
+    return train(spec)
+
+
+def _finetune_spec(
+    start: Start,
+    ft: FinetuneConfig,
+    train_cfg: TrainConfig,
+    model_cfg,
+    diffusion_cfg,
+    class_map,
+    real,
+    synthetic,
+    weights: np.ndarray,
+    new_rows: list[int],
+    progress: bool,
+) -> TrainSpec:
+    """The loop's input: a real stream weighted beta and a synthetic one weighted per image, sharing timesteps."""
     batch, seed, w = int(train_cfg.batch_size), int(train_cfg.seed), torch.tensor(weights, dtype=torch.float32)
     needs_init = start.resume is None or ft.objective == "kto"  # a resumed plain finetune loads its own weights
     init_weights = start.init.weights(ema=ft.init_ema, class_map=class_map) if needs_init else None
-    spec = TrainSpec(
-        run_dir=run_dir,
+    return TrainSpec(
+        run_dir=train_cfg.run_path(),
         model=model_cfg,
         diffusion=diffusion_cfg,
         train=train_cfg,
-        channels=source.channels,
+        channels=start.source.channels,
         class_map=class_map,
         streams=lambda dist, s: [
             weighted_stream(real, batch, seed, dist, s, weight=ft.beta),
@@ -243,7 +256,6 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
         new_class_rows=new_rows,
         new_class_lr_scale=ft.concept_lr_scale,
     )
-    return train(spec)
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
