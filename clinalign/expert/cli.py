@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..reward.data import image_size_of
 from ..utils.config import add_flags, resolve, str2bool
 from .reviewer import check_reviewer, review_queue
-from .simulator import ExpertConfig, expert_for, simulate
+from .simulator import EXPERT_MIN_ACCURACY, ExpertConfig, expert_for, simulate
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -62,7 +62,13 @@ def run_simulate(args: argparse.Namespace) -> int:
         concept_min_p=args.concept_min_p,
     )
     per_class = ", ".join(f"{c}: {v['align']}/{v['align'] + v['notalign']}" for c, v in sorted(result.counts.items()))
-    print(f"judged {result.n} images, {100 * result.plausible_rate:.1f} % plausible ({per_class})")
+    accuracy = "n/a" if result.expert_accuracy is None else f"{result.expert_accuracy:.3f}"
+    print(
+        f"judged {result.n} images, {100 * result.plausible_rate:.1f} % plausible ({per_class}); the expert's "
+        f"accuracy on its held-out real images: {accuracy}"
+    )
+    if result.expert_accuracy is not None and result.expert_accuracy < EXPERT_MIN_ACCURACY:
+        print(f"WARNING: the simulated expert's accuracy is below {EXPERT_MIN_ACCURACY}; its verdicts are noisy")
     print(f"wrote {result.out} (CLASS/align|notalign + judgements.csv); expert model in {result.expert_dir}")
     return 0
 

@@ -399,6 +399,11 @@ class SimulationResult:
     n: int
     plausible_rate: float
     counts: dict[str, dict[str, int]]
+    expert_accuracy: float | None = None  # on its own held-out real images
+
+
+# Below this held-out accuracy the simulated expert's verdicts are mostly about its own errors.
+EXPERT_MIN_ACCURACY = 0.9
 
 
 def write_judgements(
@@ -470,12 +475,31 @@ def simulate(
     write_judgements(
         out / JUDGEMENTS_FILE, sample_set.ids, sample_set.classes, plausible, p, assigned if concepts else None
     )
+    accuracy = expert.info.get("val_accuracy")
     log.info(
-        "judged %d samples: %.1f %% plausible (tau %.2f, noise %.2f) -> %s",
+        "judged %d samples: %.1f %% plausible (tau %.2f, noise %.2f; expert accuracy on held-out real images "
+        "%.3f) -> %s",
         len(sample_set),
         100 * plausible.mean(),
         tau,
         noise,
+        accuracy or float("nan"),
         out,
     )
-    return SimulationResult(out, expert.directory or expert_dir, len(sample_set), float(plausible.mean()), counts)
+    if accuracy is not None and accuracy < EXPERT_MIN_ACCURACY:
+        log.warning(
+            "the simulated expert reaches only %.3f accuracy on its held-out real images (below %s): its "
+            "verdicts are noisy; give it more real images (pool E) or more --epochs",
+            accuracy,
+            EXPERT_MIN_ACCURACY,
+        )
+    one_sided = sorted(c for c, v in counts.items() if not v.get("align") or not v.get("notalign"))
+    if one_sided:
+        log.warning(
+            "one-sided verdicts for %s (all plausible or all implausible): the reward model cannot learn a "
+            "boundary there",
+            ", ".join(one_sided),
+        )
+    return SimulationResult(
+        out, expert.directory or expert_dir, len(sample_set), float(plausible.mean()), counts, accuracy
+    )

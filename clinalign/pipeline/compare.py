@@ -217,6 +217,7 @@ class Comparison:
         rcfg, steps = self.rcfg, self.rcfg.finetune_steps
         base_step = self.base.step
         table: dict[str, Any] = {
+            "oracle_test_accuracy": self.evaluator.models.info.get("test_accuracy"),
             "pools": self.pools.summary,
             "base": {"checkpoint": str(self.base.path), "step": base_step},
             "round_config": asdict(rcfg),
@@ -345,7 +346,8 @@ def _cell(entry: dict[str, Any]) -> str:
 
 def format_markdown(table: dict[str, Any]) -> str:
     """One markdown table per round: rows are metrics, columns the models; then feedback minus controls."""
-    lines = []
+    acc = table.get("oracle_test_accuracy")
+    lines = [f"Evaluation oracle (pool O): real held-out accuracy {acc:.3f}." if acc is not None else "", ""]
     for rnd in table["rounds"]:
         judged = next(iter(rnd["metrics"].values()))
         columns = [c for c in COLUMNS if c in judged]
