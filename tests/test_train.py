@@ -153,6 +153,20 @@ def test_non_finite_step_is_skipped_and_never_written(tmp_path):
     assert [r["skipped_steps"] for r in records] == [0, 1, 1]
 
 
+def test_a_run_whose_every_step_is_non_finite_stops_with_a_clear_error(tmp_path, monkeypatch):
+    """Skipping non-finite steps protects the weights; skipping all of them silently would waste hours."""
+    import clinalign.training.loop as loop_module
+    from clinalign.training.loop import TrainingDiverged
+
+    def stream():
+        while True:
+            yield torch.full((2, 3, 16, 16), float("nan")), torch.tensor([0, 1]), torch.ones(2)
+
+    monkeypatch.setattr(loop_module, "MAX_CONSECUTIVE_SKIPS", 3)
+    with pytest.raises(TrainingDiverged, match="last 3 steps .*diverged.*lower --lr"):
+        train(_tiny_spec(tmp_path / "diverged", stream, max_steps=50))
+
+
 def test_save_steps_checkpoint_between_intervals(tmp_path):
     """A control continued from a base at any step is checkpointed at its comparison points."""
 
