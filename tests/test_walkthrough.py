@@ -445,11 +445,6 @@ def test_the_walkthrough_runs_as_written(tmp_path, monkeypatch, caplog):
     assert "below 0.9" in report  # the toy oracle is weak, and the page says so
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="clinalign loop --feedback DIR takes verdicts judged on other samples and applies them to the round's "
-    "samples that share their file names, without an error (docs/your-data.md warns about it)",
-)
 @pytest.mark.usefixtures("one_thread")
 def test_the_loop_refuses_verdicts_judged_on_other_samples(tmp_path, pretrained, toy_dir):
     other, judged = tmp_path / "samples", tmp_path / "judged"
@@ -461,4 +456,4 @@ def test_the_loop_refuses_verdicts_judged_on_other_samples(tmp_path, pretrained,
             "--feedback", str(judged)]  # fmt: skip
     for flag, new in TINY_FLAGS["loop"].items():
         loop = set_flag(loop, flag, new)
-    assert main(loop) == 2  # today: 0, and "finetune rewards: N expert verdicts" of images nobody judged
+    assert main(loop) == 2  # it used to finetune on "N expert verdicts" of images nobody judged

@@ -212,6 +212,17 @@ class TrainLoop:
             log.info("run %s is already at step %d of %d: nothing to do", self.run_dir, self.step, total)
             return self.spec.resume.path if self.spec.resume else self.run_dir
         self._announce(total)
+        lock = self._lock_run_dir()
+        try:
+            last = self._steps(total)
+        finally:
+            if lock is not None:
+                lock.close()
+        if self.skipped:
+            log.warning("%d step(s) had a non-finite loss or gradient and were skipped", self.skipped)
+        return last or self.run_dir
+
+    def _steps(self, total: int) -> Path | None:
         streams = self.spec.streams(self.dist, self.step)
         bar = self._progress_bar(total)
         last: Path | None = None
@@ -232,10 +243,26 @@ class TrainLoop:
         finally:
             if bar is not None:
                 bar.close()
-        last = self.save_all_ranks() or last
-        if self.skipped:
-            log.warning("%d step(s) had a non-finite loss or gradient and were skipped", self.skipped)
-        return last or self.run_dir
+        return self.save_all_ranks() or last
+
+    def _lock_run_dir(self):
+        """An exclusive lock on RUN_DIR/.lock for the main process (released when it ends, even on kill -9):
+        two runs writing checkpoints into one directory would interleave them."""
+        if not self.dist.is_main:
+            return None
+        import fcntl
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.run_dir / ".lock", "w")  # noqa: SIM115 - held for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise ConfigError(
+                f"{self.run_dir}: another clinalign process is training in this run directory; wait for it, stop "
+                "it, or use a new --run_dir"
+            ) from None
+        return handle
 
     def _announce(self, total: int) -> None:
         stop = f"until step {total}" if total else "with no step limit (stop with Ctrl-C)"
