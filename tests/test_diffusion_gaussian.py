@@ -113,7 +113,14 @@ def test_each_mean_type_recovers_x0_from_an_exact_model(mean_type):
     t = torch.tensor([0, 5, 50, 99])
     xt = d.q_sample(x0, t, noise)
     true_mean = d.q_posterior_mean_variance(x0, xt, t)[0]
-    exact = {ModelMeanType.EPSILON: noise, ModelMeanType.START_X: x0, ModelMeanType.PREVIOUS_X: true_mean}[mean_type]
+    a = torch.from_numpy(d.alphas_cumprod)[t].view(-1, 1, 1, 1)
+    velocity = a.sqrt() * noise - (1 - a).sqrt() * x0  # Salimans & Ho 2022
+    exact = {
+        ModelMeanType.EPSILON: noise,
+        ModelMeanType.START_X: x0,
+        ModelMeanType.PREVIOUS_X: true_mean,
+        ModelMeanType.VELOCITY: velocity,
+    }[mean_type]
     out = d.p_mean_variance(lambda x, ts: exact, xt, t, clip_denoised=False)
     torch.testing.assert_close(out["pred_xstart"], x0)
     torch.testing.assert_close(out["mean"], true_mean)

@@ -52,3 +52,11 @@ def test_grayscale_and_class_embedding_growth_keeps_old_rows():
     assert torch.equal(new[3], old[2]) and torch.equal(new[4], old[0])
     out = model(torch.randn(2, 1, 16, 16), torch.tensor([3.0, 7.0]), y=torch.tensor([4, 1]))
     assert out.shape == (2, 1, 16, 16)
+
+
+def test_the_middle_attention_is_normalised_as_in_improved_diffusion():
+    """Without its GroupNorm the residual stream grew until every gradient was non-finite (PBC, 4,150 steps)."""
+    model = build_denoiser(tiny(), 3, 2)
+    assert isinstance(model.unet.mid_block.attentions[0].group_norm, nn.GroupNorm)
+    legacy = build_denoiser(tiny(mid_attention_norm=False), 3, 2)
+    assert legacy.unet.mid_block.attentions[0].group_norm is None

@@ -81,3 +81,4 @@ def test_an_old_run_resumes_from_its_checkpoint(tmp_path, one_thread):
     ck = find_checkpoint(run)
     assert ck.step == 3
     assert ck.model.learn_sigma is True and ck.model.num_channels == 8
+    assert ck.model.mid_attention_norm is False, "built as it was trained: no GroupNorm before the middle attention"

@@ -153,6 +153,48 @@ def test_non_finite_step_is_skipped_and_never_written(tmp_path):
     assert [r["skipped_steps"] for r in records] == [0, 1, 1]
 
 
+def test_a_run_whose_every_step_is_non_finite_stops_with_a_clear_error(tmp_path, monkeypatch):
+    """Skipping non-finite steps protects the weights; skipping all of them silently would waste hours."""
+    import clinalign.training.loop as loop_module
+    from clinalign.training.loop import TrainingDiverged
+
+    def stream():
+        while True:
+            yield torch.full((2, 3, 16, 16), float("nan")), torch.tensor([0, 1]), torch.ones(2)
+
+    monkeypatch.setattr(loop_module, "MAX_CONSECUTIVE_SKIPS", 3)
+    with pytest.raises(TrainingDiverged, match="last 3 steps .*diverged.*lower --lr"):
+        train(_tiny_spec(tmp_path / "diverged", stream, max_steps=50))
+
+
+def test_two_runs_cannot_train_in_one_run_directory(toy_dir, tmp_path):
+    import fcntl
+
+    run = tmp_path / "locked"
+    run.mkdir()
+    with open(run / ".lock", "w") as held:  # another process training there holds this lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match="another clinalign process is training"):
+            from clinalign.training.pretrain import pretrain
+
+            pretrain(
+                {
+                    "data_dir": str(toy_dir),
+                    "run_dir": str(run),
+                    "image_size": 16,
+                    "num_channels": 32,
+                    "num_res_blocks": 1,
+                    "attention_resolutions": "8",
+                    "num_heads": 2,
+                    "class_cond": True,
+                    "diffusion_steps": 100,
+                    "batch_size": 4,
+                    "max_steps": 1,
+                }
+            )
+    assert main(train_argv(toy_dir, run, "--max_steps", "1")) == 0  # free again once it is released
+
+
 def test_save_steps_checkpoint_between_intervals(tmp_path):
     """A control continued from a base at any step is checkpointed at its comparison points."""
 

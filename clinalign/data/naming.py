@@ -45,8 +45,9 @@ def label_of(path: str | Path) -> str:
     prefix, sep, _ = name.partition("_")
     if not sep or not prefix:
         raise DataError(
-            f"{path}: file name has no class prefix; name it CLASS_anything{Path(path).suffix} "
-            "(the class is the text before the first '_'), or pass --class_cond False"
+            f"{path}: file name has no class prefix; name it CLASS_anything{Path(path).suffix} (the class is the "
+            "text before the first '_'); images kept in class folders come in with `clinalign data import SRC OUT "
+            "--layout folders`, and an unconditional model takes --class_cond False"
         )
     return prefix
 

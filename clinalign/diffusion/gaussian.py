@@ -43,6 +43,7 @@ class ModelMeanType(enum.Enum):
     PREVIOUS_X = enum.auto()  # x_{t-1}
     START_X = enum.auto()  # x_0
     EPSILON = enum.auto()  # ε
+    VELOCITY = enum.auto()  # v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022)
 
 
 class ModelVarType(enum.Enum):
@@ -141,8 +142,10 @@ class GaussianDiffusion:
         model_var_type: ModelVarType,
         loss_type: LossType,
         rescale_timesteps: bool = False,
+        snr_gamma: float = 0.0,
     ) -> None:
         self.model_mean_type = model_mean_type
+        self.snr_gamma = float(snr_gamma)
         self.model_var_type = model_var_type
         self.loss_type = loss_type
         self.rescale_timesteps = rescale_timesteps
@@ -250,6 +253,39 @@ class GaussianDiffusion:
             self.sqrt_recipm1_alphas_cumprod, t, x_t
         )
 
+    def _predict_xstart_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor):
+        """x_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v ([Salimans & Ho 2022] §4, with α = √ᾱ, σ = √(1 − ᾱ))."""
+        return (
+            self._extract(self.sqrt_alphas_cumprod, t, x_t) * x_t
+            - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+        )
+
+    def _v_target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0, the velocity a v-predicting model is trained on."""
+        return (
+            self._extract(self.sqrt_alphas_cumprod, t, x_start) * noise
+            - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start
+        )
+
+    def snr_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-γ loss weights ([Hang et al. 2023] eqs. 7–9), per sample.
+
+        Written for the x_0 error as w_t = min(SNR_t, γ) with SNR_t = ᾱ_t / (1 − ᾱ_t); the MSE of
+        an ε-prediction is SNR_t times the x_0 error and that of a v-prediction (SNR_t + 1) times,
+        so their weights are min(SNR_t, γ)/SNR_t and min(SNR_t, γ)/(SNR_t + 1).
+        """
+        abar = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64)[t.cpu().long()]
+        snr = abar / (1.0 - abar)
+        clipped = snr.clamp(max=self.snr_gamma)
+        per_type = {
+            ModelMeanType.START_X: clipped,
+            ModelMeanType.EPSILON: clipped / snr,
+            ModelMeanType.VELOCITY: clipped / (snr + 1.0),
+        }
+        if self.model_mean_type not in per_type:
+            raise NotImplementedError(f"min-SNR weighting for {self.model_mean_type}")
+        return per_type[self.model_mean_type].to(t.device, torch.float32)
+
     def _predict_xstart_from_xprev(self, x_t: torch.Tensor, t: torch.Tensor, xprev: torch.Tensor):
         """x_0 = (μ̃ − coef2·x_t) / coef1, [DDPM] eq. 7 solved for x_0 (μ̃ = predicted x_{t−1})."""
         return (
@@ -325,6 +361,9 @@ class GaussianDiffusion:
             mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
         elif self.model_mean_type == ModelMeanType.EPSILON:
             pred_xstart = process_xstart(self._predict_xstart_from_eps(x, t, mean_out))
+            mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
+        elif self.model_mean_type == ModelMeanType.VELOCITY:
+            pred_xstart = process_xstart(self._predict_xstart_from_v(x, t, mean_out))
             mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
         else:
             raise NotImplementedError(self.model_mean_type)
@@ -585,9 +624,13 @@ class GaussianDiffusion:
             target = x_start
         elif self.model_mean_type == ModelMeanType.EPSILON:
             target = noise
+        elif self.model_mean_type == ModelMeanType.VELOCITY:
+            target = self._v_target(x_start, t, noise)
         else:
             raise NotImplementedError(self.model_mean_type)
         terms["mse"] = mean_flat((target - mean_out) ** 2)
+        if self.snr_gamma > 0:
+            terms["mse"] = terms["mse"] * self.snr_weights(t)
         terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
         return terms
 

@@ -108,5 +108,6 @@ def respace(diffusion: GaussianDiffusion, section_counts: str | Iterable[int]) -
             model_var_type=diffusion.model_var_type,
             loss_type=diffusion.loss_type,
             rescale_timesteps=diffusion.rescale_timesteps,
+            snr_gamma=diffusion.snr_gamma,
         )
     return cache[key]

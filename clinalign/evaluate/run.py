@@ -608,36 +608,15 @@ class Evaluator:
 
 
 def evaluate(
-    real: str | Path,
-    samples: str | Path,
-    out: str | Path,
-    baseline: str | Path | None = None,
-    real_test: str | Path | None = None,
-    models_dir: str | Path | None = None,
-    generator_data: str | Path | None = None,
-    oracle_config: OracleConfig | None = None,
-    metric_config: MetricConfig | None = None,
-    reward_checkpoint: str | Path | None = None,
-    inception: str | Path | None = None,
-    feature_checkpoint: str | Path | None = None,
-    skip_bad_images: bool = False,
-    progress: bool = False,
+    real: str | Path, samples: str | Path, out: str | Path, baseline: str | Path | None = None, **options: Any
 ) -> EvaluationResult:
-    """Load the folders, fit (or reuse) the evaluation models, score, and write the outputs to ``out``."""
+    """Load the folders, fit (or reuse) the evaluation models, score, and write the outputs to ``out``.
+
+    ``options``: :class:`Evaluator`'s keyword arguments (``models_dir`` defaults to ``OUT/models``).
+    """
     out = Path(out)
-    evaluator = Evaluator(
-        real,
-        real_test,
-        models_dir=models_dir or out / "models",
-        generator_data=generator_data,
-        oracle_config=oracle_config,
-        metric_config=metric_config,
-        reward_checkpoint=reward_checkpoint,
-        inception=inception,
-        feature_checkpoint=feature_checkpoint,
-        skip_bad_images=skip_bad_images,
-        progress=progress,
-    )
+    options["models_dir"] = options.get("models_dir") or out / "models"
+    evaluator = Evaluator(real, **options)
     result = evaluator.judge(samples, baseline)
     write_outputs(result, out)
     return result

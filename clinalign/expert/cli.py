@@ -32,6 +32,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             )
         check_reviewer(args.db, args.reviewer)  # before minutes of training, not after
         expert = expert_for(args.real, config, args.expert_dir or Path("expert"), args.skip_bad_images, True)
+        _print_accuracy(expert.info.get("val_accuracy"))
         review = review_queue(
             args.db,
             args.reviewer,
@@ -62,15 +63,19 @@ def run_simulate(args: argparse.Namespace) -> int:
         concept_min_p=args.concept_min_p,
     )
     per_class = ", ".join(f"{c}: {v['align']}/{v['align'] + v['notalign']}" for c, v in sorted(result.counts.items()))
-    accuracy = "n/a" if result.expert_accuracy is None else f"{result.expert_accuracy:.3f}"
-    print(
-        f"judged {result.n} images, {100 * result.plausible_rate:.1f} % plausible ({per_class}); the expert's "
-        f"accuracy on its held-out real images: {accuracy}"
-    )
-    if result.expert_accuracy is not None and result.expert_accuracy < EXPERT_MIN_ACCURACY:
-        print(f"WARNING: the simulated expert's accuracy is below {EXPERT_MIN_ACCURACY}; its verdicts are noisy")
+    print(f"judged {result.n} images, {100 * result.plausible_rate:.1f} % plausible ({per_class})")
+    _print_accuracy(result.expert_accuracy)
     print(f"wrote {result.out} (CLASS/align|notalign + judgements.csv); expert model in {result.expert_dir}")
     return 0
+
+
+def _print_accuracy(accuracy: float | None) -> None:
+    print(
+        f"the simulated expert's accuracy on its held-out real images: "
+        f"{'n/a' if accuracy is None else f'{accuracy:.3f}'}"
+    )
+    if accuracy is not None and accuracy < EXPERT_MIN_ACCURACY:
+        print(f"WARNING: the simulated expert's accuracy is below {EXPERT_MIN_ACCURACY}; its verdicts are noisy")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

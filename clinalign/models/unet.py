@@ -89,6 +89,13 @@ class ModelConfig:
     use_scale_shift_norm: bool = option(True, "FiLM-style scale/shift of the time+class embedding in residual blocks")
     # Set by --init_from: a diffusers UNet2DModel config (JSON) whose architecture replaces the flags above.
     diffusers_unet: str = option("", flag=False)
+    # improved-diffusion normalises the input of every attention block; diffusers' middle block
+    # drops that GroupNorm when scale-shift norm is on, and without it the residual stream grew
+    # unboundedly (measured: |h| 3.6e4 at the middle block after 4,150 steps on PBC, then every
+    # gradient non-finite). Checkpoints written before this field existed are built without it.
+    mid_attention_norm: bool = option(
+        True, "GroupNorm before the middle block's attention, as improved-diffusion [clinalign]"
+    )
 
 
 def build_denoiser(model_cfg: ModelConfig, in_channels: int, num_classes: int) -> Denoiser:
@@ -122,6 +129,7 @@ def build_denoiser(model_cfg: ModelConfig, in_channels: int, num_classes: int) -
         up_block_types=up,
         attention_head_dim=head_dim,
         norm_num_groups=_groups(ch),
+        attn_norm_num_groups=_groups(ch) if model_cfg.mid_attention_norm else None,
         dropout=float(model_cfg.dropout),
         resnet_time_scale_shift="scale_shift" if model_cfg.use_scale_shift_norm else "default",
         num_class_embeds=num_classes if (model_cfg.class_cond and num_classes) else None,

@@ -190,6 +190,8 @@ def review_feedback(
             ", ".join(reviewers),
         )
     start = time.monotonic()
+    if source.review_timeout_s:  # a short timeout is not outwaited by one long poll
+        poll_s = min(poll_s, max(0.2, source.review_timeout_s / 5))
     while True:
         with store.read() as s:
             totals = dashboard(s, batch)["totals"]
@@ -283,6 +285,7 @@ def _collect_feedback(
                 f"round {k}: judge the samples in {samples} and put the verdicts in {source.folder} "
                 "(CLASS/align/*.png, CLASS/notalign/*.png; keep the sample file names), then rerun the same command"
             )
+        check_judged_are_samples(source.folder, samples)
         shutil.copytree(source.folder, fb)
     elif source.folder is None and not source.db and not (fb / "judgements.csv").exists():
         shutil.rmtree(fb, ignore_errors=True)
@@ -300,6 +303,21 @@ def _collect_feedback(
         )
         return result.plausible_rate
     return None
+
+
+def check_judged_are_samples(feedback: Path, samples: Path) -> None:
+    """DataError unless every judged image is one of ``samples``, byte for byte (names alone repeat across rounds)."""
+    from ..data.naming import list_images
+
+    known = {p.name: p for p in list_images(samples)}
+    judged = [p for p in feedback.rglob("*") if p.is_file() and p.parent.name in (ALIGN, NOTALIGN)]
+    foreign = [p for p in judged if p.name not in known or p.read_bytes() != known[p.name].read_bytes()]
+    if foreign:
+        raise DataError(
+            f"{feedback}: {len(foreign)} of {len(judged)} judged image(s) are not this round's samples, e.g. "
+            f"{foreign[0]} differs from {samples / foreign[0].name}; the verdicts were made on other images. Judge "
+            f"the images in {samples} (keep their file names) and put the verdicts in a new folder"
+        )
 
 
 def train_and_score(

@@ -35,6 +35,8 @@ from ..utils.fileio import atomic_directory
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+# What a checkpoint that lacks a later model setting was built with.
+LEGACY_MODEL_SETTINGS = {"mid_attention_norm": False}
 STEP_DIR = re.compile(r"^step_(\d+)$")
 META_KEY = "clinalign_meta"
 
@@ -50,7 +52,9 @@ class Checkpoint:
 
     @property
     def model(self) -> ModelConfig:
-        return from_dict(ModelConfig, self.meta["model"], f"{self.path}: model config")
+        # Settings added after a checkpoint was written take the value that reproduces it.
+        saved = {**LEGACY_MODEL_SETTINGS, **self.meta["model"]}
+        return from_dict(ModelConfig, saved, f"{self.path}: model config")
 
     @property
     def diffusion(self) -> DiffusionConfig:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..diffusion import DiffusionConfig, create_named_schedule_sampler, diffusion_from_config
-from ..errors import ConfigError
+from ..errors import ClinalignError, ConfigError
 from ..models.unet import CLASS_EMBEDDING_KEY, ModelConfig, build_denoiser
 from ..utils.config import mismatches
 from ..utils.distributed import DistInfo, barrier, init_distributed, resolve_device
@@ -38,9 +38,17 @@ from .objectives import Chunk, DiffusionObjective
 
 log = logging.getLogger(__name__)
 
+# Consecutive steps with a non-finite loss or gradient after which a run has diverged: the weights
+# no longer change, so going on only burns time (a PBC run once skipped 10,000 steps in silence).
+MAX_CONSECUTIVE_SKIPS = 100
+
 # A stream yields (x, y, w): images in [-1, 1], class indices, per-sample loss weights.
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 StreamFactory = Callable[[DistInfo, int], list[Iterator[Batch]]]  # (dist, start_step) -> streams
+
+
+class TrainingDiverged(ClinalignError):
+    """Every recent step was non-finite: the run cannot make progress from here."""
 
 
 @dataclass
@@ -152,7 +160,7 @@ class TrainLoop:
         )
         self.schedule_sampler = create_named_schedule_sampler(self.cfg.schedule_sampler, self.diffusion)
         self.optimizer = make_optimizer(param_groups(self.model, spec), self.cfg.lr, self.cfg.weight_decay)
-        self.step, self.skipped = 0, 0
+        self.step, self.skipped, self.skipped_in_a_row = 0, 0, 0
         state = self._load_start()
         self.ema = EMA(self.model, self.cfg.ema_rates, self._saved_ema())
         set_lr(self.optimizer, self.cfg.lr)  # a resumed optimizer keeps the flag's lr; annealing recomputes it
@@ -204,6 +212,17 @@ class TrainLoop:
             log.info("run %s is already at step %d of %d: nothing to do", self.run_dir, self.step, total)
             return self.spec.resume.path if self.spec.resume else self.run_dir
         self._announce(total)
+        lock = self._lock_run_dir()
+        try:
+            last = self._steps(total)
+        finally:
+            if lock is not None:
+                lock.close()
+        if self.skipped:
+            log.warning("%d step(s) had a non-finite loss or gradient and were skipped", self.skipped)
+        return last or self.run_dir
+
+    def _steps(self, total: int) -> Path | None:
         streams = self.spec.streams(self.dist, self.step)
         bar = self._progress_bar(total)
         last: Path | None = None
@@ -224,10 +243,26 @@ class TrainLoop:
         finally:
             if bar is not None:
                 bar.close()
-        last = self.save_all_ranks() or last
-        if self.skipped:
-            log.warning("%d step(s) had a non-finite loss or gradient and were skipped", self.skipped)
-        return last or self.run_dir
+        return self.save_all_ranks() or last
+
+    def _lock_run_dir(self):
+        """An exclusive lock on RUN_DIR/.lock for the main process (released when it ends, even on kill -9):
+        two runs writing checkpoints into one directory would interleave them."""
+        if not self.dist.is_main:
+            return None
+        import fcntl
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.run_dir / ".lock", "w")  # noqa: SIM115 - held for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise ConfigError(
+                f"{self.run_dir}: another clinalign process is training in this run directory; wait for it, stop "
+                "it, or use a new --run_dir"
+            ) from None
+        return handle
 
     def _announce(self, total: int) -> None:
         stop = f"until step {total}" if total else "with no step limit (stop with Ctrl-C)"
@@ -302,11 +337,19 @@ class TrainLoop:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf")))
         if not (math.isfinite(grad_norm) and math.isfinite(loss)):
             self.skipped += 1
+            self.skipped_in_a_row += 1
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.update()
             log.warning("step %d: non-finite loss or gradient; skipped (%d so far)", self.step, self.skipped)
+            if self.skipped_in_a_row >= MAX_CONSECUTIVE_SKIPS and self.scaler is None:
+                raise TrainingDiverged(
+                    f"{self.run_dir}: the last {self.skipped_in_a_row} steps (to step {self.step}) all had a "
+                    "non-finite loss or gradient, so the weights stopped changing: training has diverged. Resume "
+                    "from an earlier checkpoint with a lower --lr (or --grad_clip), or without --use_fp16"
+                )
             return grad_norm
+        self.skipped_in_a_row = 0
         set_lr(self.optimizer, self.cfg.lr_at(self.step))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
