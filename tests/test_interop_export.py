@@ -140,10 +140,20 @@ def test_fresh_process_with_only_diffusers_samples_what_clinalign_samples(export
 
 def test_every_sampler_of_the_pipeline_matches_clinalign(exported, run):
     """In-process: set_sampler("ddim" | "dpm++" | "ancestral") reproduces sample_images with the same noise."""
+    import diffusers
+
     from clinalign.diffusion.samplers import sample_images
     from clinalign.interop.pipeline_clinalign import ClinalignPipeline
 
-    pipe = ClinalignPipeline.from_pretrained(exported)  # the class itself: no copy into the HF modules cache
+    # Built from the folder's parts, so that no custom code is copied into the HF modules cache.
+    index = json.loads((exported / "model_index.json").read_text())
+    scheduler_cls = getattr(diffusers, index["scheduler"][1])
+    pipe = ClinalignPipeline(
+        unet=diffusers.UNet2DModel.from_pretrained(exported / "unet"),
+        scheduler=scheduler_cls.from_pretrained(exported / "scheduler"),
+        rescale_timesteps=index["rescale_timesteps"],
+        class_names=index["class_names"],
+    )
     pipe.set_progress_bar_config(disable=True)
     ck = find_checkpoint(run)
     model, diffusion = ck.build_model(ema=True).eval(), ck.build_diffusion(timestep_respacing="")
