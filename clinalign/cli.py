@@ -23,6 +23,7 @@ STAGES = [
     "clinalign.evaluate.cli",
     "clinalign.concepts.cli",
     "clinalign.pipeline.cli",
+    "clinalign.interop.cli",
 ]
 
 

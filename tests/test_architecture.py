@@ -21,7 +21,7 @@ LAYERS = [
     {"data", "diffusion", "models"},
     {"training", "review"},
     {"reward"},
-    {"sampling", "evaluate"},
+    {"sampling", "evaluate", "interop"},
     {"expert"},
     {"concepts"},
     {"pipeline"},

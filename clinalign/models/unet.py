@@ -13,6 +13,7 @@ Mapping of improved-diffusion's architecture flags onto UNet2DModel:
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -86,6 +87,8 @@ class ModelConfig:
     class_cond: bool = option(False, "condition on the class (file-name prefix before the first '_')")
     use_checkpoint: bool = option(False, "gradient checkpointing: less memory, slower")
     use_scale_shift_norm: bool = option(True, "FiLM-style scale/shift of the time+class embedding in residual blocks")
+    # Set by --init_from: a diffusers UNet2DModel config (JSON) whose architecture replaces the flags above.
+    diffusers_unet: str = option("", flag=False)
     # improved-diffusion normalises the input of every attention block; diffusers' middle block
     # drops that GroupNorm when scale-shift norm is on, and without it the residual stream grew
     # unboundedly (measured: |h| 3.6e4 at the middle block after 4,150 steps on PBC, then every
@@ -98,6 +101,8 @@ class ModelConfig:
 def build_denoiser(model_cfg: ModelConfig, in_channels: int, num_classes: int) -> Denoiser:
     from diffusers import UNet2DModel  # heavy import, only when a model is built
 
+    if model_cfg.diffusers_unet:
+        return _denoiser_from_diffusers_config(model_cfg, in_channels, num_classes)
     size = int(model_cfg.image_size)
     mult = channel_mult_for(size, model_cfg.channel_mult)
     ch = int(model_cfg.num_channels)
@@ -131,6 +136,25 @@ def build_denoiser(model_cfg: ModelConfig, in_channels: int, num_classes: int) -
         flip_sin_to_cos=False,  # improved-diffusion's embedding order: [cos, sin]
         freq_shift=0,
     )
+    if model_cfg.use_checkpoint:
+        unet.enable_gradient_checkpointing()
+    return Denoiser(unet, num_classes if model_cfg.class_cond else 0)
+
+
+def _denoiser_from_diffusers_config(model_cfg: ModelConfig, in_channels: int, num_classes: int) -> Denoiser:
+    """The architecture of a diffusers UNet2DModel config (a model started --init_from), sized for this run."""
+    from diffusers import UNet2DModel
+
+    config = json.loads(model_cfg.diffusers_unet)
+    classes = num_classes if (model_cfg.class_cond and num_classes) else None
+    config.update(
+        sample_size=int(model_cfg.image_size),
+        in_channels=in_channels,
+        out_channels=in_channels * (2 if model_cfg.learn_sigma else 1),
+        num_class_embeds=classes,
+        dropout=float(model_cfg.dropout),
+    )
+    unet = UNet2DModel.from_config(config)
     if model_cfg.use_checkpoint:
         unet.enable_gradient_checkpointing()
     return Denoiser(unet, num_classes if model_cfg.class_cond else 0)

@@ -53,6 +53,11 @@ class TrainConfig:
     rgb: bool = option(False, "force 3 channels even if every image is grayscale [clinalign]")
     keep_checkpoints: int = option(0, "keep only the newest N checkpoints (0 = keep all) [clinalign]")
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps [clinalign]")
+    init_from: str = option(
+        "",
+        "start from a diffusers UNet2DModel folder (or a pipeline folder with unet/, e.g. a clinalign export): "
+        "its architecture, weights and schedule; a class embedding grows to the data's classes [clinalign]",
+    )
 
     @property
     def ema_rates(self) -> list[str]:

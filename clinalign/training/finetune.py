@@ -32,6 +32,7 @@ from ..models.unet import ModelConfig
 from ..utils.config import add_flags, resolve, typed
 from .checkpoint import Checkpoint, find_checkpoint, latest_checkpoint
 from .config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig, TrainConfig
+from .init_from import start_from_diffusers
 from .loop import TrainSpec, check_flags, train
 from .objectives import DiffusionObjective, KTOObjective
 from .pretrain import add_model_flags, check_channels, load_dataset, weighted_stream, write_run_config
@@ -178,6 +179,7 @@ def synthetic_weights(ft: FinetuneConfig, synthetic, mod_dir: Path) -> tuple[np.
 def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) -> Path:
     """Finetune a pretrained checkpoint on scored synthetic images plus the real data."""
     train_cfg, ft = resolve(TrainConfig, args), resolve(FinetuneConfig, args)
+    train_cfg = start_from_diffusers(train_cfg, args, ft.data_pre_dir or train_cfg.data_dir)
     run_dir = train_cfg.run_path()
     start = find_start(run_dir, train_cfg, args)
     source = start.source

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -19,6 +21,7 @@ from ..utils.config import add_flags, resolve, typed
 from ..utils.distributed import DistInfo
 from ..utils.fileio import write_json_atomic
 from .config import TrainConfig
+from .init_from import start_from_diffusers
 from .loop import Batch, TrainSpec, prepare_resume, train
 
 log = logging.getLogger(__name__)
@@ -66,12 +69,39 @@ def check_channels(dataset, expected: int, source: Path) -> None:
         )
 
 
+def class_counts(dataset) -> dict[str, int]:
+    """Images per class name (the run's record of its data)."""
+    names = dataset.class_map.names if len(dataset.class_map) else []
+    counts = np.bincount(np.asarray(dataset.labels, dtype=np.int64), minlength=len(names)) if names else []
+    return {name: int(n) for name, n in zip(names, counts)}
+
+
+def data_fingerprint(dataset) -> str | None:
+    """SHA-256 of the file names, classes, shape and decoded pixels (as evaluate fingerprints an image set)."""
+    if dataset.images is None:
+        return None
+    names = dataset.class_map.names
+    h = hashlib.sha256()
+    h.update(
+        "\n".join(f"{p.name}\t{names[y] if names else ''}" for p, y in zip(dataset.paths, dataset.labels)).encode()
+    )
+    h.update(str(dataset.images.shape).encode())
+    h.update(np.ascontiguousarray(dataset.images).tobytes())
+    return h.hexdigest()
+
+
+def started_from(resume) -> dict[str, str]:
+    """The diffusers folder a run was started from (--init_from), carried into every checkpoint."""
+    return {"init_from": resume.meta["init_from"]} if resume is not None and resume.meta.get("init_from") else {}
+
+
 def pretrain(args: argparse.Namespace | dict[str, Any], progress: bool = False, save_steps=()) -> Path:
     """Train (or resume) a diffusion model on an image folder. Returns the last checkpoint.
 
     ``save_steps``: steps to checkpoint besides every ``save_interval`` (for comparisons at given costs).
     """
     train_cfg = resolve(TrainConfig, args)
+    train_cfg = start_from_diffusers(train_cfg, args, train_cfg.data_dir)
     run_dir = train_cfg.run_path()
     resume = prepare_resume(
         run_dir, typed(args, ModelConfig), typed(args, DiffusionConfig), train_cfg.resume_checkpoint
@@ -97,7 +127,12 @@ def pretrain(args: argparse.Namespace | dict[str, Any], progress: bool = False, 
         train_cfg,
         dataset.channels,
         dataset.class_map,
-        {"n_images": len(dataset), "n_skipped": dataset.n_skipped},
+        {
+            "n_images": len(dataset),
+            "n_skipped": dataset.n_skipped,
+            "class_counts": class_counts(dataset),
+            "data_fingerprint": data_fingerprint(dataset),
+        },
     )
     batch, seed = int(train_cfg.batch_size), int(train_cfg.seed)
     spec = TrainSpec(
@@ -110,7 +145,7 @@ def pretrain(args: argparse.Namespace | dict[str, Any], progress: bool = False, 
         streams=lambda dist, start: [weighted_stream(dataset, batch, seed, dist, start)],
         resume=resume,
         progress=progress,
-        extra_meta={"objective": "pretrain"},
+        extra_meta={"objective": "pretrain", **started_from(resume)},
         save_steps=frozenset(int(s) for s in save_steps),
     )
     return train(spec)
