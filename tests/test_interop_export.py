@@ -47,6 +47,23 @@ print(type(pipe).__name__, type(pipe.scheduler).__name__, pipe.config.class_name
 """
 
 
+def pipeline_from(folder):
+    """The export's ClinalignPipeline built from its parts (no custom code copied into the HF modules cache)."""
+    import diffusers
+
+    from clinalign.interop.pipeline_clinalign import ClinalignPipeline
+
+    index = json.loads((folder / "model_index.json").read_text())
+    pipe = ClinalignPipeline(
+        unet=diffusers.UNet2DModel.from_pretrained(folder / "unet"),
+        scheduler=getattr(diffusers, index["scheduler"][1]).from_pretrained(folder / "scheduler"),
+        rescale_timesteps=index["rescale_timesteps"],
+        class_names=index["class_names"],
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture(scope="module")
 def run(toy_dir, tmp_path_factory):
     """A tiny class-conditional run with a learned-range variance (2 steps)."""
@@ -140,21 +157,9 @@ def test_fresh_process_with_only_diffusers_samples_what_clinalign_samples(export
 
 def test_every_sampler_of_the_pipeline_matches_clinalign(exported, run):
     """In-process: set_sampler("ddim" | "dpm++" | "ancestral") reproduces sample_images with the same noise."""
-    import diffusers
-
     from clinalign.diffusion.samplers import sample_images
-    from clinalign.interop.pipeline_clinalign import ClinalignPipeline
 
-    # Built from the folder's parts, so that no custom code is copied into the HF modules cache.
-    index = json.loads((exported / "model_index.json").read_text())
-    scheduler_cls = getattr(diffusers, index["scheduler"][1])
-    pipe = ClinalignPipeline(
-        unet=diffusers.UNet2DModel.from_pretrained(exported / "unet"),
-        scheduler=scheduler_cls.from_pretrained(exported / "scheduler"),
-        rescale_timesteps=index["rescale_timesteps"],
-        class_names=index["class_names"],
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipeline_from(exported)
     ck = find_checkpoint(run)
     model, diffusion = ck.build_model(ema=True).eval(), ck.build_diffusion(timestep_respacing="")
     y = torch.tensor([0, 1, 2, 3])

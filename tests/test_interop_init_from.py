@@ -15,7 +15,7 @@ from clinalign.models.unet import CLASS_EMBEDDING_KEY
 from clinalign.training.checkpoint import find_checkpoint
 from clinalign.training.pretrain import pretrain
 
-from .test_interop_export import exported, run  # noqa: F401  (module fixtures: a tiny run and its export)
+from .test_interop_export import exported, pipeline_from, run  # noqa: F401  (fixtures: a tiny run and its export)
 
 FAST = ["--batch_size", "4", "--max_steps", "1"]
 
@@ -146,7 +146,7 @@ def _gray(src, dst):
         ("--num_channels 64", "brings its own architecture; drop --num_channels"),
         ("--resume_checkpoint", "both name a starting point"),
         ("no model", "holds no diffusers UNet"),
-        ("v_prediction", "predicts 'v_prediction'"),
+        ("flow_prediction", "predicts 'flow_prediction'"),
         ("rows without names", "no class_map.json says which row is which"),
     ],
 )
@@ -159,15 +159,15 @@ def test_what_does_not_fit_is_a_clear_error_and_writes_nothing(case, match, expo
         args[flag[2:]] = {"False": False, "": str(tmp_path)}.get(value, value if not value.isdigit() else int(value))
     elif case == "no model":
         args["init_from"] = str(tmp_path)
-    elif case in ("v_prediction", "rows without names"):
+    elif case in ("flow_prediction", "rows without names"):
         import shutil
 
         copy = tmp_path / "copy"
         shutil.copytree(exported, copy)
-        if case == "v_prediction":
+        if case == "flow_prediction":
             cfg = json.loads((copy / "scheduler" / "scheduler_config.json").read_text())
             (copy / "scheduler" / "scheduler_config.json").write_text(
-                json.dumps({**cfg, "prediction_type": "v_prediction"})
+                json.dumps({**cfg, "prediction_type": "flow_prediction"})
             )
         else:  # 4 unnamed rows, 2 classes of data
             (copy / "class_map.json").unlink()
@@ -178,3 +178,27 @@ def test_what_does_not_fit_is_a_clear_error_and_writes_nothing(case, match, expo
     with pytest.raises(ConfigError, match=match):
         pretrain(args)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_v_prediction_model_goes_out_and_comes_back_as_itself(toy_dir, tmp_path):
+    """--prediction v: exported as v_prediction, sampled alike by the pipeline, and imported as v."""
+    from clinalign.interop.export import export_diffusers
+
+    from .conftest import TINY_DIFFUSION, TINY_MODEL
+
+    v_run = tmp_path / "v"
+    argv = ["train", "--data_dir", str(toy_dir), "--run_dir", str(v_run), *TINY_MODEL, *TINY_DIFFUSION]
+    assert main([*argv, "--class_cond", "True", "--prediction", "v", "--batch_size", "4", "--max_steps", "2"]) == 0
+    out = export_diffusers(v_run, tmp_path / "export")
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
+    assert _train(toy_dir, tmp_path / "again", out) == 0
+    source, imported = find_checkpoint(v_run), find_checkpoint(tmp_path / "again" / "init_from")
+    assert imported.diffusion.prediction == "v"
+    y = torch.arange(4)
+    ours = _ddim(source, y)
+    assert torch.equal(ours, _ddim(imported, y))
+    pipe = pipeline_from(out)
+    pipe.set_sampler("ddim")
+    g = torch.Generator().manual_seed(4)
+    theirs = pipe(class_labels=y.tolist(), num_inference_steps=5, generator=g, output_type="pt").images * 2 - 1
+    assert (ours.clamp(-1, 1) - theirs).abs().max().item() < 1e-4

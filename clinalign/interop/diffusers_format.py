@@ -60,18 +60,25 @@ def schedule_entries(ck: Checkpoint) -> dict:
     return {"beta_schedule": "linear", "trained_betas": [float(b) for b in betas]}
 
 
+PREDICTION_TYPES = {
+    ModelMeanType.EPSILON: "epsilon",
+    ModelMeanType.START_X: "sample",
+    ModelMeanType.VELOCITY: "v_prediction",
+}
+
+
 def scheduler_config(ck: Checkpoint, clip_sample: bool = True) -> dict:
     """A ``DDPMScheduler`` config (also valid for DDIM and DPM-Solver via ``from_config``) of the run's process."""
     diffusion = ck.build_diffusion(timestep_respacing="")
-    if diffusion.model_mean_type not in (ModelMeanType.EPSILON, ModelMeanType.START_X):
+    if diffusion.model_mean_type not in PREDICTION_TYPES:
         raise CheckpointError(
-            f"{ck.path}: a model predicting x_(t-1) has no diffusers scheduler; export ε or x_0 models"
+            f"{ck.path}: a model predicting x_(t-1) has no diffusers scheduler; export ε, x_0 or v models"
         )
     return {
         "_class_name": "DDPMScheduler",
         "num_train_timesteps": int(diffusion.num_timesteps),
         **schedule_entries(ck),
-        "prediction_type": "epsilon" if diffusion.model_mean_type == ModelMeanType.EPSILON else "sample",
+        "prediction_type": PREDICTION_TYPES[diffusion.model_mean_type],
         "variance_type": VARIANCE_TYPES[diffusion.model_var_type],
         "clip_sample": bool(clip_sample),
         "clip_sample_range": 1.0,

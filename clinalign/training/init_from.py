@@ -129,9 +129,13 @@ def diffusion_settings(source: Source) -> dict[str, Any]:
     out["diffusion_steps"] = int(s.get("num_train_timesteps", 1000))
     out["noise_schedule"] = schedule_of(s, where)
     prediction = s.get("prediction_type", "epsilon")
-    if prediction not in ("epsilon", "sample"):
-        raise ConfigError(f"{where}: predicts {prediction!r}; clinalign trains ε ('epsilon') or x_0 ('sample') models")
+    if prediction not in ("epsilon", "sample", "v_prediction"):
+        raise ConfigError(
+            f"{where}: predicts {prediction!r}; clinalign trains ε ('epsilon'), x_0 ('sample') or v ('v_prediction')"
+        )
     out["predict_xstart"] = prediction == "sample"
+    if prediction == "v_prediction":
+        out["prediction"] = "v"
     variance = s.get("variance_type")
     if variance in ("learned", "fixed_small_log", "fixed_large_log"):
         raise ConfigError(f"{where}: variance_type {variance!r} is not one of clinalign's; pass {where / 'unet'}")
