@@ -134,6 +134,7 @@ def test_demo_smallest_size_compares_feedback_with_equal_cost_controls(tmp_path)
         samples_per_class=8,
         eval_per_class=8,
         batch_size=8,
+        utility=True,
         device="cpu",
     )
     summary = run_demo(cfg, progress=False)

@@ -476,11 +476,21 @@ def simulate(
         out / JUDGEMENTS_FILE, sample_set.ids, sample_set.classes, plausible, p, assigned if concepts else None
     )
     accuracy = expert.info.get("val_accuracy")
+    _log_verdicts(len(sample_set), float(plausible.mean()), tau, noise, accuracy, counts, out)
+    return SimulationResult(
+        out, expert.directory or expert_dir, len(sample_set), float(plausible.mean()), counts, accuracy
+    )
+
+
+def _log_verdicts(
+    n: int, share: float, tau: float, noise: float, accuracy: float | None, counts: dict, out: Path
+) -> None:
+    """The verdicts' summary, and the two ways they can be useless for a reward model."""
     log.info(
         "judged %d samples: %.1f %% plausible (tau %.2f, noise %.2f; expert accuracy on held-out real images "
         "%.3f) -> %s",
-        len(sample_set),
-        100 * plausible.mean(),
+        n,
+        100 * share,
         tau,
         noise,
         accuracy or float("nan"),
@@ -500,6 +510,3 @@ def simulate(
             "boundary there",
             ", ".join(one_sided),
         )
-    return SimulationResult(
-        out, expert.directory or expert_dir, len(sample_set), float(plausible.mean()), counts, accuracy
-    )

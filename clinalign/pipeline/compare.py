@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,9 @@ class CompareConfig:
         0.0,
         "rejection sampling keeps samples whose reward is at least this (0: the bar at which the reward model "
         "accepts the share of the round's samples that the expert accepted)",
+    )
+    rejection_draw_factor: int = option(
+        50, "rejection sampling gives up on a class after drawing this many times its quota"
     )
     oracle_epochs: int = option(20, "evaluation oracle training epochs (its real held-out accuracy is reported)")
     oracle_width: int = option(32, "evaluation oracle width")
@@ -192,6 +195,8 @@ class Comparison:
         """Sample the column with the shared seed and judge it (None when rejection sampling kept nothing)."""
         folder = self.out / "judged" / name.replace(" ", "_").replace("(", "").replace(")", "")
         scfg = self.rcfg.sample_config(self.ccfg.eval_per_class * self.n_classes, self.ccfg.eval_seed)
+        if accept is not None:
+            scfg = replace(scfg, max_draw_factor=self.ccfg.rejection_draw_factor)
         start = time.perf_counter()
         drawn = sample_folder(checkpoint, folder, scfg, accept=accept, progress=self.progress)
         info = {

@@ -44,17 +44,18 @@ class DemoConfig:
     test_per_class: int = option(100, "toy test cells per class", flag=False)
     image_size: int = option(32, flag=False)
     num_channels: int = option(16, flag=False)
-    # To the plateau of the toy pretraining curve (bench/feedback_vs_control.py --data toy).
-    pretrain_steps: int = option(2000, "at --minutes 10; every step count scales with the budget", flag=False)
+    # Half the toy curve's plateau (2000 steps, bench/feedback_vs_control.py --data toy): what fits
+    # ten minutes on two CPU cores; pass --minutes 20 for a base at the plateau.
+    pretrain_steps: int = option(1000, "at --minutes 10; every step count scales with the budget", flag=False)
     batch_size: int = option(32, flag=False)
     lr: float = option(1e-3, flag=False)
     # x0-prediction: an eps-predicting net this small, trained this briefly, gets the global stain
     # colour wrong (its x0 error at high noise is amplified by 1/sqrt(alpha_bar)); predicting x0
     # directly gets colour right within a few hundred steps (measured: 2.6 % vs 96 % plausible).
     predict_xstart: bool = option(True, flag=False)
-    samples_per_class: int = option(64, "samples per class the expert judges each round", flag=False)
-    eval_per_class: int = option(64, "samples per class every model is judged on", flag=False)
-    finetune_steps: int = option(150, flag=False)
+    samples_per_class: int = option(48, "samples per class the expert judges each round", flag=False)
+    eval_per_class: int = option(48, "samples per class every model is judged on", flag=False)
+    finetune_steps: int = option(100, flag=False)
     finetune_lr: float = option(5e-4, flag=False)
     beta: float = option(1.0, "weight of the real-data loss in the finetune")
     tau: float = option(0.9, "the simulated expert's strictness")
@@ -63,6 +64,9 @@ class DemoConfig:
         "what the expert judges by (default: both for toy cells, classifier else)",
         choices=("", "classifier", "checklist", "both"),
     )
+    # TSTR trains three classifiers per judged set (about 90 s each on 2 cores): off, it would be
+    # half the demo's budget.
+    utility: bool = option(False, "train the TSTR classifiers for every judged model")
     objective: str = option("reward-weighted", "reward-weighted or Diffusion-KTO", choices=("reward-weighted", "kto"))
     use_fp16: bool = option(True, flag=False)
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
@@ -162,7 +166,13 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     seconds["pretrain"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     ccfg = CompareConfig(
-        rounds=cfg.rounds, eval_per_class=cfg.eval_per_class, eval_seed=cfg.seed + 7, oracle_epochs=10, utility=True
+        rounds=cfg.rounds,
+        eval_per_class=cfg.eval_per_class,
+        eval_seed=cfg.seed + 7,
+        oracle_epochs=10,
+        # at the expert's acceptance rate a full quota costs ~20 draws per kept sample (100 s a round)
+        rejection_draw_factor=4,
+        utility=cfg.utility,
     )
     comparison = Comparison(base, pools, out, cfg.round_config(), ccfg, progress=progress)
     table = comparison.run()

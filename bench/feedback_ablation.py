@@ -1,0 +1,144 @@
+"""Where a feedback round's effect comes from: finetunes of one base on one round's judged samples.
+
+    python bench/feedback_ablation.py --run clinalign-demo --out /tmp/ablation
+
+Takes a finished ``clinalign demo`` (or bench/feedback_vs_control.py ``compare/``) folder: its base
+checkpoint, pools and round ``--round``'s samples and rewards. Each variant finetunes the base for
+``--steps`` steps with the round's recipe (real batch at beta 1 beside the judged batch) and is
+sampled and judged with the same seeds and the run's evaluation models. Variants (``--variants``):
+
+- ``zero``: every synthetic weight 0, so only the real batch trains, through the finetune's code
+  path (separates the finetune machinery from the effect of the judged samples);
+- ``verdicts``: the round's rewards as the round used them;
+- ``balanced``: accepted samples reweighted so that each class's accepted samples weigh the same in
+  total (a class the expert mostly rejects is not drowned by the classes it accepts);
+- ``kto``: Diffusion-KTO on the verdicts (``--kto_beta``).
+
+Prints one JSON line per variant: plausibility and its parts, per-class plausibility, FID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clinalign.data.naming import label_of  # noqa: E402
+from clinalign.evaluate.oracle import OracleConfig  # noqa: E402
+from clinalign.evaluate.run import Evaluator  # noqa: E402
+from clinalign.pipeline.rounds import RoundConfig  # noqa: E402
+from clinalign.sampling.sample import sample_folder  # noqa: E402
+from clinalign.training.checkpoint import find_checkpoint, latest_checkpoint  # noqa: E402
+from clinalign.training.finetune import finetune  # noqa: E402
+
+
+def read_rewards(path: Path) -> dict[str, float]:
+    with open(path, newline="") as f:
+        return {row["ID"]: float(row["rewards"]) for row in csv.DictReader(f)}
+
+
+def write_rewards(path: Path, rewards: dict[str, float]) -> Path:
+    path.write_text("ID,rewards\n" + "".join(f"{k},{v}\n" for k, v in rewards.items()))
+    return path
+
+
+def balanced(rewards: dict[str, float]) -> dict[str, float]:
+    accepted = collections.Counter(label_of(k) for k, v in rewards.items() if v >= 0.5)
+    share = sum(accepted.values()) / max(len(accepted), 1)
+    return {k: share / accepted[label_of(k)] if v >= 0.5 else 0.0 for k, v in rewards.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="a finished demo or compare folder")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--round", type=int, default=1)
+    p.add_argument("--variants", default="zero,verdicts,balanced,kto")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--kto_beta", type=float, default=5000.0)
+    p.add_argument("--per_class", type=int, default=48)
+    p.add_argument("--seed", type=int, default=7, help="sampling seed of the judged samples")
+    args = p.parse_args(argv)
+
+    run, pools, rnd = args.run, args.run / "pools", args.run / f"round_{args.round}"
+    base = latest_checkpoint(run / "pretrain")
+    if base is None:
+        raise SystemExit(f"{run}/pretrain: no checkpoint (pass a finished demo folder)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rewards = read_rewards(rnd / "finetune_rewards.csv")
+    files = {
+        "zero": write_rewards(args.out / "zero.csv", dict.fromkeys(rewards, 0.0)),
+        "verdicts": rnd / "finetune_rewards.csv",
+        "balanced": write_rewards(args.out / "balanced.csv", balanced(rewards)),
+        "kto": rnd / "finetune_rewards.csv",
+    }
+    evaluator = Evaluator(
+        pools / "O",
+        pools / "test",
+        generator_data=pools / "G",
+        models_dir=run / "evaluation-models",
+        oracle_config=OracleConfig(image_size=base.model.image_size, epochs=10, width=32, seed=0),
+    )
+    n_samples = args.per_class * len(base.class_map)
+
+    def judge(name: str, checkpoint) -> None:
+        folder = args.out / "judged" / name
+        if not folder.exists():
+            sample_folder(find_checkpoint(checkpoint), folder, RoundConfig().sample_config(n_samples, args.seed))
+        m = evaluator.judge(folder).samples.metrics
+        pl = m["plausibility"]
+        print(
+            json.dumps(
+                {
+                    "variant": name,
+                    "plausibility": round(pl["rate"], 3),
+                    "class_consistent": round(pl["oracle_rate"], 3),
+                    "on_manifold": round(pl["manifold_rate"], 3),
+                    "checklist": round(pl["checklist_rate"], 3),
+                    "per_class": {c: round(v["rate"], 3) for c, v in pl["per_class"].items()},
+                    "fid": round(m["fid"], 3),
+                }
+            ),
+            flush=True,
+        )
+
+    judge("base", base.path)
+    for name in args.variants.split(","):
+        if name not in files:
+            raise SystemExit(f"unknown variant {name!r}: use {', '.join(files)}")
+        out = args.out / name
+        if latest_checkpoint(out) is None:
+            finetune(
+                {
+                    "resume_checkpoint": str(base.path),
+                    "data_pre_dir": str(pools / "G"),
+                    "data_mod_dir": str(rnd / "samples"),
+                    "rewards": str(files[name]),
+                    "run_dir": str(out),
+                    "beta": 1.0,
+                    "reward_transform": "raw" if name == "balanced" else "threshold",
+                    "objective": "kto" if name == "kto" else "reward-weighted",
+                    "kto_beta": args.kto_beta,
+                    "max_steps": args.steps,
+                    "lr": args.lr,
+                    "batch_size": args.batch_size,
+                    "ema_rate": "0.999",
+                    "use_fp16": True,
+                    "seed": 0,
+                    "save_interval": args.steps,
+                    "log_interval": 25,
+                }
+            )
+        judge(name, latest_checkpoint(out).path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
