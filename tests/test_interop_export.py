@@ -66,9 +66,19 @@ def pipeline_from(folder):
 
 @pytest.fixture(scope="module")
 def run(toy_dir, tmp_path_factory):
-    """A tiny class-conditional run with a learned-range variance (2 steps)."""
+    """A tiny class-conditional eps-predicting run with a learned-range variance (2 steps)."""
     out = tmp_path_factory.mktemp("interop") / "run"
-    argv = ["train", "--data_dir", str(toy_dir), "--run_dir", str(out), *TINY_MODEL, *TINY_DIFFUSION]
+    argv = [
+        "train",
+        "--data_dir",
+        str(toy_dir),
+        "--run_dir",
+        str(out),
+        *TINY_MODEL,
+        *TINY_DIFFUSION,
+        "--recipe",
+        "seed",
+    ]
     assert main([*argv, "--class_cond", "True", "--learn_sigma", "True", "--batch_size", "4", "--max_steps", "2"]) == 0
     return out
 

@@ -269,6 +269,31 @@ def test_seed_script_runs_with_the_seed_flags(toy_dir, tmp_path):
     ck = find_checkpoint(run)
     assert ck.step == 3 and ck.diffusion.use_kl is True
     assert ck.state()["schedule_sampler"], "loss-second-moment history is checkpointed"
+    # the seed's meaning: eps-prediction in fp32, whatever `clinalign train` defaults to
+    assert ck.build_diffusion().model_mean_type.name == "EPSILON"
+    assert json.loads((run / "config.json").read_text())["train"]["use_fp16"] is False
+
+
+def test_clinalign_train_uses_the_measured_recipe_for_new_runs_only(toy_dir, tmp_path):
+    from clinalign.cli import main
+    from clinalign.training.cli import RECIPE
+
+    from .conftest import TINY_DIFFUSION, TINY_MODEL
+
+    def train(run, *extra):
+        flags = ["--batch_size", "4", "--class_cond", "True", *TINY_MODEL, *TINY_DIFFUSION]
+        assert main(["train", "--data_dir", str(toy_dir), "--run_dir", str(run), *flags, *extra]) == 0
+        return find_checkpoint(run), json.loads((run / "config.json").read_text())["train"]
+
+    ck, cfg = train(tmp_path / "new", "--max_steps", "2")
+    assert ck.diffusion.prediction == RECIPE["prediction"] and cfg["use_fp16"] is RECIPE["use_fp16"]
+    # a typed objective wins, and a resumed run keeps its checkpoint's
+    ck, _ = train(tmp_path / "typed", "--max_steps", "2", "--predict_xstart", "False", "--use_fp16", "False")
+    assert ck.build_diffusion().model_mean_type.name == "EPSILON"
+    ck, _ = train(tmp_path / "typed", "--max_steps", "3")
+    assert ck.step == 3 and ck.build_diffusion().model_mean_type.name == "EPSILON"
+    ck, _ = train(tmp_path / "seed", "--max_steps", "2", "--recipe", "seed")
+    assert ck.build_diffusion().model_mean_type.name == "EPSILON"
 
 
 def test_kill_9_mid_run_then_resume_reaches_the_same_step(toy_dir, tmp_path):

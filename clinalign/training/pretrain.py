@@ -178,13 +178,21 @@ def write_run_config(
     class_map.save(run_dir / CLASS_MAP_FILE)
 
 
-def add_model_flags(parser: argparse.ArgumentParser, when: str = "when resuming") -> None:
+def add_model_flags(
+    parser: argparse.ArgumentParser, when: str = "when resuming", defaults: dict[str, Any] | None = None
+) -> None:
     """The seed's model and diffusion flags; untyped ones come from the checkpoint."""
     add_flags(parser.add_argument_group(f"model (from the checkpoint {when})"), ModelConfig, inherit=True)
-    add_flags(parser.add_argument_group(f"diffusion (from the checkpoint {when})"), DiffusionConfig, inherit=True)
+    add_flags(
+        parser.add_argument_group(f"diffusion (from the checkpoint {when})"),
+        DiffusionConfig,
+        inherit=True,
+        defaults=defaults,
+    )
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The seed's flags: model and diffusion ones inherit from a checkpoint when not typed."""
-    add_model_flags(parser)
-    add_flags(parser.add_argument_group("training"), TrainConfig)
+def add_train_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+    """The seed's flags: model and diffusion ones inherit from a checkpoint when not typed;
+    ``defaults`` overrides training defaults for one command (``clinalign train``'s recipe)."""
+    add_model_flags(parser, defaults=defaults)
+    add_flags(parser.add_argument_group("training"), TrainConfig, defaults=defaults)
