@@ -1,7 +1,10 @@
 """Training and sampling throughput of the real training loop, printed as JSON.
 
-    python bench/train_speed.py                    # config A fp32 and bf16 side by side, config B fp32
-    python bench/train_speed.py --configs A --precisions fp32,bf16 --steps 23
+    python bench/train_speed.py                    # eps fp32 (the baseline) beside `clinalign train`'s default recipe
+    python bench/train_speed.py --configs A --precisions fp32,bf16,default --steps 23
+
+``--precisions``: fp32 and bf16 train eps-prediction (improved-diffusion's objective); ``default`` is
+what a new ``clinalign train`` run uses when no objective flag is typed (clinalign.training.cli.RECIPE).
 
 Config A: --image_size 32 --num_channels 64 --num_res_blocks 2 --diffusion_steps 1000
           --noise_schedule cosine --learn_sigma True --class_cond True --batch_size 16
@@ -60,16 +63,20 @@ def random_stream(batch: int, size: int, classes: int):
 
 
 def bench_train(name: str, precision: str, steps: int, warmup: int, device: str) -> dict:
+    from clinalign.training.cli import RECIPE
+
     conf = CONFIGS[name]
     model_cfg = ModelConfig(**conf["model"])
-    diffusion_cfg = DiffusionConfig(**conf["diffusion"])
+    recipe = precision == "default"
+    prediction = RECIPE["prediction"] if recipe else "eps"
+    diffusion_cfg = DiffusionConfig(**conf["diffusion"], prediction=prediction)
     train_cfg = TrainConfig(
         batch_size=conf["batch_size"],
         lr=1e-4,
         max_steps=steps,
         log_interval=1,
         save_interval=10**9,
-        use_fp16=precision == "bf16",
+        use_fp16=precision == "bf16" or (recipe and RECIPE["use_fp16"]),
         device=device,
     )
     class_map = ClassMap.from_labels([f"c{i}" for i in range(conf["classes"])])
@@ -93,6 +100,7 @@ def bench_train(name: str, precision: str, steps: int, warmup: int, device: str)
         "bench": "train",
         "config": name,
         "precision": precision,
+        "prediction": prediction,
         "batch_size": conf["batch_size"],
         "params": params,
         "images_per_s": round(statistics.median(rates), 2),
@@ -151,7 +159,7 @@ def peak_memory() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="A,B")
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--precisions", default="fp32,default", help="fp32, bf16 (eps-prediction) and default")
     parser.add_argument(
         "--steps", type=int, default=23, help="training steps per measurement (first --warmup not timed)"
     )
@@ -175,7 +183,8 @@ def main() -> None:
             print(json.dumps(bench_train(name, precision, steps, args.warmup, args.device)), flush=True)
     if not args.skip_sampling:
         for precision in args.precisions.split(","):
-            print(json.dumps(bench_sample("A", precision, args.sample_steps, args.device)), flush=True)
+            amp = "bf16" if precision == "default" else precision
+            print(json.dumps(bench_sample("A", amp, args.sample_steps, args.device)), flush=True)
 
 
 if __name__ == "__main__":
