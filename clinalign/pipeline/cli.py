@@ -101,7 +101,7 @@ def register_demo(subparsers) -> None:
         "demo",
         help="run the whole loop on toy cells (or your data) and print a before/after table",
         description="pretrain -> sample -> simulated expert -> reward model -> finetune -> evaluate, "
-        "on 2 CPU cores in about 9 minutes with the default toy cells.",
+        "in about 14 minutes on one CPU core with the default toy cells.",
     )
     add_flags(parser, DemoConfig)
     parser.set_defaults(func=cmd_demo)
