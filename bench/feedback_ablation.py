@@ -29,8 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinalign.data.naming import label_of  # noqa: E402
-from clinalign.evaluate.oracle import OracleConfig  # noqa: E402
-from clinalign.evaluate.run import Evaluator  # noqa: E402
+from clinalign.pipeline.compare import CompareConfig, Pools, make_evaluator  # noqa: E402
 from clinalign.pipeline.rounds import RoundConfig  # noqa: E402
 from clinalign.sampling.sample import sample_folder  # noqa: E402
 from clinalign.training.checkpoint import find_checkpoint, latest_checkpoint  # noqa: E402
@@ -79,12 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         "balanced": write_rewards(args.out / "balanced.csv", balanced(rewards)),
         "kto": rnd / "finetune_rewards.csv",
     }
-    evaluator = Evaluator(
-        pools / "O",
-        pools / "test",
-        generator_data=pools / "G",
-        models_dir=run / "evaluation-models",
-        oracle_config=OracleConfig(image_size=base.model.image_size, epochs=10, width=32, seed=0),
+    # the demo's judge (its oracle settings), so its cached evaluation models are reused
+    folders = Pools(pools / "G", pools / "E", pools / "O", pools / "test")
+    evaluator = make_evaluator(
+        folders, base.model.image_size, CompareConfig(oracle_epochs=10, utility=False), run, seed=0
     )
     n_samples = args.per_class * len(base.class_map)
 
