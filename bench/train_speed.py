@@ -9,9 +9,18 @@ what a new ``clinalign train`` run uses when no objective flag is typed (clinali
 Config A: --image_size 32 --num_channels 64 --num_res_blocks 2 --diffusion_steps 1000
           --noise_schedule cosine --learn_sigma True --class_cond True --batch_size 16
 Config B: the seed's defaults (--image_size 64 --num_channels 128 --num_res_blocks 3
-          --diffusion_steps 4000 --noise_schedule linear), batch 4.
+          --diffusion_steps 4000 --noise_schedule linear), batch 4 (the seed trains at 128:
+          ``--batch_size 128`` on a GPU).
 images/s is the median over the steps after the warm-up, each step timed inside the loop
 (metrics.jsonl with --log_interval 1), the way BASELINES.md measured improved-diffusion.
+
+On a GPU, one prepared run answers the speed questions (fp32 vs bf16, torch.compile, memory, MFU):
+
+    python bench/train_speed.py --configs B --batch_size 128 --precisions fp32,bf16 --compile both
+
+``flops_per_image`` is the model's forward + backward FLOPs per training image, counted with
+torch.utils.flop_counter on the CPU; ``mfu`` divides the achieved FLOP/s by ``--peak_tflops``
+(default: the GPU's dense bf16 peak where known, e.g. 989 for H100/H200 SXM).
 """
 
 from __future__ import annotations
@@ -62,10 +71,44 @@ def random_stream(batch: int, size: int, classes: int):
         )
 
 
-def bench_train(name: str, precision: str, steps: int, warmup: int, device: str) -> dict:
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, for the MFU column.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+
+
+def gpu_peak_tflops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
+def flops_per_image(model_cfg: ModelConfig, classes: int, batch: int = 2) -> int:
+    """Forward + backward FLOPs of one training image (counted on the CPU, so no device is needed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_denoiser(model_cfg, 3, classes)
+    size = model_cfg.image_size
+    x, t = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
+    y = torch.zeros(batch, dtype=torch.long) if model_cfg.class_cond else None
+    with FlopCounterMode(display=False) as counter:
+        model(x, t, y=y).float().square().mean().backward()
+    return counter.get_total_flops() // batch
+
+
+def bench_train(
+    name: str,
+    precision: str,
+    steps: int,
+    warmup: int,
+    device: str,
+    batch_size: int = 0,
+    compile_model: bool = False,
+    peak_tflops: float | None = None,
+) -> dict:
     from clinalign.training.cli import RECIPE
 
-    conf = CONFIGS[name]
+    conf = dict(CONFIGS[name])
+    conf["batch_size"] = batch_size or conf["batch_size"]
     model_cfg = ModelConfig(**conf["model"])
     recipe = precision == "default"
     prediction = RECIPE["prediction"] if recipe else "eps"
@@ -78,6 +121,7 @@ def bench_train(name: str, precision: str, steps: int, warmup: int, device: str)
         save_interval=10**9,
         use_fp16=precision == "bf16" or (recipe and RECIPE["use_fp16"]),
         device=device,
+        compile=compile_model,
     )
     class_map = ClassMap.from_labels([f"c{i}" for i in range(conf["classes"])])
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,14 +140,19 @@ def bench_train(name: str, precision: str, steps: int, warmup: int, device: str)
         records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["images_per_s"] for r in records[warmup:]]
     params = count_parameters(build_denoiser(model_cfg, 3, conf["classes"]))
+    rate, flops = statistics.median(rates), flops_per_image(model_cfg, conf["classes"])
     out = {
         "bench": "train",
         "config": name,
         "precision": precision,
         "prediction": prediction,
         "batch_size": conf["batch_size"],
+        "compile": compile_model,
         "params": params,
-        "images_per_s": round(statistics.median(rates), 2),
+        "images_per_s": round(rate, 2),
+        "flops_per_image": flops,
+        "achieved_tflops": round(rate * flops / 1e12, 3),
+        "mfu": round(rate * flops / (peak_tflops * 1e12), 4) if peak_tflops else None,
         "images_per_s_all": [round(r, 2) for r in rates],
         "steps_timed": len(rates),
     }
@@ -167,7 +216,14 @@ def main() -> None:
     parser.add_argument("--sample_steps", type=int, default=50)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip_sampling", action="store_true")
+    parser.add_argument("--batch_size", type=int, default=0, help="override the config's batch (0 = keep)")
+    parser.add_argument("--compile", choices=("off", "on", "both"), default="off", help="torch.compile the model")
+    parser.add_argument(
+        "--peak_tflops", type=float, default=None, help="the device's bf16 peak for MFU (default: known GPUs)"
+    )
     args = parser.parse_args()
+    peak = args.peak_tflops or gpu_peak_tflops()
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     env = {
         "bench": "env",
         "torch": torch.__version__,
@@ -175,12 +231,15 @@ def main() -> None:
         "device": args.device,
         "cpu": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "peak_tflops": peak,
     }
     print(json.dumps(env), flush=True)
     for name in args.configs.split(","):
         for precision in args.precisions.split(","):
             steps = args.steps if name == "A" or args.device != "cpu" else max(args.warmup + 3, args.steps // 3)
-            print(json.dumps(bench_train(name, precision, steps, args.warmup, args.device)), flush=True)
+            for compiled in compiles:
+                result = bench_train(name, precision, steps, args.warmup, args.device, args.batch_size, compiled, peak)
+                print(json.dumps(result), flush=True)
     if not args.skip_sampling:
         for precision in args.precisions.split(","):
             amp = "bf16" if precision == "default" else precision

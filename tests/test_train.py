@@ -384,3 +384,18 @@ def test_ddp_two_gloo_processes(toy_dir, tmp_path):
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 3, "only rank 0 writes metrics"
     assert records[-1]["images_seen"] == 3 * 2 * 2
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_model_and_saves_plain_keys(toy_dir, tmp_path):
+    """--compile True (a GPU option) compiles only the training forward: same losses, same checkpoint keys."""
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    assert main(train_argv(toy_dir, eager, "--max_steps", "2")) == 0
+    assert main(train_argv(toy_dir, compiled, "--max_steps", "2", "--compile", "True")) == 0
+    losses = [
+        [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()] for run in (eager, compiled)
+    ]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-2)  # fused kernels round differently
+    a, b = weights_of(eager), weights_of(compiled)
+    assert a.keys() == b.keys() and not any("_orig_mod" in k for k in b)
+    assert json.loads((compiled / "config.json").read_text())["train"]["compile"] is True

@@ -185,7 +185,7 @@ class Comparison:
         self.evaluator = evaluator or make_evaluator(
             pools, self.base.model.image_size, ccfg, self.out, rcfg.seed, progress
         )
-        self.n_classes = len(self.base.class_map)
+        self.n_classes = len(self.base.sample_classes)
         self.seconds: dict[str, float] = {"feedback": 0.0, "control": 0.0}
         self.results: dict[str, SetResult] = {}
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..training.config import OBJECTIVES
 from ..utils.config import option
 from .compare import COLUMNS, CompareConfig, Comparison, Pools
 from .rounds import RoundConfig
@@ -67,7 +68,11 @@ class DemoConfig:
     # TSTR trains three classifiers per judged set (about 90 s each on 2 cores): off, it would be
     # half the demo's budget.
     utility: bool = option(False, "train the TSTR classifiers for every judged model")
-    objective: str = option("reward-weighted", "reward-weighted or Diffusion-KTO", choices=("reward-weighted", "kto"))
+    objective: str = option(
+        "reward-weighted",
+        "the finetune's objective: reward-weighted (the paper's), Diffusion-KTO, or guidance away from rejections",
+        choices=OBJECTIVES,
+    )
     use_fp16: bool = option(True, flag=False)
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
 

@@ -240,7 +240,7 @@ def run_round(
     rdir.mkdir(parents=True, exist_ok=True)
     secs: dict[str, float] = {}
     ck = find_checkpoint(checkpoint)
-    n = cfg.samples_per_class * len(ck.class_map)
+    n = cfg.samples_per_class * len(ck.sample_classes)
 
     samples = rdir / "samples"
     with _timed(secs, "sample"):

@@ -35,6 +35,7 @@ from ..training.checkpoint import Checkpoint, find_checkpoint
 from ..utils.config import option
 from ..utils.distributed import DistInfo, init_distributed, resolve_device
 from ..utils.fileio import atomic_writer
+from .guidance import guided
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ class SampleConfig:
     use_fp16: bool = option(False, "bf16 autocast")
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
     max_draw_factor: int = option(50, "rejection sampling: give up on a class after drawing this many times its quota")
+    guidance: float = option(
+        -1.0,
+        "steer away from the experts' rejections (models finetuned with --objective guidance): "
+        "-1 = the strength the model was finetuned with, 0 = off",
+    )
 
     @property
     def class_list(self) -> list[str] | None:
@@ -292,7 +298,7 @@ def _classes_to_draw(ck: Checkpoint, classes: list[str] | None) -> tuple[ClassMa
         if classes:
             raise ConfigError(f"{ck.path}: the model is unconditional (class_cond False); drop --classes")
         class_map = ClassMap([UNCONDITIONAL])
-    names = list(classes) if classes else list(class_map.names)
+    names = list(classes) if classes else (ck.sample_classes if ck.model.class_cond else list(class_map.names))
     for name in names:
         class_map.index(name)  # unknown class -> DataError naming the known ones
     return class_map, names
@@ -330,7 +336,7 @@ class _Drawer:
         self.short: dict[str, int] = {}
         self.written, self.counter = 0, len(rows)
         self.class_cond = bool(ck.model.class_cond)
-        self.model = ck.build_model(ema=cfg.ema, device=resolve_device(cfg.device)).eval()
+        self.model = guided(ck.build_model(ema=cfg.ema, device=resolve_device(cfg.device)).eval(), ck, cfg.guidance)
         self.diffusion = ck.build_diffusion(timestep_respacing="")
         size = int(ck.model.image_size)
         self.shape_tail = (ck.channels, size, size)

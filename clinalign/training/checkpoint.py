@@ -71,6 +71,17 @@ class Checkpoint:
         return ClassMap.from_dict(self.meta["class_map"])
 
     @property
+    def guidance(self) -> dict[str, str]:
+        """``{class: its rejected-samples class}`` of a guidance finetune; empty for any other run."""
+        return dict(self.meta.get("guidance") or {})
+
+    @property
+    def sample_classes(self) -> list[str]:
+        """The classes a user samples: every class but the rejected-samples classes guidance steers from."""
+        negatives = set(self.guidance.values())
+        return [name for name in self.class_map.names if name not in negatives]
+
+    @property
     def ema_rates(self) -> list[str]:
         return list(self.meta.get("ema_rates", []))
 

@@ -16,7 +16,7 @@ from ..diffusion.timestep_samplers import SCHEDULE_SAMPLERS
 from ..utils.config import option, repeated
 
 REWARD_TRANSFORMS = ("raw", "threshold", "class_norm")
-OBJECTIVES = ("reward-weighted", "kto")
+OBJECTIVES = ("reward-weighted", "kto", "guidance")
 
 
 @dataclass
@@ -53,6 +53,9 @@ class TrainConfig:
     rgb: bool = option(False, "force 3 channels even if every image is grayscale [clinalign]")
     keep_checkpoints: int = option(0, "keep only the newest N checkpoints (0 = keep all) [clinalign]")
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps [clinalign]")
+    compile: bool = option(
+        False, "torch.compile the denoiser for training (a GPU option: no gain measured on CPU) [clinalign]"
+    )
     init_from: str = option(
         "",
         "start from a diffusers UNet2DModel folder (or a pipeline folder with unet/, e.g. a clinalign export): "
@@ -98,11 +101,15 @@ class FinetuneConfig:
     reward_threshold: float = option(0.5, "for --reward_transform threshold, and KTO's liked/disliked split")
     objective: str = option(
         "reward-weighted",
-        "reward-weighted likelihood (the paper's), or Diffusion-KTO on "
-        "liked/disliked images (reward >= --reward_threshold is liked)",
+        "reward-weighted likelihood (the paper's), Diffusion-KTO on liked/disliked images (reward >= "
+        "--reward_threshold is liked), or guidance: rejected images train a CLASS-rejected class that "
+        "sampling steers away from",
         choices=OBJECTIVES,
     )
     kto_beta: float = option(5000.0, "KTO's scale on the loss difference to the frozen starting model")
+    guidance_scale: float = option(
+        1.0, "--objective guidance: how hard sampling steers away from the rejected images (sample --guidance)"
+    )
     concept: list[str] = repeated(
         "a concept the synthetic images declare and the checkpoint lacks (default: "
         "DATA_MOD_DIR/concepts.json); its embedding row starts as the parent's",

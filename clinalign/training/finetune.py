@@ -12,6 +12,13 @@ putting mass there; the beta term keeps it close to the real data so nothing is 
 
 ``--objective kto`` uses the judgements as likes/dislikes instead (Diffusion-KTO, Li et al. 2024;
 see :mod:`clinalign.training.objectives`), for comparison with the reward-weighted objective.
+
+``--objective guidance`` learns from the rejections too, without a negative loss: every class gains
+a ``CLASS-rejected`` class (its embedding row copied from the class's), the rejected images train
+that class and the accepted ones their own, both at weight 1 beside the real data. Sampling then
+steers each class away from what the experts rejected in it,
+``out = out(c) + w * (out(c) - out(c-rejected))`` (:mod:`clinalign.sampling.guidance`), the way
+classifier-free guidance steers away from the unconditional model (Ho & Salimans 2022).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from .pretrain import add_model_flags, check_channels, load_dataset, weighted_st
 log = logging.getLogger(__name__)
 
 REWARDS_FILE = "rewards.csv"
+REJECTED_SUFFIX = "-rejected"
 
 
 def read_rewards_csv(path: str | Path) -> dict[str, float]:
@@ -129,6 +137,29 @@ def grow_for_concepts(class_map, mod_dir: Path, specs: list[str] | None) -> tupl
     return grown, {n: grown.parents[n] for n in grown.names if grown.parents.get(n)}
 
 
+def grow_for_rejections(class_map, prior: dict[str, str]) -> tuple[Any, dict[str, str]]:
+    """(the map grown by a rejected-images class per class, ``{class: its rejected class}``).
+
+    ``prior`` is the starting checkpoint's pairs, so a later round keeps them and adds none twice.
+    """
+    from ..data.concepts import grow_class_map
+
+    negatives = set(prior.values())
+    pairs = dict(prior)
+    for name in class_map.names:
+        if name not in negatives and name not in pairs:
+            pairs[name] = name + REJECTED_SUFFIX
+    grown = grow_class_map(class_map, {neg: cls for cls, neg in pairs.items() if neg not in class_map})
+    return grown, pairs
+
+
+def label_rejected(dataset, accepted: np.ndarray, pairs: dict[str, str], class_map) -> int:
+    """Move the rejected images of ``dataset`` to their class's rejected class; returns how many moved."""
+    to_negative = {class_map.index(c): class_map.index(n) for c, n in pairs.items()}
+    dataset.labels = [y if ok else to_negative[y] for y, ok in zip(dataset.labels, accepted)]
+    return int((~accepted).sum())
+
+
 @dataclass
 class Start:
     """Where a finetune starts: the checkpoint whose weights it loads, and the model it started from."""
@@ -172,6 +203,8 @@ def synthetic_weights(ft: FinetuneConfig, synthetic, mod_dir: Path) -> tuple[np.
         raise ConfigError(f"unknown --objective {ft.objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if ft.objective == "kto":  # liked (+1) / disliked (-1): the judgements themselves, not their strength
         return raw, np.where(raw >= ft.reward_threshold, 1.0, -1.0), "sign", rewards_file
+    if ft.objective == "guidance":  # every image trains, the rejected ones under their rejected class
+        return raw, np.ones_like(raw), "guidance", rewards_file
     weights = transform_rewards(raw, np.asarray(synthetic.labels), ft.reward_transform, ft.reward_threshold)
     return raw, weights, ft.reward_transform, rewards_file
 
@@ -189,11 +222,17 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
     if not mod_dir:
         raise ConfigError("--data_mod_dir is required: the folder of scored synthetic images")
     class_map, concepts = grow_for_concepts(source.class_map, Path(mod_dir), ft.concept)
+    guidance = source.guidance
+    if ft.objective == "guidance":
+        class_map, guidance = grow_for_rejections(class_map, guidance)
     real = load_dataset(pre_dir, model_cfg, class_map, train_cfg)
     synthetic = load_dataset(mod_dir, model_cfg, class_map, train_cfg)
     check_channels(real, source.channels, source.path)
     check_channels(synthetic, source.channels, source.path)
     raw, weights, mode, rewards_file = synthetic_weights(ft, synthetic, Path(mod_dir))
+    if ft.objective == "guidance":
+        moved = label_rejected(synthetic, raw >= ft.reward_threshold, guidance, class_map)
+        log.info("guidance: %d rejected image(s) train their class's rejected class", moved)
     log.info(
         "finetuning on %d real + %d synthetic images (mean reward %.3f, mean weight %.3f, beta %.2f)",
         len(real),
@@ -214,12 +253,21 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
         "n_synthetic": len(synthetic),
         "concepts": concepts,
         "concept_lr_scale": ft.concept_lr_scale if new_rows else None,
+        "guidance": guidance,
     }
     write_run_config(run_dir, model_cfg, diffusion_cfg, train_cfg, source.channels, class_map, record)
     spec = _finetune_spec(
         start, ft, train_cfg, model_cfg, diffusion_cfg, class_map, real, synthetic, weights, new_rows, progress
     )
+    if guidance:  # sampling reads the pairs and the default strength from every checkpoint
+        spec.extra_meta |= {"guidance": guidance, "guidance_scale": _guidance_scale(ft, source)}
     return train(spec)
+
+
+def _guidance_scale(ft: FinetuneConfig, source: Checkpoint) -> float:
+    if ft.objective == "guidance":
+        return ft.guidance_scale
+    return float(source.meta.get("guidance_scale", ft.guidance_scale))
 
 
 def _finetune_spec(

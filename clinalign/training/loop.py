@@ -169,6 +169,8 @@ class TrainLoop:
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        if self.cfg.compile:  # only the training forward: checkpoints keep the plain module's keys
+            self.ddp_model = torch.compile(self.ddp_model)
         self.autocast, self.scaler = autocast_context(self.device, self.cfg.use_fp16)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

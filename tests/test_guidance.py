@@ -1,0 +1,100 @@
+"""--objective guidance: rejected images train a CLASS-rejected class, sampling steers away from it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from clinalign.cli import main
+from clinalign.data.naming import label_of
+from clinalign.sampling.guidance import RejectionGuidance
+from clinalign.sampling.sample import SampleConfig, generate, sample_folder
+from clinalign.training.checkpoint import find_checkpoint
+
+from .test_finetune import finetune_argv, scored_folder
+
+EMB = "unet.class_embedding.weight"
+
+
+class PerClass(nn.Module):
+    """out = (1 + y) on every channel: guidance's arithmetic is visible in the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t, y=None):
+        return torch.ones(x.shape[0], 6, *x.shape[2:]) * (1.0 + y.float()).view(-1, 1, 1, 1)
+
+
+def test_guidance_steers_the_prediction_away_from_the_rejected_class_and_keeps_the_variance():
+    model = RejectionGuidance(PerClass(), negative=torch.tensor([2, 3, 2, 3]), scale=1.5, channels=3)
+    out = model(torch.zeros(2, 3, 4, 4), torch.zeros(2), y=torch.tensor([0, 1]))
+    # class 0 (out 1) against its rejected class 2 (out 3): 1 + 1.5 * (1 - 3) = -2; class 1: 2 + 1.5 * (2 - 4) = -1
+    assert torch.equal(out[:, :3, 0, 0], torch.tensor([[-2.0] * 3, [-1.0] * 3]))
+    assert torch.equal(out[:, 3:, 0, 0], torch.tensor([[1.0] * 3, [2.0] * 3]))  # learned variance: out(c)
+
+
+@pytest.fixture(scope="module")
+def guided_run(pretrained, toy_dir, tmp_path_factory):
+    """Every eosinophil rejected, every other image accepted; 3 finetune steps."""
+    tmp = tmp_path_factory.mktemp("guidance")
+    mod = scored_folder(toy_dir, tmp / "mod", lambda p: 0.0 if label_of(p.name) == "eosinophil" else 1.0)
+    run = tmp / "ft"
+    argv = finetune_argv(pretrained, toy_dir, mod, run, "--objective", "guidance", "--max_steps", "3")
+    assert main([*argv, "--guidance_scale", "2.0"]) == 0
+    return mod, run
+
+
+def test_rejected_images_train_the_rejected_class_and_nothing_else_does(pretrained, guided_run):
+    pre, ck = find_checkpoint(pretrained), find_checkpoint(guided_run[1])
+    names = pre.class_map.names
+    assert ck.guidance == {n: f"{n}-rejected" for n in names}
+    assert ck.class_map.names == names + [f"{n}-rejected" for n in names]
+    assert ck.sample_classes == names and ck.meta["guidance_scale"] == 2.0
+    emb, start = ck.weights(ema=False)[EMB], pre.weights(ema=True)[EMB]
+    for name in names:
+        row, rejected = emb[ck.class_map.index(name)], emb[ck.class_map.index(f"{name}-rejected")]
+        torch.testing.assert_close(row, start[pre.class_map.index(name)])  # existing rows stay frozen
+        moved = not torch.allclose(rejected, row)
+        assert moved == (name == "eosinophil"), name  # only the class with rejected images taught its row
+    record = json.loads((guided_run[1] / "config.json").read_text())
+    assert record["objective"] == "guidance" and record["guidance"] == ck.guidance
+
+
+def test_sampling_draws_the_real_classes_guided_at_the_finetuned_strength(guided_run, tmp_path):
+    ck = find_checkpoint(guided_run[1])
+    cfg = SampleConfig(num_samples=4, steps=3, batch_size=4)
+    result = sample_folder(ck, tmp_path / "default", cfg)
+    assert set(result.per_class) == set(ck.sample_classes)  # no "-rejected" class is drawn
+    labels = torch.tensor([ck.class_map.index(n) for n in ck.sample_classes])
+    shape = (4, ck.channels, ck.model.image_size, ck.model.image_size)
+    model = ck.build_model()
+
+    def draw(m):
+        gen = torch.Generator().manual_seed(0)
+        return generate(
+            m, ck.build_diffusion(""), labels, shape, sampler="dpm++", steps=3, generator=gen, class_cond=True
+        )
+
+    plain = draw(model)
+    steered = draw(RejectionGuidance(model, torch.tensor([4, 5, 6, 7, 4, 5, 6, 7]), 2.0, ck.channels))
+    assert not torch.allclose(plain, steered)
+    off = sample_folder(ck, tmp_path / "off", SampleConfig(num_samples=4, steps=3, batch_size=4, guidance=0.0))
+    on = sample_folder(ck, tmp_path / "on", SampleConfig(num_samples=4, steps=3, batch_size=4, guidance=2.0))
+    default_bytes = sorted(p.read_bytes() for p in result.out.glob("*.png"))
+    assert default_bytes == sorted(p.read_bytes() for p in on.out.glob("*.png"))
+    assert default_bytes != sorted(p.read_bytes() for p in off.out.glob("*.png"))
+
+
+def test_a_second_guidance_round_keeps_the_pairs_and_adds_no_rows(pretrained, toy_dir, guided_run, tmp_path):
+    mod, first = guided_run
+    ck = find_checkpoint(first)
+    argv = finetune_argv(ck.path, toy_dir, mod, tmp_path / "r2", "--objective", "guidance", "--max_steps", "1")
+    assert main(argv) == 0
+    second = find_checkpoint(tmp_path / "r2")
+    assert second.class_map.names == ck.class_map.names and second.guidance == ck.guidance
+    assert second.meta["guidance_scale"] == 1.0  # this round's own flag (its default)
