@@ -12,7 +12,13 @@ sampled and judged with the same seeds and the run's evaluation models. Variants
 - ``verdicts``: the round's rewards as the round used them;
 - ``balanced``: accepted samples reweighted so that each class's accepted samples weigh the same in
   total (a class the expert mostly rejects is not drowned by the classes it accepts);
-- ``kto``: Diffusion-KTO on the verdicts (``--kto_beta``).
+- ``kto``: Diffusion-KTO on the verdicts (``--kto_beta``);
+- ``guidance``: ``--objective guidance`` on the verdicts (rejected samples train CLASS-rejected,
+  sampling steers away from it at ``--guidance_scale``);
+- ``guidance-shuffled``: the same, the verdicts shuffled within each class (same count rejected per
+  class, the expert's choice of which images gone): what guidance gains without the expert's eye;
+- ``self-guidance``: the same with every sample rejected (no expert at all): guidance away from the
+  model's own samples.
 
 Prints one JSON line per variant: plausibility and its parts, per-class plausibility, FID.
 """
@@ -23,6 +29,7 @@ import argparse
 import collections
 import csv
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -52,12 +59,25 @@ def balanced(rewards: dict[str, float]) -> dict[str, float]:
     return {k: share / accepted[label_of(k)] if v >= 0.5 else 0.0 for k, v in rewards.items()}
 
 
+def shuffled(rewards: dict[str, float], seed: int = 0) -> dict[str, float]:
+    """The verdicts permuted within each class: the same count accepted per class, chosen blind."""
+    rng = random.Random(seed)
+    out = {}
+    for cls in sorted({label_of(k) for k in rewards}):
+        ids = sorted(k for k in rewards if label_of(k) == cls)
+        values = [rewards[k] for k in ids]
+        rng.shuffle(values)
+        out.update(zip(ids, values))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="a finished demo or compare folder")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--round", type=int, default=1)
-    p.add_argument("--variants", default="zero,verdicts,balanced,kto")
+    p.add_argument("--variants", default="zero,verdicts,balanced,kto,guidance,guidance-shuffled,self-guidance")
+    p.add_argument("--guidance_scale", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch_size", type=int, default=32)
@@ -77,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         "verdicts": rnd / "finetune_rewards.csv",
         "balanced": write_rewards(args.out / "balanced.csv", balanced(rewards)),
         "kto": rnd / "finetune_rewards.csv",
+        "guidance": rnd / "finetune_rewards.csv",
+        "guidance-shuffled": write_rewards(args.out / "shuffled.csv", shuffled(rewards)),
+        "self-guidance": write_rewards(args.out / "self.csv", dict.fromkeys(rewards, 0.0)),
     }
     # the demo's judge (its oracle settings), so its cached evaluation models are reused
     folders = Pools(pools / "G", pools / "E", pools / "O", pools / "test")
@@ -121,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                     "run_dir": str(out),
                     "beta": 1.0,
                     "reward_transform": "raw" if name == "balanced" else "threshold",
-                    "objective": "kto" if name == "kto" else "reward-weighted",
+                    "objective": "kto" if name == "kto" else "guidance" if "guidance" in name else "reward-weighted",
                     "kto_beta": args.kto_beta,
+                    "guidance_scale": args.guidance_scale,
                     "max_steps": args.steps,
                     "lr": args.lr,
                     "batch_size": args.batch_size,

@@ -10,7 +10,8 @@ from torch import nn
 
 from clinalign.cli import main
 from clinalign.data.naming import label_of
-from clinalign.sampling.guidance import RejectionGuidance
+from clinalign.errors import ConfigError
+from clinalign.sampling.guidance import RejectionGuidance, guided
 from clinalign.sampling.sample import SampleConfig, generate, sample_folder
 from clinalign.training.checkpoint import find_checkpoint
 
@@ -98,3 +99,58 @@ def test_a_second_guidance_round_keeps_the_pairs_and_adds_no_rows(pretrained, to
     second = find_checkpoint(tmp_path / "r2")
     assert second.class_map.names == ck.class_map.names and second.guidance == ck.guidance
     assert second.meta["guidance_scale"] == 1.0  # this round's own flag (its default)
+
+
+def test_resuming_a_sample_folder_at_another_guidance_strength_is_refused(guided_run, tmp_path):
+    ck = find_checkpoint(guided_run[1])
+    out = tmp_path / "s"
+    sample_folder(ck, out, SampleConfig(num_samples=4, steps=3, batch_size=4, guidance=2.0))
+    sample_folder(ck, out, SampleConfig(num_samples=8, steps=3, batch_size=4))  # 2.0 is the checkpoint's own
+    assert len(list(out.glob("*.png"))) == 8
+    with pytest.raises(ConfigError, match="another setting"):
+        sample_folder(ck, out, SampleConfig(num_samples=12, steps=3, batch_size=4, guidance=0.5))
+    assert len(list(out.glob("*.png"))) == 8  # nothing drawn at the other strength
+
+
+def test_a_synthetic_image_declaring_a_rejected_class_is_a_clear_error(guided_run, toy_dir, tmp_path, capsys):
+    """A second round (its model knows eosinophil-rejected) given an image named for that class."""
+    mod = scored_folder(toy_dir, tmp_path / "mod", lambda p: 1.0)
+    first = sorted(mod.glob("eosinophil_*.png"))[0]
+    renamed = first.with_name(first.name.replace("eosinophil_", "eosinophil-rejected_"))
+    first.rename(renamed)
+    csv = mod / "rewards.csv"
+    csv.write_text(csv.read_text().replace(first.name, renamed.name))
+    run = tmp_path / "ft"
+    argv = finetune_argv(guided_run[1], toy_dir, mod, run, "--objective", "guidance", "--max_steps", "1")
+    assert main(argv) == 2
+    assert renamed.name in capsys.readouterr().err
+    assert renamed.exists() and not list(run.rglob("*.pt"))  # nothing lost, nothing trained
+
+
+def test_the_exported_pipeline_guides_as_clinalign_does(guided_run, tmp_path):
+    from clinalign.diffusion.samplers import sample_images
+
+    from .test_interop_export import pipeline_from
+
+    ck = find_checkpoint(guided_run[1])
+    assert main(["export", str(guided_run[1]), str(tmp_path / "model"), "--format", "diffusers"]) == 0
+    pipe = pipeline_from(tmp_path / "model")
+    assert pipe.config.guidance == ck.guidance and pipe.config.guidance_scale == 2.0
+    model, diffusion = ck.build_model(ema=True).eval(), ck.build_diffusion(timestep_respacing="")
+    y = torch.tensor([ck.class_map.index(n) for n in ck.sample_classes])
+    pipe.set_sampler("dpm++")
+
+    def theirs(**kw):
+        images = pipe(
+            class_labels=y.tolist(), num_inference_steps=6, generator=torch.Generator().manual_seed(5),
+            output_type="pt", **kw,
+        ).images  # fmt: skip
+        return images * 2 - 1
+
+    with torch.inference_mode():
+        ours = sample_images(
+            guided(model, ck, -1), diffusion, (4, ck.channels, 16, 16), sampler="dpm++", steps=6,
+            model_kwargs={"y": y}, generator=torch.Generator().manual_seed(5),
+        ).clamp(-1, 1)  # fmt: skip
+    assert (ours - theirs()).abs().max().item() < 1e-4
+    assert (ours - theirs(guidance_scale=0.0)).abs().max().item() > 1e-2  # guidance changes the images

@@ -59,6 +59,8 @@ def pipeline_from(folder):
         scheduler=getattr(diffusers, index["scheduler"][1]).from_pretrained(folder / "scheduler"),
         rescale_timesteps=index["rescale_timesteps"],
         class_names=index["class_names"],
+        guidance=index.get("guidance"),
+        guidance_scale=index.get("guidance_scale", 0.0),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

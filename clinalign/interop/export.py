@@ -48,6 +48,8 @@ def model_index(ck: Checkpoint) -> dict:
         "scheduler": ["diffusers", "DDPMScheduler"],
         "rescale_timesteps": bool(ck.diffusion.rescale_timesteps),
         "class_names": list(ck.class_map.names) if ck.model.class_cond else [],
+        "guidance": ck.guidance,
+        "guidance_scale": float(ck.meta.get("guidance_scale", 0.0)) if ck.guidance else 0.0,
     }
 
 

@@ -18,7 +18,10 @@ It imports only torch, numpy and diffusers. What differs from ``DDPMPipeline``:
   convention, which clinalign trains with), else as the integer index;
 - a model with a learned variance outputs twice the image channels: schedulers that use it
   (``DDPMScheduler`` with ``variance_type`` ``learned_range``) get both halves, the others the
-  noise (or x_0) half only.
+  noise (or x_0) half only;
+- a model finetuned with ``--objective guidance`` is steered away from each class's rejected class,
+  ``out(c) + w * (out(c) - out(c-rejected))`` on the prediction half (``config.guidance`` holds the
+  pairs, ``config.guidance_scale`` the strength it was finetuned with; ``guidance_scale=`` overrides).
 """
 
 from __future__ import annotations
@@ -76,10 +79,23 @@ class ClinalignPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler, rescale_timesteps: bool = False, class_names: list[str] | None = None):
+    def __init__(
+        self,
+        unet,
+        scheduler,
+        rescale_timesteps: bool = False,
+        class_names: list[str] | None = None,
+        guidance: dict[str, str] | None = None,
+        guidance_scale: float = 0.0,
+    ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(rescale_timesteps=bool(rescale_timesteps), class_names=list(class_names or []))
+        self.register_to_config(
+            rescale_timesteps=bool(rescale_timesteps),
+            class_names=list(class_names or []),
+            guidance=dict(guidance or {}),
+            guidance_scale=float(guidance_scale),
+        )
         self.sampler: str | None = None  # set by set_sampler: "dpm++" then takes clinalign's timesteps
 
     def set_sampler(self, name: str) -> None:
@@ -117,6 +133,28 @@ class ClinalignPipeline(DiffusionPipeline):
             raise ValueError(f"class ids {bad} out of range: the model embeds {rows} classes")
         return torch.tensor(ids, dtype=torch.long, device=self.device)
 
+    def rejected_ids(self, labels: torch.Tensor) -> torch.Tensor:
+        """Each label's rejected class (a class without one maps to itself, so guidance leaves it be)."""
+        names, pairs = list(self.config.class_names or []), dict(self.config.guidance or {})
+        table = torch.arange(self.unet.config.num_class_embeds or 0, device=labels.device)
+        for name, rejected in pairs.items():
+            table[names.index(name)] = names.index(rejected)
+        return table[labels]
+
+    def predict(self, x: torch.Tensor, t, labels: torch.Tensor | None, scale: float) -> torch.Tensor:
+        """The UNet's output for this step, steered away from the rejected classes when ``scale`` != 0."""
+        batch, channels = x.shape[0], self.unet.config.in_channels
+        if labels is None or not scale or not self.config.guidance:
+            return self.unet(x, self.model_timestep(t, batch), class_labels=labels).sample
+        both = self.unet(
+            torch.cat([x, x]),
+            self.model_timestep(t, 2 * batch),
+            class_labels=torch.cat([labels, self.rejected_ids(labels)]),
+        ).sample
+        out, rejected = both.chunk(2)
+        steered = out[:, :channels] + scale * (out[:, :channels] - rejected[:, :channels])
+        return torch.cat([steered, out[:, channels:]], dim=1)
+
     def model_timestep(self, t: torch.Tensor, batch: int) -> torch.Tensor:
         """The timestep the UNet was trained to see for scheduler index ``t``."""
         t = torch.as_tensor(t, device=self.device).reshape(())
@@ -151,13 +189,16 @@ class ClinalignPipeline(DiffusionPipeline):
         timesteps: list[int] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        guidance_scale: float | None = None,
     ):
         """Sample one image per label (class-conditional model) or ``batch_size`` images.
 
         ``noise``: the starting x_T (N, C, H, W); else drawn from ``generator``. ``timesteps``: an
         explicit descending list for schedulers whose ``set_timesteps`` takes one. ``output_type``:
-        "pil", "np" (NHWC in [0, 1]) or "pt" (NCHW in [0, 1]).
+        "pil", "np" (NHWC in [0, 1]) or "pt" (NCHW in [0, 1]). ``guidance_scale``: the strength of the
+        steer away from rejected samples (None: the model's own; 0: off).
         """
+        scale = float(self.config.guidance_scale if guidance_scale is None else guidance_scale)
         cfg = self.unet.config
         labels = None
         if cfg.num_class_embeds:
@@ -179,7 +220,7 @@ class ClinalignPipeline(DiffusionPipeline):
             self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         extra = self.step_kwargs(generator, eta)
         for t in self.progress_bar(self.scheduler.timesteps):
-            output = self.unet(x, self.model_timestep(t, batch_size), class_labels=labels).sample
+            output = self.predict(x, t, labels, scale)
             x = self.scheduler.step(self.scheduler_output(output, cfg.in_channels), t, x, **extra).prev_sample
         image = (x / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":

@@ -34,13 +34,19 @@ class RejectionGuidance(nn.Module):
         return torch.cat([guided, out[:, c:]], dim=1)
 
 
+def guidance_scale(ck, scale: float) -> float:
+    """The strength sampling uses: ``scale``, or the checkpoint's own when < 0; 0 without rejected classes."""
+    if not ck.guidance:
+        return 0.0
+    return float(ck.meta.get("guidance_scale", 0.0)) if scale < 0 else float(scale)
+
+
 def guided(model: nn.Module, ck, scale: float) -> nn.Module:
     """``model`` steered away from the checkpoint's rejected classes at ``scale`` (< 0: the checkpoint's
     own strength); the model itself when the checkpoint has none or the scale is 0."""
     pairs = ck.guidance
-    if scale < 0:
-        scale = float(ck.meta.get("guidance_scale", 0.0))
-    if not pairs or scale == 0:
+    scale = guidance_scale(ck, scale)
+    if scale == 0:
         return model
     class_map = ck.class_map
     negative = torch.arange(len(class_map))

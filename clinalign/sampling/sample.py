@@ -1,7 +1,7 @@
 """Draw samples from a checkpoint into an image folder in the seed's naming.
 
 Output: ``LABEL_000123.png`` files (so they feed straight into feedback, scoring and finetuning),
-``manifest.csv`` (ID, class, seed, batch, checkpoint, sampler, steps[, reward]) and ``samples.npz``
+``manifest.csv`` (ID, class, seed, batch, checkpoint, sampler, steps[, guidance][, reward]) and ``samples.npz``
 (improved-diffusion's ``arr_0`` images NHWC uint8, ``arr_1`` class indices). Each batch's noise
 depends only on (seed, batch index), so an interrupted run continues where it stopped and the
 same command gives the same images.
@@ -35,7 +35,7 @@ from ..training.checkpoint import Checkpoint, find_checkpoint
 from ..utils.config import option
 from ..utils.distributed import DistInfo, init_distributed, resolve_device
 from ..utils.fileio import atomic_writer
-from .guidance import guided
+from .guidance import guidance_scale, guided
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class SampleConfig:
 
 
 UNCONDITIONAL = "sample"  # file-name prefix of an unconditional model's samples
-MANIFEST_FIELDS = ["ID", "class", "seed", "batch", "checkpoint", "sampler", "steps", "reward"]
+MANIFEST_FIELDS = ["ID", "class", "seed", "batch", "checkpoint", "sampler", "steps", "guidance", "reward"]
 
 # Given a batch (N,C,H,W in [-1,1]) and its class indices, return (accepted mask, scores or None).
 AcceptFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -210,6 +210,8 @@ def _sample(ck, out: Path, cfg: SampleConfig, class_map, names, accept, info: Di
         "steps": str(cfg.resolved_steps or ""),
         "seed": str(cfg.seed),
     }
+    if ck.guidance:  # only such models record it, so older folders still resume
+        settings["guidance"] = str(guidance_scale(ck, cfg.guidance))
     rows = _on_main(info, lambda: _resume_rows(out, out / MANIFEST_NAME, settings))
     if rows and info.is_main:
         log.info("%s: resuming, %d of %d samples already there", out, len(rows), cfg.num_samples)

@@ -156,6 +156,15 @@ def grow_for_rejections(class_map, prior: dict[str, str]) -> tuple[Any, dict[str
 def label_rejected(dataset, accepted: np.ndarray, pairs: dict[str, str], class_map) -> int:
     """Move the rejected images of ``dataset`` to their class's rejected class; returns how many moved."""
     to_negative = {class_map.index(c): class_map.index(n) for c, n in pairs.items()}
+    negatives = set(to_negative.values())
+    declared = [i for i, y in enumerate(dataset.labels) if y in negatives]
+    if declared:  # only the expert's verdict may put an image there, or a rejection would train the class
+        path = dataset.paths[declared[0]]
+        raise DataError(
+            f"{path}: declares class {class_map.names[dataset.labels[declared[0]]]!r}, a class that only "
+            f"holds expert-rejected samples ({len(declared)} such image(s) in {dataset.root}); "
+            "name the image by the class it was sampled for"
+        )
     dataset.labels = [y if ok else to_negative[y] for y, ok in zip(dataset.labels, accepted)]
     return int((~accepted).sum())
 
@@ -257,10 +266,19 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
     }
     write_run_config(run_dir, model_cfg, diffusion_cfg, train_cfg, source.channels, class_map, record)
     spec = _finetune_spec(
-        start, ft, train_cfg, model_cfg, diffusion_cfg, class_map, real, synthetic, weights, new_rows, progress
+        start,
+        ft,
+        train_cfg,
+        model_cfg,
+        diffusion_cfg,
+        class_map,
+        real,
+        synthetic,
+        weights,
+        new_rows,
+        guidance,
+        progress,
     )
-    if guidance:  # sampling reads the pairs and the default strength from every checkpoint
-        spec.extra_meta |= {"guidance": guidance, "guidance_scale": _guidance_scale(ft, source)}
     return train(spec)
 
 
@@ -281,12 +299,16 @@ def _finetune_spec(
     synthetic,
     weights: np.ndarray,
     new_rows: list[int],
+    guidance: dict[str, str],
     progress: bool,
 ) -> TrainSpec:
     """The loop's input: a real stream weighted beta and a synthetic one weighted per image, sharing timesteps."""
     batch, seed, w = int(train_cfg.batch_size), int(train_cfg.seed), torch.tensor(weights, dtype=torch.float32)
     needs_init = start.resume is None or ft.objective == "kto"  # a resumed plain finetune loads its own weights
     init_weights = start.init.weights(ema=ft.init_ema, class_map=class_map) if needs_init else None
+    meta = {"objective": ft.objective, "beta": ft.beta, "init_checkpoint": str(start.init.path)}
+    if guidance:  # sampling reads the pairs and the default strength from every checkpoint
+        meta |= {"guidance": guidance, "guidance_scale": _guidance_scale(ft, start.source)}
     return TrainSpec(
         run_dir=train_cfg.run_path(),
         model=model_cfg,
@@ -302,7 +324,7 @@ def _finetune_spec(
         init_weights=None if start.resume else init_weights,
         progress=progress,
         objective=KTOObjective(init_weights, beta=ft.kto_beta) if ft.objective == "kto" else DiffusionObjective(),
-        extra_meta={"objective": ft.objective, "beta": ft.beta, "init_checkpoint": str(start.init.path)},
+        extra_meta=meta,
         new_class_rows=new_rows,
         new_class_lr_scale=ft.concept_lr_scale,
     )
