@@ -7,6 +7,9 @@ checkpoint, pools and round ``--round``'s samples and rewards. Each variant fine
 ``--steps`` steps with the round's recipe (real batch at beta 1 beside the judged batch) and is
 sampled and judged with the same seeds and the run's evaluation models. Variants (``--variants``):
 
+- ``real``: the equal-images control through the finetune's code path: both batches real (the
+  judged batch replaced by G, every weight 1), so it trains on as many real images as the other
+  variants process in all;
 - ``zero``: every synthetic weight 0, so only the real batch trains, through the finetune's code
   path (separates the finetune machinery from the effect of the judged samples);
 - ``verdicts``: the round's rewards as the round used them;
@@ -19,6 +22,8 @@ sampled and judged with the same seeds and the run's evaluation models. Variants
   class, the expert's choice of which images gone): what guidance gains without the expert's eye;
 - ``self-guidance``: the same with every sample rejected (no expert at all): guidance away from the
   model's own samples.
+
+A guidance variant takes its strength after ``@`` (``guidance@0.5``; else ``--guidance_scale``).
 
 Prints one JSON line per variant: plausibility and its parts, per-class plausibility, FID.
 """
@@ -35,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clinalign.data.naming import label_of  # noqa: E402
+from clinalign.data.naming import label_of, list_images  # noqa: E402
 from clinalign.pipeline.compare import CompareConfig, Pools, make_evaluator  # noqa: E402
 from clinalign.pipeline.rounds import RoundConfig  # noqa: E402
 from clinalign.sampling.sample import sample_folder  # noqa: E402
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, required=True, help="a finished demo or compare folder")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--round", type=int, default=1)
-    p.add_argument("--variants", default="zero,verdicts,balanced,kto,guidance,guidance-shuffled,self-guidance")
+    p.add_argument("--variants", default="real,zero,verdicts,balanced,kto,guidance,guidance-shuffled,self-guidance")
     p.add_argument("--guidance_scale", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -92,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{run}/pretrain: no checkpoint (pass a finished demo folder)")
     args.out.mkdir(parents=True, exist_ok=True)
     rewards = read_rewards(rnd / "finetune_rewards.csv")
+    real_names = {p.name: 1.0 for p in list_images(pools / "G")}
     files = {
+        "real": write_rewards(args.out / "real.csv", real_names),
         "zero": write_rewards(args.out / "zero.csv", dict.fromkeys(rewards, 0.0)),
         "verdicts": rnd / "finetune_rewards.csv",
         "balanced": write_rewards(args.out / "balanced.csv", balanced(rewards)),
@@ -131,22 +138,23 @@ def main(argv: list[str] | None = None) -> int:
 
     judge("base", base.path)
     for name in args.variants.split(","):
-        if name not in files:
-            raise SystemExit(f"unknown variant {name!r}: use {', '.join(files)}")
+        kind, _, scale = name.partition("@")
+        if kind not in files or (scale and "guidance" not in kind):
+            raise SystemExit(f"unknown variant {name!r}: use {', '.join(files)} (guidance ones may end @SCALE)")
         out = args.out / name
         if latest_checkpoint(out) is None:
             finetune(
                 {
                     "resume_checkpoint": str(base.path),
                     "data_pre_dir": str(pools / "G"),
-                    "data_mod_dir": str(rnd / "samples"),
-                    "rewards": str(files[name]),
+                    "data_mod_dir": str(pools / "G" if kind == "real" else rnd / "samples"),
+                    "rewards": str(files[kind]),
                     "run_dir": str(out),
                     "beta": 1.0,
-                    "reward_transform": "raw" if name == "balanced" else "threshold",
-                    "objective": "kto" if name == "kto" else "guidance" if "guidance" in name else "reward-weighted",
+                    "reward_transform": "raw" if kind == "balanced" else "threshold",
+                    "objective": "kto" if kind == "kto" else "guidance" if "guidance" in kind else "reward-weighted",
                     "kto_beta": args.kto_beta,
-                    "guidance_scale": args.guidance_scale,
+                    "guidance_scale": float(scale or args.guidance_scale),
                     "max_steps": args.steps,
                     "lr": args.lr,
                     "batch_size": args.batch_size,

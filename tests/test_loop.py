@@ -200,3 +200,18 @@ def test_reward_model_sees_real_and_synthetic_images_at_the_generators_resolutio
     assert reward.image_size == 16, "real images must be downscaled to the generator's size, not kept at 32 px"
     report = json.loads((r.reward / "report.json").read_text()) if (r.reward / "report.json").exists() else {}
     assert report.get("data", {}).get("image_size", 16) == 16
+
+
+def test_a_guidance_loop_shows_the_expert_the_unguided_samples(pretrained, toy_dir, tmp_path):
+    """The rejected class learns what the model draws unguided; users still sample guided."""
+    import csv
+
+    cfg = dataclasses.replace(TINY_ROUND, objective="guidance", guidance_scale=2.0)
+    results = run_loop(pretrained, toy_dir, tmp_path / "loop", rounds=2, cfg=cfg)
+    first = find_checkpoint(results[0].checkpoint)
+    assert first.guidance and first.meta["guidance_scale"] == 2.0
+    with (results[1].samples / "manifest.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16 and {r["guidance"] for r in rows} == {"0.0"}  # judged unguided
+    assert {r["class"] for r in rows} == set(first.sample_classes)
+    assert cfg.sample_config(4, 0).guidance == -1.0  # what evaluation draws: the model's own strength

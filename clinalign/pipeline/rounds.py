@@ -71,18 +71,29 @@ class RoundConfig:
     )
     objective: str = option(
         FinetuneConfig.objective,
-        "reward-weighted (the paper's) or Diffusion-KTO on the expert's likes/dislikes",
+        "reward-weighted (the paper's), Diffusion-KTO on the expert's likes/dislikes, or guidance away "
+        "from the rejected samples",
         choices=OBJECTIVES,
     )
     kto_beta: float = option(FinetuneConfig.kto_beta, "KTO's scale on the loss difference to the start model")
+    guidance_scale: float = option(FinetuneConfig.guidance_scale, "--objective guidance: the sampling strength")
+    # The rejected class learns what the model gets wrong unguided, since guidance measures the
+    # step away from it against the unguided prediction; judging guided samples instead makes the
+    # rejected class chase the guided output round after round (measured: docs/feedback.md).
+    judge_guidance: float = option(
+        0.0,
+        "guidance strength of the samples the expert judges (0 = the model's unguided output; -1 = as "
+        "users sample); evaluation always samples as users do",
+    )
     ema_rate: str = option("0.999", "EMA rate of the finetune")
     use_fp16: bool = option(False, "bf16 autocast for sampling and finetuning")
     seed: int = option(0, "seeds sampling, the expert, the reward model and the finetune")
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
 
-    def sample_config(self, num_samples: int, seed: int) -> SampleConfig:
+    def sample_config(self, num_samples: int, seed: int, guidance: float = -1.0) -> SampleConfig:
         return SampleConfig(
             num_samples=num_samples,
+            guidance=guidance,
             sampler=self.sampler,
             steps=self.steps,
             batch_size=self.sample_batch,
@@ -244,7 +255,8 @@ def run_round(
 
     samples = rdir / "samples"
     with _timed(secs, "sample"):
-        sample_folder(ck, samples, cfg.sample_config(n, cfg.seed + 1000 * k), progress=progress)
+        scfg = cfg.sample_config(n, cfg.seed + 1000 * k, guidance=cfg.judge_guidance)
+        sample_folder(ck, samples, scfg, progress=progress)
 
     fb = rdir / "feedback"
     with _timed(secs, "feedback"):
@@ -373,6 +385,7 @@ def finetune_on_feedback(
                 "data_mod_dir": str(samples),
                 "objective": cfg.objective,
                 "kto_beta": cfg.kto_beta,
+                "guidance_scale": cfg.guidance_scale,
                 "rewards": str(finetune_rewards(feedback, samples, work_dir, cfg)),
                 "run_dir": str(run),
                 "beta": cfg.beta,
