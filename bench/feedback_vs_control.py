@@ -67,7 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data",
         type=Path,
         default=Path(__file__).resolve().parents[2] / "shared/data/pbc_64",
-        help="a folder with train/ and test/ in the seed's naming",
+        help="a folder with train/ and test/ in the seed's naming, or 'toy' for fresh toy cells",
+    )
+    p.add_argument("--toy_classes", type=int, default=4, help="--data toy: classes")
+    p.add_argument("--toy_pool_per_class", type=int, default=400, help="--data toy: cells per class in E and in O")
+    p.add_argument(
+        "--num_channels", type=int, default=BASE_MODEL["num_channels"], help="the denoiser's width (8: capacity-bound)"
     )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--real_per_class", type=int, default=128, help="size of G per class (the paper: 128)")
@@ -122,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         pretrain(
             {
                 **BASE_MODEL,
+                "num_channels": args.num_channels,
                 "data_dir": str(pools.generator),
                 "run_dir": str(run),
                 "batch_size": 32,
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "round_config": asdict(rcfg),
         "compare_config": asdict(ccfg),
         "oracle_test_accuracy": evaluator.models.info.get("test_accuracy"),
+        "real_test": table.get("real_test"),
         "curve": rows,
         "rounds": table["rounds"],
         "seconds": round(time.perf_counter() - t0, 1),

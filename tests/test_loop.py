@@ -159,7 +159,11 @@ def test_demo_smallest_size_compares_feedback_with_equal_cost_controls(tmp_path)
     assert control[-1]["step"] == base + 2 * 2 * steps
     assert feedback[-1]["images_seen"] == steps * 2 * batch
     assert (control[-1]["step"] - base) * batch == 2 * feedback[-1]["images_seen"]
-    assert "plausibility by round" in format_table(summary)
+    printed = format_table(summary)
+    assert "plausibility by round" in printed
+    real = summary["real_test"]  # the judge's ceiling: what it passes of real test images
+    assert 0.0 <= real["plausibility"] <= min(real["class-consistent"], real["on-manifold"], real["clinical checklist"])
+    assert f"plausibility {real['plausibility']:.3f}" in printed and "ceiling" in (out / "compare.md").read_text()
 
 
 def test_reward_model_sees_real_and_synthetic_images_at_the_generators_resolution(tmp_path):

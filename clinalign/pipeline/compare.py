@@ -188,6 +188,7 @@ class Comparison:
         self.n_classes = len(self.base.sample_classes)
         self.seconds: dict[str, float] = {"feedback": 0.0, "control": 0.0}
         self.results: dict[str, SetResult] = {}
+        self.real_ceiling: dict[str, float] | None = None  # what real test images score, once judged
 
     # -- one column ----------------------------------------------------------------------------
 
@@ -211,7 +212,9 @@ class Comparison:
         if not drawn.per_class or not sum(drawn.per_class.values()):
             log.warning("%s: no sample passed; nothing to judge", name)
             return None, info
-        result = self.evaluator.judge(folder).samples
+        full = self.evaluator.judge(folder)
+        self.real_ceiling = real_ceiling(full.metrics["real"]["real_test"])
+        result = full.samples
         result.name = name
         self.results[name] = result
         return result, info
@@ -230,6 +233,7 @@ class Comparison:
             "rounds": [],
         }
         _, base_info = self.judge("pretrained", self.base)
+        table["real_test"] = self.real_ceiling
         current = self.base.path
         for k in range(1, self.ccfg.rounds + 1):
             t = time.perf_counter()
@@ -349,10 +353,33 @@ def _cell(entry: dict[str, Any]) -> str:
     return text
 
 
+def real_ceiling(real_test: dict[str, Any]) -> dict[str, float]:
+    """What the judge passes of real held-out images: no model can be shown above it."""
+    pl = real_test["plausibility"]
+    return {
+        "plausibility": pl["rate"],
+        "class-consistent": pl["oracle_rate"],
+        "on-manifold": pl["manifold_rate"],
+        "clinical checklist": pl["checklist_rate"],
+    }
+
+
+def ceiling_line(table: dict[str, Any]) -> str:
+    real = table.get("real_test")
+    if not real:
+        return ""
+    return (
+        f"real test images (the judge's ceiling): plausibility {real['plausibility']:.3f}, "
+        f"class-consistent {real['class-consistent']:.3f}, on-manifold {real['on-manifold']:.3f}, "
+        f"clinical checklist {real['clinical checklist']:.3f}"
+    )
+
+
 def format_markdown(table: dict[str, Any]) -> str:
     """One markdown table per round: rows are metrics, columns the models; then feedback minus controls."""
     acc = table.get("oracle_test_accuracy")
-    lines = [f"Evaluation oracle (pool O): real held-out accuracy {acc:.3f}." if acc is not None else "", ""]
+    lines = [f"Evaluation oracle (pool O): real held-out accuracy {acc:.3f}." if acc is not None else ""]
+    lines += [ceiling_line(table) + ("." if table.get("real_test") else ""), ""]
     for rnd in table["rounds"]:
         judged = next(iter(rnd["metrics"].values()))
         columns = [c for c in COLUMNS if c in judged]

@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..training.config import OBJECTIVES
 from ..utils.config import option
-from .compare import COLUMNS, CompareConfig, Comparison, Pools
+from .compare import COLUMNS, CompareConfig, Comparison, Pools, ceiling_line
 from .rounds import RoundConfig
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
         "report": str(report),
         "pools": pools.summary,
         "oracle_test_accuracy": comparison.evaluator.models.info.get("test_accuracy"),
+        "real_test": table.get("real_test"),
         "rounds": table["rounds"],
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -266,4 +267,6 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(
             f"evaluation oracle: real held-out accuracy {acc:.3f}" + ("  (WARNING: below 0.9)" if acc < 0.9 else "")
         )
+    if summary.get("real_test"):
+        lines.append(ceiling_line(summary))
     return "\n".join(lines)
