@@ -34,7 +34,6 @@ import argparse
 import collections
 import csv
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -42,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinalign.data.naming import label_of, list_images  # noqa: E402
 from clinalign.pipeline.compare import CompareConfig, Pools, make_evaluator  # noqa: E402
-from clinalign.pipeline.rounds import RoundConfig  # noqa: E402
+from clinalign.pipeline.rounds import RoundConfig, blind_rewards  # noqa: E402
 from clinalign.sampling.sample import sample_folder  # noqa: E402
 from clinalign.training.checkpoint import find_checkpoint, latest_checkpoint  # noqa: E402
 from clinalign.training.finetune import finetune  # noqa: E402
@@ -62,18 +61,6 @@ def balanced(rewards: dict[str, float]) -> dict[str, float]:
     accepted = collections.Counter(label_of(k) for k, v in rewards.items() if v >= 0.5)
     share = sum(accepted.values()) / max(len(accepted), 1)
     return {k: share / accepted[label_of(k)] if v >= 0.5 else 0.0 for k, v in rewards.items()}
-
-
-def shuffled(rewards: dict[str, float], seed: int = 0) -> dict[str, float]:
-    """The verdicts permuted within each class: the same count accepted per class, chosen blind."""
-    rng = random.Random(seed)
-    out = {}
-    for cls in sorted({label_of(k) for k in rewards}):
-        ids = sorted(k for k in rewards if label_of(k) == cls)
-        values = [rewards[k] for k in ids]
-        rng.shuffle(values)
-        out.update(zip(ids, values))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         "balanced": write_rewards(args.out / "balanced.csv", balanced(rewards)),
         "kto": rnd / "finetune_rewards.csv",
         "guidance": rnd / "finetune_rewards.csv",
-        "guidance-shuffled": write_rewards(args.out / "shuffled.csv", shuffled(rewards)),
-        "self-guidance": write_rewards(args.out / "self.csv", dict.fromkeys(rewards, 0.0)),
+        "guidance-shuffled": write_rewards(args.out / "shuffled.csv", blind_rewards(rewards, "shuffled")),
+        "self-guidance": write_rewards(args.out / "self.csv", blind_rewards(rewards, "all-rejected")),
     }
     # the demo's judge (its oracle settings), so its cached evaluation models are reused
     folders = Pools(pools / "G", pools / "E", pools / "O", pools / "test")

@@ -219,3 +219,18 @@ def test_a_guidance_loop_shows_the_expert_the_unguided_samples(pretrained, toy_d
     assert len(rows) == 16 and {r["guidance"] for r in rows} == {"0.0"}  # judged unguided
     assert {r["class"] for r in rows} == set(first.sample_classes)
     assert cfg.sample_config(4, 0).guidance == -1.0  # what evaluation draws: the model's own strength
+
+
+def test_blind_controls_keep_the_counts_and_drop_the_experts_choice():
+    from clinalign.errors import ConfigError
+    from clinalign.pipeline.rounds import blind_rewards
+
+    rewards = {f"{c}_{i:03d}.png": float(i % 3 == 0) for c in ("eosinophil", "monocyte") for i in range(30)}
+    shuffled = blind_rewards(rewards, "shuffled", seed=1)
+    assert shuffled.keys() == rewards.keys() and shuffled != rewards
+    for cls in ("eosinophil", "monocyte"):  # as many accepted per class, other images
+        assert sum(v for k, v in shuffled.items() if k.startswith(cls)) == 10
+    assert blind_rewards(rewards, "shuffled", seed=1) == shuffled  # seeded
+    assert set(blind_rewards(rewards, "all-rejected").values()) == {0.0}
+    with pytest.raises(ConfigError, match="blind control"):
+        blind_rewards(rewards, "random")

@@ -14,6 +14,7 @@ resumed: a step whose output is complete is skipped when the command is rerun.
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 
 REWARD_SOURCES = ("verdicts", "reward_model")
+BLIND_CONTROLS = ("", "shuffled", "all-rejected")
 
 
 @dataclass
@@ -84,6 +86,13 @@ class RoundConfig:
         0.0,
         "guidance strength of the samples the expert judges (0 = the model's unguided output; -1 = as "
         "users sample); evaluation always samples as users do",
+    )
+    # Where a gain comes from: the same loop with the expert's choice of images taken away.
+    blind_control: str = option(
+        "",
+        "a control without the expert's eye: 'shuffled' permutes the verdicts within each class (as many "
+        "rejected per class, chosen blind), 'all-rejected' rejects every sample",
+        choices=BLIND_CONTROLS,
     )
     ema_rate: str = option("0.999", "EMA rate of the finetune")
     use_fp16: bool = option(False, "bf16 autocast for sampling and finetuning")
@@ -413,23 +422,50 @@ def finetune_rewards(feedback: Path, samples: Path, rdir: Path, cfg: RoundConfig
     simulated expert passed 53 % of); the reward model is what extends the expert's judgement to
     samples nobody judged. KTO learns from the verdicts alone.
     """
-    if cfg.objective == "kto":
-        return verdicts_csv(feedback, samples, rdir)
-    scores = samples / "rewards.csv"
-    if cfg.rewards_from == "reward_model":
-        return scores
     from ..training.finetune import read_rewards_csv
 
-    verdict = _verdicts(feedback)
-    merged = {name: float(verdict.get(name, score)) for name, score in read_rewards_csv(scores).items()}
-    out = rdir / "finetune_rewards.csv"
-    write_texts_atomic({out: "ID,rewards\n" + "".join(f"{n},{v:.6g}\n" for n, v in merged.items())})
-    log.info(
-        "finetune rewards: %d expert verdicts, %d reward-model scores",
-        sum(n in verdict for n in merged),
-        sum(n not in verdict for n in merged),
-    )
+    if cfg.objective == "kto":
+        path = verdicts_csv(feedback, samples, rdir)
+    elif cfg.rewards_from == "reward_model":
+        path = samples / "rewards.csv"
+    else:
+        verdict = _verdicts(feedback)
+        merged = {n: float(verdict.get(n, s)) for n, s in read_rewards_csv(samples / "rewards.csv").items()}
+        path = _write_rewards(rdir / "finetune_rewards.csv", merged)
+        log.info(
+            "finetune rewards: %d expert verdicts, %d reward-model scores",
+            sum(n in verdict for n in merged),
+            sum(n not in verdict for n in merged),
+        )
+    if not cfg.blind_control:
+        return path
+    blinded = blind_rewards(read_rewards_csv(path), cfg.blind_control, cfg.seed)
+    log.info("blind control %r: the expert's choice of images is not used", cfg.blind_control)
+    return _write_rewards(rdir / f"finetune_rewards_{cfg.blind_control}.csv", blinded)
+
+
+def blind_rewards(rewards: dict[str, float], mode: str, seed: int = 0) -> dict[str, float]:
+    """The rewards with the expert's choice of images removed: ``shuffled`` permutes them within each
+    declared class (the same count accepted per class), ``all-rejected`` sets every one to 0."""
+    from ..data.naming import label_of
+
+    if mode == "all-rejected":
+        return dict.fromkeys(rewards, 0.0)
+    if mode != "shuffled":
+        raise ConfigError(f"unknown blind control {mode!r}; choose one of {', '.join(BLIND_CONTROLS[1:])}")
+    rng = random.Random(seed)
+    out: dict[str, float] = {}
+    for cls in sorted({label_of(name) for name in rewards}):
+        names = sorted(name for name in rewards if label_of(name) == cls)
+        values = [rewards[name] for name in names]
+        rng.shuffle(values)
+        out.update(zip(names, values))
     return out
+
+
+def _write_rewards(path: Path, rewards: dict[str, float]) -> Path:
+    write_texts_atomic({path: "ID,rewards\n" + "".join(f"{n},{v:.6g}\n" for n, v in rewards.items())})
+    return path
 
 
 def _verdicts(feedback: Path) -> dict[str, int]:
