@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--round", type=int, default=1)
     p.add_argument("--variants", default="real,zero,verdicts,balanced,kto,guidance,guidance-shuffled,self-guidance")
     p.add_argument("--guidance_scale", type=float, default=1.0)
+    p.add_argument("--oracle_epochs", type=int, default=10, help="the run's own (the demo 10, the PBC bench 20)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch_size", type=int, default=32)
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     # the demo's judge (its oracle settings), so its cached evaluation models are reused
     folders = Pools(pools / "G", pools / "E", pools / "O", pools / "test")
     evaluator = make_evaluator(
-        folders, base.model.image_size, CompareConfig(oracle_epochs=10, utility=False), run, seed=0
+        folders, base.model.image_size, CompareConfig(oracle_epochs=args.oracle_epochs, utility=False), run, seed=0
     )
     n_samples = args.per_class * len(base.class_map)
 
