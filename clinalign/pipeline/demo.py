@@ -250,8 +250,14 @@ def format_table(summary: dict[str, Any]) -> str:
         v = entry.get("value")
         return "—" if v is None else (f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}")
 
+    blind = summary.get("config", {}).get("blind_control")
     lines = [
         f"after {last['round']} round(s); no feedback = training on without feedback for as many images",
+        *(
+            [f"BLIND CONTROL ({blind}): the 'feedback' column finetuned without the expert's choice of images"]
+            if blind
+            else []
+        ),
         f"{'metric':<30}" + "".join(f" {short[c]:>13}" for c in columns),
     ]
     for label in TABLE_ROWS:
