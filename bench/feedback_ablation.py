@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import json
 import sys
 from pathlib import Path
@@ -44,17 +43,7 @@ from clinalign.pipeline.compare import CompareConfig, Pools, make_evaluator  # n
 from clinalign.pipeline.rounds import RoundConfig, blind_rewards  # noqa: E402
 from clinalign.sampling.sample import sample_folder  # noqa: E402
 from clinalign.training.checkpoint import find_checkpoint, latest_checkpoint  # noqa: E402
-from clinalign.training.finetune import finetune  # noqa: E402
-
-
-def read_rewards(path: Path) -> dict[str, float]:
-    with open(path, newline="") as f:
-        return {row["ID"]: float(row["rewards"]) for row in csv.DictReader(f)}
-
-
-def write_rewards(path: Path, rewards: dict[str, float]) -> Path:
-    path.write_text("ID,rewards\n" + "".join(f"{k},{v}\n" for k, v in rewards.items()))
-    return path
+from clinalign.training.finetune import finetune, read_rewards_csv, write_rewards_csv  # noqa: E402
 
 
 def balanced(rewards: dict[str, float]) -> dict[str, float]:
@@ -84,17 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     if base is None:
         raise SystemExit(f"{run}/pretrain: no checkpoint (pass a finished demo folder)")
     args.out.mkdir(parents=True, exist_ok=True)
-    rewards = read_rewards(rnd / "finetune_rewards.csv")
+    rewards = read_rewards_csv(rnd / "finetune_rewards.csv")
     real_names = {p.name: 1.0 for p in list_images(pools / "G")}
     files = {
-        "real": write_rewards(args.out / "real.csv", real_names),
-        "zero": write_rewards(args.out / "zero.csv", dict.fromkeys(rewards, 0.0)),
+        "real": write_rewards_csv(args.out / "real.csv", real_names),
+        "zero": write_rewards_csv(args.out / "zero.csv", dict.fromkeys(rewards, 0.0)),
         "verdicts": rnd / "finetune_rewards.csv",
-        "balanced": write_rewards(args.out / "balanced.csv", balanced(rewards)),
+        "balanced": write_rewards_csv(args.out / "balanced.csv", balanced(rewards)),
         "kto": rnd / "finetune_rewards.csv",
         "guidance": rnd / "finetune_rewards.csv",
-        "guidance-shuffled": write_rewards(args.out / "shuffled.csv", blind_rewards(rewards, "shuffled")),
-        "self-guidance": write_rewards(args.out / "self.csv", blind_rewards(rewards, "all-rejected")),
+        "guidance-shuffled": write_rewards_csv(args.out / "shuffled.csv", blind_rewards(rewards, "shuffled")),
+        "self-guidance": write_rewards_csv(args.out / "self.csv", blind_rewards(rewards, "all-rejected")),
     }
     # the demo's judge (its oracle settings), so its cached evaluation models are reused
     folders = Pools(pools / "G", pools / "E", pools / "O", pools / "test")

@@ -29,7 +29,6 @@ from ..sampling.sample import SampleConfig
 from ..training.checkpoint import find_checkpoint, latest_checkpoint
 from ..training.config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig
 from ..utils.config import option
-from ..utils.fileio import write_texts_atomic
 from ..utils.splits import hash01
 
 log = logging.getLogger(__name__)
@@ -422,7 +421,7 @@ def finetune_rewards(feedback: Path, samples: Path, rdir: Path, cfg: RoundConfig
     simulated expert passed 53 % of); the reward model is what extends the expert's judgement to
     samples nobody judged. KTO learns from the verdicts alone.
     """
-    from ..training.finetune import read_rewards_csv
+    from ..training.finetune import read_rewards_csv, write_rewards_csv
 
     if cfg.objective == "kto":
         path = verdicts_csv(feedback, samples, rdir)
@@ -431,7 +430,7 @@ def finetune_rewards(feedback: Path, samples: Path, rdir: Path, cfg: RoundConfig
     else:
         verdict = _verdicts(feedback)
         merged = {n: float(verdict.get(n, s)) for n, s in read_rewards_csv(samples / "rewards.csv").items()}
-        path = _write_rewards(rdir / "finetune_rewards.csv", merged)
+        path = write_rewards_csv(rdir / "finetune_rewards.csv", merged)
         log.info(
             "finetune rewards: %d expert verdicts, %d reward-model scores",
             sum(n in verdict for n in merged),
@@ -441,7 +440,7 @@ def finetune_rewards(feedback: Path, samples: Path, rdir: Path, cfg: RoundConfig
         return path
     blinded = blind_rewards(read_rewards_csv(path), cfg.blind_control, cfg.seed)
     log.info("blind control %r: the expert's choice of images is not used", cfg.blind_control)
-    return _write_rewards(rdir / f"finetune_rewards_{cfg.blind_control}.csv", blinded)
+    return write_rewards_csv(rdir / f"finetune_rewards_{cfg.blind_control}.csv", blinded)
 
 
 def blind_rewards(rewards: dict[str, float], mode: str, seed: int = 0) -> dict[str, float]:
@@ -461,11 +460,6 @@ def blind_rewards(rewards: dict[str, float], mode: str, seed: int = 0) -> dict[s
         rng.shuffle(values)
         out.update(zip(names, values))
     return out
-
-
-def _write_rewards(path: Path, rewards: dict[str, float]) -> Path:
-    write_texts_atomic({path: "ID,rewards\n" + "".join(f"{n},{v:.6g}\n" for n, v in rewards.items())})
-    return path
 
 
 def _verdicts(feedback: Path) -> dict[str, int]:
@@ -490,9 +484,9 @@ def verdicts_csv(feedback: Path, samples: Path, rdir: Path) -> Path:
             f"{feedback}: {len(missing)} sample(s) of {samples} have no verdict, e.g. {missing[0]}; "
             "--objective kto needs every sample judged (or use the reward-weighted objective)"
         )
-    out = rdir / "verdicts.csv"
-    write_texts_atomic({out: "".join(f"{line}\n" for line in ["ID,rewards"] + [f"{n},{verdict[n]}" for n in names])})
-    return out
+    from ..training.finetune import write_rewards_csv
+
+    return write_rewards_csv(rdir / "verdicts.csv", {n: verdict[n] for n in names})
 
 
 def _mean_reward(path: Path) -> float:

@@ -37,6 +37,7 @@ from ..diffusion import DiffusionConfig
 from ..errors import ConfigError, DataError
 from ..models.unet import ModelConfig
 from ..utils.config import add_flags, resolve, typed
+from ..utils.fileio import write_texts_atomic
 from .checkpoint import Checkpoint, find_checkpoint, latest_checkpoint
 from .config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig, TrainConfig
 from .init_from import start_from_diffusers
@@ -74,6 +75,13 @@ def read_rewards_csv(path: str | Path) -> dict[str, float]:
                 raise DataError(f"{path}:{line}: reward {value} is not finite; fix or delete the row")
             out[row["ID"]] = value
     return out
+
+
+def write_rewards_csv(path: str | Path, rewards: dict[str, float]) -> Path:
+    """``rewards`` as the seed's rewards file (``ID,rewards``), written atomically; returns ``path``."""
+    path = Path(path)
+    write_texts_atomic({path: "ID,rewards\n" + "".join(f"{n},{v:.6g}\n" for n, v in rewards.items())})
+    return path
 
 
 def find_rewards_file(data_mod_dir: Path, given: str = "") -> Path:
