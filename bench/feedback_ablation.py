@@ -21,9 +21,12 @@ sampled and judged with the same seeds and the run's evaluation models. Variants
 - ``guidance-shuffled``: the same, the verdicts shuffled within each class (same count rejected per
   class, the expert's choice of which images gone): what guidance gains without the expert's eye;
 - ``self-guidance``: the same with every sample rejected (no expert at all): guidance away from the
-  model's own samples.
+  model's own samples;
+- ``guidance-rejected-only``: guidance with the accepted samples at weight 0 (the classes learn from
+  the real batch only; the samples teach only the rejected classes).
 
-A guidance variant takes its strength after ``@`` (``guidance@0.5``; else ``--guidance_scale``).
+A guidance variant takes its strength after ``@`` (``guidance@0.5``; else ``--guidance_scale``). The
+strength only changes sampling, so the variants of one kind share one finetune.
 
 Prints one JSON line per variant: plausibility and its parts, per-class plausibility, FID.
 """
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "guidance": rnd / "finetune_rewards.csv",
         "guidance-shuffled": write_rewards_csv(args.out / "shuffled.csv", blind_rewards(rewards, "shuffled")),
         "self-guidance": write_rewards_csv(args.out / "self.csv", blind_rewards(rewards, "all-rejected")),
+        "guidance-rejected-only": rnd / "finetune_rewards.csv",
     }
     # the demo's judge (its oracle settings), so its cached evaluation models are reused
     folders = Pools(pools / "G", pools / "E", pools / "O", pools / "test")
@@ -92,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     n_samples = args.per_class * len(base.class_map)
 
-    def judge(name: str, checkpoint) -> None:
+    def judge(name: str, checkpoint, guidance: float = -1.0) -> None:
         folder = args.out / "judged" / name
         if not folder.exists():
-            sample_folder(find_checkpoint(checkpoint), folder, RoundConfig().sample_config(n_samples, args.seed))
+            scfg = RoundConfig().sample_config(n_samples, args.seed, guidance=guidance)
+            sample_folder(find_checkpoint(checkpoint), folder, scfg)
         m = evaluator.judge(folder).samples.metrics
         pl = m["plausibility"]
         print(
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         kind, _, scale = name.partition("@")
         if kind not in files or (scale and "guidance" not in kind):
             raise SystemExit(f"unknown variant {name!r}: use {', '.join(files)} (guidance ones may end @SCALE)")
-        out = args.out / name
+        out = args.out / kind
         if latest_checkpoint(out) is None:
             finetune(
                 {
@@ -131,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                     "reward_transform": "raw" if kind == "balanced" else "threshold",
                     "objective": "kto" if kind == "kto" else "guidance" if "guidance" in kind else "reward-weighted",
                     "kto_beta": args.kto_beta,
-                    "guidance_scale": float(scale or args.guidance_scale),
+                    "guidance_scale": args.guidance_scale,
+                    "guidance_accepted_weight": 0.0 if kind == "guidance-rejected-only" else 1.0,
                     "max_steps": args.steps,
                     "lr": args.lr,
                     "batch_size": args.batch_size,
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     "log_interval": 25,
                 }
             )
-        judge(name, latest_checkpoint(out).path)
+        judge(name, latest_checkpoint(out).path, float(scale or args.guidance_scale) if "guidance" in kind else -1.0)
     return 0
 
 

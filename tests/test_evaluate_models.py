@@ -243,3 +243,20 @@ def test_mean_reward_with_a_real_reward_model_checkpoint(models, real, reference
     r = out.samples.reward
     assert r is not None and len(r) == len(fresh) and ((r >= 0) & (r <= 1)).all()
     assert out.metrics["sets"]["samples"]["reward"]["mean"] == pytest.approx(r.mean())
+
+
+def test_two_sets_from_the_same_seeds_are_compared_pair_by_pair(models, real, reference, noise):
+    """Sample i of a finetune and of its control start from the same noise: the interval of their
+    difference resamples the pairs, so swapping a few samples for noise moves it by those alone."""
+    fresh = toy_set(12, seed=11, tag="-fresh")
+    after = fresh.images.copy()
+    after[:4] = noise[:4]  # four samples the 'finetune' broke, the rest identical
+    changed = ImageSet.from_arrays(after, fresh.classes, fresh.ids)
+    config = MetricConfig(bootstrap=200, utility=None)
+    result = evaluate_samples(models, real, changed, baseline=fresh, reference=reference, config=config)
+    d = result.metrics["comparison"]["plausibility.rate"]
+    broke = result.sets["baseline"].judgement.plausible[:4].sum() / len(fresh)
+    assert d["difference"] == pytest.approx(-broke) and broke > 0
+    # paired, the 44 identical samples add no spread: only how many of the four a draw repeats moves
+    # it, so the interval excludes 0 (resampled independently it spans about +-0.15 around -broke)
+    assert -12 / 48 <= d["ci_low"] and d["ci_high"] < 0.0

@@ -154,3 +154,18 @@ def test_the_exported_pipeline_guides_as_clinalign_does(guided_run, tmp_path):
         ).clamp(-1, 1)  # fmt: skip
     assert (ours - theirs()).abs().max().item() < 1e-4
     assert (ours - theirs(guidance_scale=0.0)).abs().max().item() > 1e-2  # guidance changes the images
+
+
+def test_accepted_samples_weigh_what_guidance_accepted_weight_says(tmp_path):
+    """At 0 the classes learn from the real images alone; the rejected images always train their class."""
+    from types import SimpleNamespace
+
+    from clinalign.training.config import FinetuneConfig
+    from clinalign.training.finetune import synthetic_weights, write_rewards_csv
+
+    write_rewards_csv(tmp_path / "rewards.csv", {"monocyte_0.png": 1.0, "monocyte_1.png": 0.0, "monocyte_2.png": 0.7})
+    synthetic = SimpleNamespace(paths=[tmp_path / f"monocyte_{i}.png" for i in range(3)], labels=[0, 0, 0])
+    for accepted, expected in ((1.0, [1.0, 1.0, 1.0]), (0.0, [0.0, 1.0, 0.0]), (0.5, [0.5, 1.0, 0.5])):
+        ft = FinetuneConfig(objective="guidance", guidance_accepted_weight=accepted)
+        raw, weights, mode, _ = synthetic_weights(ft, synthetic, tmp_path)
+        assert mode == "guidance" and weights.tolist() == expected and raw.tolist() == [1.0, 0.0, 0.7]

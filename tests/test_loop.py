@@ -65,6 +65,14 @@ def test_one_round_with_the_simulated_expert_then_rerun_resumes(pretrained, toy_
     again = run_loop(pretrained, toy_dir, out, rounds=1, cfg=TINY_ROUND)
     assert again[0].checkpoint == r.checkpoint
     assert again[0].expert_plausible_rate is None  # not re-judged
+    # a rerun with other round settings would report the old round under the new name: refused
+    from clinalign.errors import ConfigError
+
+    blind = dataclasses.replace(TINY_ROUND, blind_control="shuffled", sample_batch=8)
+    with pytest.raises(ConfigError, match=r"round_1 was run with blind_control='' \(now 'shuffled'\)"):
+        run_loop(pretrained, toy_dir, out, rounds=1, cfg=blind)
+    assert find_checkpoint(r.checkpoint).step == 3  # nothing lost
+    run_loop(pretrained, toy_dir, out, rounds=1, cfg=dataclasses.replace(TINY_ROUND, sample_batch=8, device="cpu"))
 
 
 def test_feedback_folder_pauses_until_the_judgements_exist(pretrained, toy_dir, tmp_path):
@@ -234,3 +242,11 @@ def test_blind_controls_keep_the_counts_and_drop_the_experts_choice():
     assert set(blind_rewards(rewards, "all-rejected").values()) == {0.0}
     with pytest.raises(ConfigError, match="blind control"):
         blind_rewards(rewards, "random")
+
+
+def test_demo_label_noise_is_for_toy_cells_only(tmp_path):
+    from clinalign.errors import ConfigError
+    from clinalign.pipeline.demo import DemoConfig, prepare_pools
+
+    with pytest.raises(ConfigError, match="--label_noise draws mislabelled toy cells"):
+        prepare_pools(DemoConfig(out=str(tmp_path / "demo"), data=str(tmp_path), label_noise=0.25))

@@ -61,3 +61,30 @@ def test_toy_pools_are_fresh_cells_with_distinct_ids(tmp_path):
     names = {k: {p.name for p in list_images(f)} for k, f in folders.items()}
     assert {k: len(v) for k, v in names.items()} == {"G": 6, "E": 10, "O": 8, "test": 4}
     assert len(set().union(*names.values())) == 28
+
+
+def test_toy_label_noise_puts_other_classes_cells_in_g_only_and_is_recorded(tmp_path):
+    from collections import Counter
+
+    from clinalign.data.toy import subtype_of
+
+    root = tmp_path / "toy"
+    kwargs = dict(classes=3, per_class=8, expert_per_class=4, oracle_per_class=4, test_per_class=2, size=16)
+    folders = write_toy_pools(root, **kwargs, label_noise=0.25)
+    g = list_images(folders["G"])
+    assert Counter(declared_classes(g)) == {"eosinophil": 8, "lymphocyte": 8, "neutrophil": 8}  # as many per class
+    wrong = [p for p in g if p.stem.endswith("_gx")]
+    assert Counter(declared_classes(wrong)) == {"eosinophil": 2, "lymphocyte": 2, "neutrophil": 2}
+    for p in wrong:  # the cell drawn is another class's, named in the subtype token
+        assert subtype_of(p).lower() != declared_classes([p])[0]
+    for pool in ("E", "O", "test"):  # the expert and the oracle learnt from clean cells
+        assert not [p for p in list_images(folders[pool]) if "_gx" in p.name]
+    summary = json.loads((root / POOLS_FILE).read_text())
+    assert summary["label_noise"] == 0.25 and summary["mislabelled_per_class"] == 2
+    assert write_toy_pools(root, **kwargs, label_noise=0.25) == folders  # reused
+    with pytest.raises(DataError, match=r"label noise 0.25, not 0.0: give a new output folder"):
+        write_toy_pools(root, **kwargs)
+    # the clean cells are the clean pools' own: the same seed draws the same first cells
+    clean = write_toy_pools(tmp_path / "clean", **kwargs)
+    g_clean = {p.name: p.read_bytes() for p in list_images(clean["G"])}
+    assert all(g_clean[p.name] == p.read_bytes() for p in g if not p.stem.endswith("_gx"))

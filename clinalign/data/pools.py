@@ -161,15 +161,21 @@ def write_toy_pools(
     test_per_class: int,
     size: int,
     seed: int = 0,
+    label_noise: float = 0.0,
 ) -> dict[str, Path]:
     """Toy-cell pools: G, E, O and test drawn with four seeds (an expert's experience is fresh cells).
 
     File names carry a pool suffix (``_g``, ``_e``, ``_o``, ``_t``) so the pools never share an ID.
-    Reuses a complete earlier set written with the same settings.
+    ``label_noise``: the share of G's images per class that are another class's cell under this
+    class's name (``_gx``; :func:`clinalign.data.toy.write_mislabelled`); E, O and test stay clean,
+    as an expert's experience is. Reuses a complete earlier set written with the same settings.
     """
-    from .toy import generate
+    from .toy import generate, write_mislabelled
 
+    if not 0.0 <= label_noise < 1.0:
+        raise DataError(f"--label_noise must be in [0, 1), got {label_noise}")
     root = Path(root)
+    wrong = round(per_class * label_noise)
     plan = {
         "G": (per_class, "_g"),
         "E": (expert_per_class, "_e"),
@@ -178,10 +184,19 @@ def write_toy_pools(
     }
     folders = {name: root / name for name in plan}
     if (root / POOLS_FILE).exists() and all(f.is_dir() for f in folders.values()):
+        before = read_pools(root).get("label_noise", 0.0)
+        if before != label_noise:
+            raise DataError(
+                f"{root} holds toy pools with label noise {before}, not {label_noise}: "
+                "give a new output folder to draw other pools"
+            )
         return folders
     for k, (name, (n, suffix)) in enumerate(plan.items()):
         with atomic_directory(folders[name]) as tmp:
-            generate(tmp, classes=classes, per_class=n, size=size, seed=seed + k, suffix=suffix)
+            clean = n - wrong if name == "G" else n
+            generate(tmp, classes=classes, per_class=clean, size=size, seed=seed + k, suffix=suffix)
+            if name == "G" and wrong:
+                write_mislabelled(tmp, classes, wrong, size, seed + len(plan), suffix="_gx")
     pools = Pools(
         list_images(folders["G"]),
         list_images(folders["E"]),
@@ -191,5 +206,8 @@ def write_toy_pools(
         Path(f"toy cells ({classes} classes, {size} px)"),
     )
     pools.check_disjoint()
-    write_json_atomic(root / POOLS_FILE, pools.summary())
+    summary = pools.summary()
+    if wrong:
+        summary |= {"label_noise": label_noise, "mislabelled_per_class": wrong}
+    write_json_atomic(root / POOLS_FILE, summary)
     return folders

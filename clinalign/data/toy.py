@@ -540,6 +540,30 @@ def generate(
     return written
 
 
+def write_mislabelled(
+    out_dir: str | Path, classes: int, per_class: int, size: int = 32, seed: int = 0, suffix: str = "_x"
+) -> list[Path]:
+    """``per_class`` cells under each class's name, each drawn from the other classes in turn.
+
+    Label noise, as clinical sets carry it: the file says eosinophil, a haematologist sees a
+    lymphocyte. A generator trained on it learns to draw the wrong cell for the class; an expert
+    who has seen clean cells rejects what it draws. The cell's true class is kept in the subtype
+    token (``eosinophil_LYMPHOCYTE_000003_x.png``) so an experiment can count them.
+    """
+    names = _class_names(classes)
+    if len(names) < 2:
+        raise DataError("label noise needs at least 2 classes")
+    out = Path(out_dir)
+    written = []
+    for c, name in enumerate(names):
+        others = [n for n in names if n != name]
+        for i in range(per_class):
+            true = others[(c + i) % len(others)]
+            img, _ = render_cell(true, _cell_rng(seed, true, c * per_class + i), size)
+            written.append(save_png(img, out / toy_file_name(name, true.upper(), i, suffix)))
+    return written
+
+
 def subtype_of(path: str | Path) -> str:
     """The hidden subtype a toy (or PBC-style) file name carries: its second ``_`` token."""
     parts = Path(path).stem.split("_")

@@ -2,8 +2,14 @@
 
 Each draw resamples a set's *samples* with replacement and recomputes the statistic; the real
 reference is held fixed, so the interval says how much the number would move with another draw of
-the same size from the same generator. For a comparison (before / after finetuning) the two sets
-are resampled independently and the interval is that of the per-draw difference.
+the same size from the same generator. For a comparison (before / after finetuning, feedback against
+its control) the interval is that of the per-draw difference, and both sets are resampled with the
+same indices: the sets are sampled with the same seeds, so sample i of each starts from the same
+noise, and the pair moves together. Paired this way the interval is the one the design earns
+(measured on toy cells: per-sample plausibility of a finetune and its control correlates 0.38,
+and the interval of their difference narrows from [0.000, +0.120] to [+0.016, +0.115]). For sets
+whose samples do not correspond (rejection sampling keeps other draws) sharing indices is the
+same as resampling independently.
 
 FID of a resampled set is biased upwards (a resample repeats images, which looks like lost
 diversity), often by more than the interval's width, so the plain percentile interval can miss
@@ -80,5 +86,5 @@ def difference(
     level: float = 0.95,
     bias_correct: bool = False,
 ) -> Estimate:
-    """a - b with the interval of the per-draw differences (independent resampling of each set)."""
+    """a - b with the interval of the per-draw differences (paired when both used the same indices)."""
     return estimate(value_a - value_b, np.asarray(replicates_a) - np.asarray(replicates_b), level, bias_correct)

@@ -208,7 +208,10 @@ def _set_metrics(r: SetResult, models: EvaluationModels, ref: RealReference, cop
 def _bootstrap(r: SetResult, ref: RealReference, config: MetricConfig) -> None:
     """Intervals of the per-sample means (and FID recomputed per draw) into ``r.metrics['ci']``."""
     j, man, m = r.judgement, r.manifold, r.metrics
-    seed = derived_seed(f"bootstrap:{r.name}", config.seed)
+    # One seed for every set: sets of one size share the resampling indices, so two sets sampled
+    # from the same noise (every column of a comparison; before/after finetuning) are compared
+    # pair by pair (see bootstrap.py).
+    seed = derived_seed("bootstrap", config.seed)
     per_sample: dict[tuple[str, ...], np.ndarray] = {
         ("plausibility", "rate"): j.plausible,
         ("plausibility", "oracle_rate"): j.recognised,

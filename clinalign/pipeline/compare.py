@@ -213,7 +213,8 @@ class Comparison:
             log.warning("%s: no sample passed; nothing to judge", name)
             return None, info
         full = self.evaluator.judge(folder)
-        self.real_ceiling = real_ceiling(full.metrics["real"]["real_test"])
+        if self.real_ceiling is None:  # the same real images for every column
+            self.real_ceiling = real_ceiling(full.metrics["real"]["real_test"])
         result = full.samples
         result.name = name
         self.results[name] = result

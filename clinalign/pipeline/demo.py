@@ -43,6 +43,11 @@ class DemoConfig:
     rounds: int = option(3, "feedback rounds")
     real_per_class: int = option(64, "real training images per class for the generator (pool G)")
     classes: int = option(4, "toy classes", flag=False)
+    label_noise: float = option(
+        0.0,
+        "toy cells: the share of G per class that is another class's cell under its name (label noise; the "
+        "expert and the oracle learnt from clean cells)",
+    )
     expert_per_class: int = option(400, "toy cells per class the simulated expert has seen (pool E)", flag=False)
     oracle_per_class: int = option(400, "toy cells per class of the evaluation oracle (pool O)", flag=False)
     test_per_class: int = option(100, "toy test cells per class", flag=False)
@@ -121,8 +126,11 @@ def prepare_pools(cfg: DemoConfig) -> Pools:
             cfg.test_per_class,
             cfg.image_size,
             cfg.seed,
+            cfg.label_noise,
         )
         return Pools(f["G"], f["E"], f["O"], f["test"], read_pools(root))
+    if cfg.label_noise:
+        raise ConfigError("--label_noise draws mislabelled toy cells; with --data the labels are the files' own")
     src = Path(cfg.data)
     if src.suffix == ".npz":
         from ..data.medmnist import export_npz

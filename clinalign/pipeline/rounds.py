@@ -13,6 +13,7 @@ resumed: a step whose output is complete is skipped when the command is rerun.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import shutil
@@ -29,6 +30,7 @@ from ..sampling.sample import SampleConfig
 from ..training.checkpoint import find_checkpoint, latest_checkpoint
 from ..training.config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig
 from ..utils.config import option
+from ..utils.fileio import write_json_atomic
 from ..utils.splits import hash01
 
 log = logging.getLogger(__name__)
@@ -257,6 +259,7 @@ def run_round(
     source = source or FeedbackSource()
     rdir = out / f"round_{k}"
     rdir.mkdir(parents=True, exist_ok=True)
+    check_round_settings(rdir, cfg)
     secs: dict[str, float] = {}
     ck = find_checkpoint(checkpoint)
     n = cfg.samples_per_class * len(ck.sample_classes)
@@ -280,6 +283,30 @@ def run_round(
     result = RoundResult(k, samples, fb, reward_dir, tuned, expert_rate, mean_reward, secs)
     log.info("round %d done: %s", k, {key: v for key, v in asdict(result).items() if key != "seconds"})
     return result
+
+
+#: Settings that do not change what a round produces (where it runs, how many images per pass).
+_RUN_ONLY = ("device", "sample_batch")
+
+
+def check_round_settings(rdir: Path, cfg: RoundConfig) -> None:
+    """Record the round's settings in ``round.json``; ConfigError if the folder was run with others.
+
+    Every step of a round is skipped once its output exists, so a rerun with, say, another
+    ``--objective`` or ``--blind_control`` would otherwise report the old round under the new name.
+    """
+    record = rdir / "round.json"
+    now = {k: v for k, v in asdict(cfg).items() if k not in _RUN_ONLY}
+    if record.exists():
+        before = json.loads(record.read_text())
+        changed = {k: (before.get(k), v) for k, v in now.items() if before.get(k, v) != v}
+        if changed:
+            listed = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in sorted(changed.items()))
+            raise ConfigError(
+                f"{rdir} was run with {listed}: rerun with those settings to resume it, "
+                f"or give a new --out (or delete {rdir}) to run the round again"
+            )
+    write_json_atomic(record, now)
 
 
 def _collect_feedback(

@@ -110,6 +110,11 @@ class FinetuneConfig:
     guidance_scale: float = option(
         1.0, "--objective guidance: how hard sampling steers away from the rejected images (sample --guidance)"
     )
+    # Accepted samples under their own class are the model's output fed back to it; at 0 the classes
+    # learn from real images only and the samples teach only what to steer away from.
+    guidance_accepted_weight: float = option(
+        1.0, "--objective guidance: loss weight of the accepted samples (0: only the rejected ones train)"
+    )
     concept: list[str] = repeated(
         "a concept the synthetic images declare and the checkpoint lacks (default: "
         "DATA_MOD_DIR/concepts.json); its embedding row starts as the parent's",

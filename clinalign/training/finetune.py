@@ -220,8 +220,9 @@ def synthetic_weights(ft: FinetuneConfig, synthetic, mod_dir: Path) -> tuple[np.
         raise ConfigError(f"unknown --objective {ft.objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if ft.objective == "kto":  # liked (+1) / disliked (-1): the judgements themselves, not their strength
         return raw, np.where(raw >= ft.reward_threshold, 1.0, -1.0), "sign", rewards_file
-    if ft.objective == "guidance":  # every image trains, the rejected ones under their rejected class
-        return raw, np.ones_like(raw), "guidance", rewards_file
+    if ft.objective == "guidance":  # the rejected images train under their rejected class
+        accepted = raw >= ft.reward_threshold
+        return raw, np.where(accepted, ft.guidance_accepted_weight, 1.0), "guidance", rewards_file
     weights = transform_rewards(raw, np.asarray(synthetic.labels), ft.reward_transform, ft.reward_threshold)
     return raw, weights, ft.reward_transform, rewards_file
 
