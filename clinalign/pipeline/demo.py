@@ -75,8 +75,9 @@ class DemoConfig:
     # TSTR trains three classifiers per judged set (about 90 s each on 2 cores): off, it would be
     # half the demo's budget.
     utility: bool = option(False, "train the TSTR classifiers for every judged model")
-    # The paper's objective. Guidance away from rejections beat its control on one seed of the
-    # plateau base and lost on two (docs/feedback.md): no objective is reliably ahead yet.
+    # The paper's objective. On clean toy cells no objective is reliably ahead of more real data;
+    # with --label_noise and a base at the plateau, guidance is (docs/feedback.md), but not at
+    # this budget's half-plateau base (measured level after round 3).
     objective: str = option(
         "reward-weighted",
         "the finetune's objective: reward-weighted (the paper's), Diffusion-KTO, or guidance away from rejections",
