@@ -250,3 +250,14 @@ def test_demo_label_noise_is_for_toy_cells_only(tmp_path):
 
     with pytest.raises(ConfigError, match="--label_noise draws mislabelled toy cells"):
         prepare_pools(DemoConfig(out=str(tmp_path / "demo"), data=str(tmp_path), label_noise=0.25))
+
+
+def test_demo_table_says_when_the_training_labels_were_made_noisy():
+    from clinalign.pipeline.demo import format_table
+
+    cols = ("pretrained", "feedback", "no feedback (equal images)", "no feedback (equal steps)")
+    rnd = {"round": 1, "metrics": {"plausibility": {c: {"value": 0.5} for c in cols}}, "feedback_minus_control": {}}
+    assert "LABEL NOISE: 25% of the generator's training cells" in format_table(
+        {"config": {"label_noise": 0.25}, "rounds": [rnd]}
+    )
+    assert "LABEL NOISE" not in format_table({"config": {"label_noise": 0.0}, "rounds": [rnd]})

@@ -260,11 +260,17 @@ def format_table(summary: dict[str, Any]) -> str:
         return "—" if v is None else (f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}")
 
     blind = summary.get("config", {}).get("blind_control")
+    noise = summary.get("config", {}).get("label_noise")
     lines = [
         f"after {last['round']} round(s); no feedback = training on without feedback for as many images",
         *(
             [f"BLIND CONTROL ({blind}): the 'feedback' column finetuned without the expert's choice of images"]
             if blind
+            else []
+        ),
+        *(
+            [f"LABEL NOISE: {noise:.0%} of the generator's training cells per class are another class's"]
+            if noise
             else []
         ),
         f"{'metric':<30}" + "".join(f" {short[c]:>13}" for c in columns),
