@@ -76,8 +76,9 @@ class DemoConfig:
     # half the demo's budget.
     utility: bool = option(False, "train the TSTR classifiers for every judged model")
     # The paper's objective. On clean toy cells no objective is reliably ahead of more real data;
-    # with --label_noise and a base at the plateau, guidance is (docs/feedback.md), but not at
-    # this budget's half-plateau base (measured level after round 3).
+    # with --label_noise and a base at the plateau guidance was ahead (3 seeds of 3 after round 2,
+    # 2 of 3 after round 3; docs/feedback.md), but not from this budget's half-plateau base
+    # (level after round 3 on 3 seeds).
     objective: str = option(
         "reward-weighted",
         "the finetune's objective: reward-weighted (the paper's), Diffusion-KTO, or guidance away from rejections",
