@@ -19,25 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinalign.evaluate import bootstrap as bs  # noqa: E402
-from clinalign.pipeline.compare import CompareConfig, Pools, make_evaluator, read_table  # noqa: E402
+from clinalign.pipeline.compare import CompareConfig, Pools, judged_folder, make_evaluator, read_table  # noqa: E402
 from clinalign.pipeline.rounds import RoundConfig  # noqa: E402
 from clinalign.sampling.sample import sample_folder  # noqa: E402
 from clinalign.training.checkpoint import find_checkpoint  # noqa: E402
+from clinalign.utils.config import from_dict  # noqa: E402
 
 CONTROL = "no feedback (equal images)"
 RATE = ("plausibility", "rate")
-
-
-def known(cls, values: dict) -> dict:
-    """The entries of a recorded config that ``cls`` still has (older runs record fewer or more)."""
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     table = read_table(args.run)
-    rcfg = RoundConfig(**known(RoundConfig, table["round_config"]))
-    ccfg = CompareConfig(**known(CompareConfig, table["compare_config"]))
+    rcfg = from_dict(RoundConfig, table["round_config"])  # an older run records fewer or more settings
+    ccfg = from_dict(CompareConfig, table["compare_config"])
     if rcfg.objective != "guidance":
         raise SystemExit(f"{args.run}: objective {rcfg.objective!r}; this bench needs a guidance run")
     pools = args.run / "pools"
@@ -63,11 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     for k in (int(r) for r in args.rounds.split(",")):
         columns = table["rounds"][k - 1]["columns"]
         checkpoint = find_checkpoint(columns["feedback"]["checkpoint"])
-        control_folder = args.run / "judged" / f"no_feedback_equal_images_r{k}"
+        control_folder = judged_folder(args.run, f"{CONTROL} r{k}")
         control = evaluator.judge(control_folder).samples
         n = ccfg.eval_per_class * len(checkpoint.sample_classes)
         for scale in (float(s) for s in args.scales.split(",")):
-            folder = args.run / "judged" / f"feedback_r{k}_w{scale:g}"
+            folder = judged_folder(args.run, f"feedback r{k} w{scale:g}")
             sample_folder(checkpoint, folder, rcfg.sample_config(n, ccfg.eval_seed, guidance=scale))
             s = evaluator.judge(folder).samples
             pl = s.metrics["plausibility"]

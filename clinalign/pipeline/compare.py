@@ -92,6 +92,11 @@ class Pools:
     summary: dict[str, Any] = field(default_factory=dict)  # sizes and fingerprints, for the record
 
 
+def judged_folder(out: str | Path, name: str) -> Path:
+    """Where a comparison keeps the samples of the column ``name`` (``"no feedback (equal images) r2"``)."""
+    return Path(out) / "judged" / name.replace(" ", "_").replace("(", "").replace(")", "")
+
+
 def control_checkpoint(run: Path, step: int) -> Checkpoint:
     for path in list_checkpoints(run):
         ck = find_checkpoint(path)
@@ -194,7 +199,7 @@ class Comparison:
 
     def judge(self, name: str, checkpoint: Checkpoint, accept=None) -> tuple[SetResult | None, dict[str, Any]]:
         """Sample the column with the shared seed and judge it (None when rejection sampling kept nothing)."""
-        folder = self.out / "judged" / name.replace(" ", "_").replace("(", "").replace(")", "")
+        folder = judged_folder(self.out, name)
         scfg = self.rcfg.sample_config(self.ccfg.eval_per_class * self.n_classes, self.ccfg.eval_seed)
         if accept is not None:
             scfg = replace(scfg, max_draw_factor=self.ccfg.rejection_draw_factor)
