@@ -260,8 +260,8 @@ def format_table(summary: dict[str, Any]) -> str:
         v = entry.get("value")
         return "—" if v is None else (f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}")
 
-    blind = summary.get("config", {}).get("blind_control")
-    noise = summary.get("config", {}).get("label_noise")
+    config = summary.get("config", {})
+    blind, noise = config.get("blind_control"), config.get("label_noise")
     lines = [
         f"after {last['round']} round(s); no feedback = training on without feedback for as many images",
         *(
