@@ -69,7 +69,9 @@ def test_one_round_with_the_simulated_expert_then_rerun_resumes(pretrained, toy_
     from clinalign.errors import ConfigError
 
     blind = dataclasses.replace(TINY_ROUND, blind_control="shuffled", sample_batch=8)
-    with pytest.raises(ConfigError, match=r"round_1 was run with blind_control='' \(now 'shuffled'\)"):
+    with pytest.raises(
+        ConfigError, match=r"round_1: settings disagree.*--blind_control 'shuffled' \(round.json has ''\)"
+    ):
         run_loop(pretrained, toy_dir, out, rounds=1, cfg=blind)
     assert find_checkpoint(r.checkpoint).step == 3  # nothing lost
     run_loop(pretrained, toy_dir, out, rounds=1, cfg=dataclasses.replace(TINY_ROUND, sample_batch=8, device="cpu"))

@@ -29,7 +29,7 @@ from ..expert.simulator import CRITERIA_MODES
 from ..sampling.sample import SampleConfig
 from ..training.checkpoint import find_checkpoint, latest_checkpoint
 from ..training.config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig
-from ..utils.config import option
+from ..utils.config import mismatches, option
 from ..utils.fileio import write_json_atomic
 from ..utils.splits import hash01
 
@@ -297,15 +297,12 @@ def check_round_settings(rdir: Path, cfg: RoundConfig) -> None:
     """
     record = rdir / "round.json"
     now = {k: v for k, v in asdict(cfg).items() if k not in _RUN_ONLY}
-    if record.exists():
-        before = json.loads(record.read_text())
-        changed = {k: (before.get(k), v) for k, v in now.items() if before.get(k, v) != v}
-        if changed:
-            listed = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in sorted(changed.items()))
-            raise ConfigError(
-                f"{rdir} was run with {listed}: rerun with those settings to resume it, "
-                f"or give a new --out (or delete {rdir}) to run the round again"
-            )
+    changed = mismatches(json.loads(record.read_text()), now, what="round.json") if record.exists() else []
+    if changed:
+        raise ConfigError(
+            f"{rdir}: settings disagree with the round's: {', '.join(changed)}; rerun with the round's settings "
+            f"to resume it, or give a new --out (or delete {rdir}) to run the round again"
+        )
     write_json_atomic(record, now)
 
 

@@ -159,7 +159,10 @@ def resolve(cls: type[C], args: argparse.Namespace | Mapping[str, Any], base: An
     return from_dict(cls, {**(base or {}), **typed(args, cls)})
 
 
-def mismatches(saved: Any, given: Mapping[str, Any]) -> list[str]:
-    """``--name value (checkpoint has other)`` for every given value that differs from the saved config."""
+def mismatches(saved: Any, given: Mapping[str, Any], what: str = "checkpoint") -> list[str]:
+    """``--name value (WHAT has other)`` for every given value that differs from the saved config.
+
+    Keys the saved config lacks (written before the option existed) are not mismatches.
+    """
     saved = dataclasses.asdict(saved) if dataclasses.is_dataclass(saved) else dict(saved)
-    return [f"--{k} {v!r} (checkpoint has {saved[k]!r})" for k, v in given.items() if k in saved and saved[k] != v]
+    return [f"--{k} {v!r} ({what} has {saved[k]!r})" for k, v in sorted(given.items()) if k in saved and saved[k] != v]
