@@ -28,6 +28,9 @@ sampled and judged with the same seeds and the run's evaluation models. Variants
 A guidance variant takes its strength after ``@`` (``guidance@0.5``; else ``--guidance_scale``). The
 strength only changes sampling, so the variants of one kind share one finetune.
 
+Sampling (sampler, steps, precision) and the judge (oracle settings) are the run's own, read from
+its ``compare.json``, so the ``base`` line matches the run's "pretrained" column.
+
 Prints one JSON line per variant: plausibility and its parts, per-class plausibility, FID.
 """
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -42,11 +46,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinalign.data.naming import label_of, list_images  # noqa: E402
-from clinalign.pipeline.compare import CompareConfig, Pools, make_evaluator  # noqa: E402
+from clinalign.pipeline.compare import CompareConfig, Pools, make_evaluator, read_table  # noqa: E402
 from clinalign.pipeline.rounds import RoundConfig, blind_rewards  # noqa: E402
 from clinalign.sampling.sample import sample_folder  # noqa: E402
 from clinalign.training.checkpoint import find_checkpoint, latest_checkpoint  # noqa: E402
 from clinalign.training.finetune import finetune, read_rewards_csv, write_rewards_csv  # noqa: E402
+from clinalign.utils.config import from_dict  # noqa: E402
 
 
 def balanced(rewards: dict[str, float]) -> dict[str, float]:
@@ -62,13 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--round", type=int, default=1)
     p.add_argument("--variants", default="real,zero,verdicts,balanced,kto,guidance,guidance-shuffled,self-guidance")
     p.add_argument("--guidance_scale", type=float, default=1.0)
-    p.add_argument("--oracle_epochs", type=int, default=10, help="the run's own (the demo 10, the PBC bench 20)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--kto_beta", type=float, default=5000.0)
-    p.add_argument("--per_class", type=int, default=48)
-    p.add_argument("--seed", type=int, default=7, help="sampling seed of the judged samples")
+    p.add_argument("--per_class", type=int, default=0, help="samples per class judged (0: the run's own)")
     args = p.parse_args(argv)
 
     run, pools, rnd = args.run, args.run / "pools", args.run / f"round_{args.round}"
@@ -89,17 +92,23 @@ def main(argv: list[str] | None = None) -> int:
         "self-guidance": write_rewards_csv(args.out / "self.csv", blind_rewards(rewards, "all-rejected")),
         "guidance-rejected-only": rnd / "finetune_rewards.csv",
     }
-    # the demo's judge (its oracle settings), so its cached evaluation models are reused
+    # the run's sampling and judge, so the base line is the run's "pretrained" column and its cached
+    # evaluation models are reused (sampling in another precision moved the base by 7 points)
+    if not (run / "compare.json").exists():
+        raise SystemExit(
+            f"{run}/compare.json: missing (pass a demo folder, or a bench's compare/ with pretrain/ and pools/)"
+        )
+    table = read_table(run)
+    rcfg = from_dict(RoundConfig, table["round_config"])
+    ccfg = dataclasses.replace(from_dict(CompareConfig, table["compare_config"]), utility=False)
     folders = Pools(pools / "G", pools / "E", pools / "O", pools / "test")
-    evaluator = make_evaluator(
-        folders, base.model.image_size, CompareConfig(oracle_epochs=args.oracle_epochs, utility=False), run, seed=0
-    )
-    n_samples = args.per_class * len(base.class_map)
+    evaluator = make_evaluator(folders, base.model.image_size, ccfg, run, seed=rcfg.seed)
+    n_samples = (args.per_class or ccfg.eval_per_class) * len(base.class_map)
 
     def judge(name: str, checkpoint, guidance: float = -1.0) -> None:
         folder = args.out / "judged" / name
         if not folder.exists():
-            scfg = RoundConfig().sample_config(n_samples, args.seed, guidance=guidance)
+            scfg = rcfg.sample_config(n_samples, ccfg.eval_seed, guidance=guidance)
             sample_folder(find_checkpoint(checkpoint), folder, scfg)
         m = evaluator.judge(folder).samples.metrics
         pl = m["plausibility"]
