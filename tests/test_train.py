@@ -332,7 +332,16 @@ def test_ctrl_c_saves_a_checkpoint_at_the_interrupted_step_and_the_run_resumes(t
         "clinalign.cli",
         *train_argv(toy_dir, run, "--max_steps", "500", "--save_interval", "1000"),
     ]
-    proc = subprocess.Popen(argv, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job (`pytest &`) starts with SIGINT ignored, and the child would inherit
+    # that: it would finish its 500 steps and this test would fail for a reason outside the code.
+    proc = subprocess.Popen(
+        argv,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 240
     metrics = run / "metrics.jsonl"
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
