@@ -86,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base_run", type=Path, help="an existing pretraining run on G (skips pretraining)")
     p.add_argument("--pretrain_steps", type=int, default=16000)
     p.add_argument("--pretrain_lr", type=float, default=1e-3)
+    p.add_argument("--prediction", default="x0", choices=("eps", "x0", "v"), help="what the denoiser predicts")
     p.add_argument("--curve_every", type=int, default=1000)
     p.add_argument("--curve_per_class", type=int, default=48, help="samples per class at each curve point")
     p.add_argument("--base_step", type=int, default=0, help="the base checkpoint's step (0 = the curve's plateau)")
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         pretrain(
             {
                 **BASE_MODEL,
+                **({} if args.prediction == "x0" else {"predict_xstart": False, "prediction": args.prediction}),
                 "num_channels": args.num_channels,
                 "data_dir": str(pools.generator),
                 "run_dir": str(run),
