@@ -77,6 +77,14 @@ def test_one_round_with_the_simulated_expert_then_rerun_resumes(pretrained, toy_
     run_loop(pretrained, toy_dir, out, rounds=1, cfg=dataclasses.replace(TINY_ROUND, sample_batch=8, device="cpu"))
 
 
+def test_a_non_positive_lr_decay_is_refused_before_any_work(pretrained, toy_dir, tmp_path):
+    from clinalign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--finetune_lr_decay 0.0: give a factor above 0"):
+        run_loop(pretrained, toy_dir, tmp_path / "loop", cfg=dataclasses.replace(TINY_ROUND, finetune_lr_decay=0.0))
+    assert not (tmp_path / "loop").exists()
+
+
 def test_feedback_folder_pauses_until_the_judgements_exist(pretrained, toy_dir, tmp_path):
     out = tmp_path / "loop"
     judged = tmp_path / "judged"
@@ -144,6 +152,7 @@ def test_demo_smallest_size_compares_feedback_with_equal_cost_controls(tmp_path)
         samples_per_class=8,
         eval_per_class=8,
         batch_size=8,
+        finetune_lr_decay=0.5,
         utility=True,
         device="cpu",
     )
@@ -169,6 +178,15 @@ def test_demo_smallest_size_compares_feedback_with_equal_cost_controls(tmp_path)
     assert control[-1]["step"] == base + 2 * 2 * steps
     assert feedback[-1]["images_seen"] == steps * 2 * batch
     assert (control[-1]["step"] - base) * batch == 2 * feedback[-1]["images_seen"]
+    # round 2 finetunes at half round 1's lr, and the control's second segment trains at it too
+    second = [json.loads(x) for x in (out / "round_2" / "finetune" / "metrics.jsonl").read_text().splitlines()]
+    assert feedback[-1]["lr"] == pytest.approx(cfg.finetune_lr) and second[-1]["lr"] == pytest.approx(
+        cfg.finetune_lr / 2
+    )
+    lr_at = {row["step"]: row["lr"] for row in control if "lr" in row}
+    assert lr_at[base + 2 * steps] == pytest.approx(cfg.finetune_lr) and lr_at[base + 4 * steps] == pytest.approx(
+        cfg.finetune_lr / 2
+    )
     printed = format_table(summary)
     assert "plausibility by round" in printed
     real = summary["real_test"]  # the judge's ceiling: what it passes of real test images

@@ -106,10 +106,17 @@ def control_checkpoint(run: Path, step: int) -> Checkpoint:
 
 
 def continue_training(
-    base: Checkpoint, data: Path, run: Path, total_steps: int, cfg: RoundConfig, save_every: int, progress: bool = False
+    base: Checkpoint,
+    data: Path,
+    run: Path,
+    total_steps: int,
+    cfg: RoundConfig,
+    save_every: int,
+    lr: float,
+    progress: bool = False,
 ) -> float:
-    """The no-feedback control: the base's training continued on real images only, at the finetune's lr
-    and real batch, saving every ``save_every`` steps; returns the seconds this call trained."""
+    """The no-feedback control: the base's training continued on real images only, at ``lr`` and the
+    finetune's real batch, saving every ``save_every`` steps; returns the seconds this call trained."""
     from ..training.pretrain import pretrain
 
     start = time.perf_counter()
@@ -119,7 +126,7 @@ def continue_training(
             "run_dir": str(run),
             "resume_checkpoint": str(base.path),
             "max_steps": total_steps,
-            "lr": cfg.finetune_lr,
+            "lr": lr,
             "batch_size": cfg.finetune_batch,
             "ema_rate": ",".join(base.ema_rates) or "0.999",
             "save_interval": 10**9,
@@ -255,6 +262,7 @@ class Comparison:
                 base_step + 2 * k * steps,
                 rcfg,
                 steps,
+                rcfg.round_lr(k),  # segment k of the control trains at round k's lr
                 self.progress,
             )
             table["rounds"].append(self._round(k, r, base_info))

@@ -18,7 +18,7 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,11 @@ class RoundConfig:
     # full batch of scored samples, at 5x the pretraining lr of the seed, with thresholded rewards;
     # the seed's image_finetuned.py keeps the published beta 0.3 and raw rewards.
     finetune_lr: float = option(5e-4, "finetuning learning rate")
+    finetune_lr_decay: float = option(
+        1.0,
+        "each round finetunes at the previous round's lr times this (the no-feedback control follows the "
+        "same schedule, segment by segment)",
+    )
     finetune_batch: int = option(32, "real and synthetic images per finetuning step (each)")
     beta: float = option(1.0, "weight of the real-data loss in the finetune")
     reward_transform: str = option("threshold", "how rewards become loss weights", choices=REWARD_TRANSFORMS)
@@ -99,6 +104,15 @@ class RoundConfig:
     use_fp16: bool = option(False, "bf16 autocast for sampling and finetuning")
     seed: int = option(0, "seeds sampling, the expert, the reward model and the finetune")
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
+
+    def round_lr(self, k: int) -> float:
+        """Round ``k``'s finetune lr (1-based)."""
+        if not self.finetune_lr_decay > 0:
+            raise ConfigError(
+                f"--finetune_lr_decay {self.finetune_lr_decay}: give a factor above 0 (1 keeps the lr; 0.5 halves it "
+                "each round)"
+            )
+        return self.finetune_lr * self.finetune_lr_decay ** (k - 1)
 
     def sample_config(self, num_samples: int, seed: int, guidance: float = -1.0) -> SampleConfig:
         return SampleConfig(
@@ -257,6 +271,7 @@ def run_round(
     from ..sampling.sample import sample_folder
 
     source = source or FeedbackSource()
+    at_lr = replace(cfg, finetune_lr=cfg.round_lr(k))  # bad settings fail before any work
     rdir = out / f"round_{k}"
     rdir.mkdir(parents=True, exist_ok=True)
     check_round_settings(rdir, cfg)
@@ -278,7 +293,7 @@ def run_round(
 
     with _timed(secs, "finetune"):
         tuned = finetune_on_feedback(
-            ck.path, real_train, samples, fb, rdir / "finetune", cfg, cfg.seed + k, rdir, progress
+            ck.path, real_train, samples, fb, rdir / "finetune", at_lr, cfg.seed + k, rdir, progress
         )
     result = RoundResult(k, samples, fb, reward_dir, tuned, expert_rate, mean_reward, secs)
     log.info("round %d done: %s", k, {key: v for key, v in asdict(result).items() if key != "seconds"})
