@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..training.config import OBJECTIVES
 from ..utils.config import option
-from .compare import COLUMNS, CompareConfig, Comparison, Pools, ceiling_line
+from .compare import COLUMNS, CompareConfig, Comparison, Pools, ceiling_line, judged_folder
 from .rounds import BLIND_CONTROLS, RoundConfig
 
 log = logging.getLogger(__name__)
@@ -239,13 +239,10 @@ def write_final_report(comparison: Comparison, out: Path) -> Path:
     """report.html: the last round's feedback model beside its equal-images control."""
     from ..evaluate.run import write_outputs
 
-    judged = out / "judged"
     k = comparison.ccfg.rounds
-    folder = {
-        name: judged / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}_r{k}"
-        for name in ("feedback", "no feedback (equal images)")
-    }
-    result = comparison.evaluator.judge(folder["feedback"], folder["no feedback (equal images)"])
+    result = comparison.evaluator.judge(
+        judged_folder(out, f"feedback r{k}"), judged_folder(out, f"no feedback (equal images) r{k}")
+    )
     return write_outputs(result, out / "evaluation")["report"]
 
 
