@@ -72,10 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--toy_classes", type=int, default=4, help="--data toy: classes")
     p.add_argument("--toy_pool_per_class", type=int, default=400, help="--data toy: cells per class in E and in O")
     p.add_argument(
+        "--label_noise",
         "--toy_label_noise",
         type=float,
         default=0.0,
-        help="--data toy: share of G per class that is another class's cell",
+        help="share of G per class that is another class's cell under its name (E, O and test stay clean)",
     )
     p.add_argument(
         "--num_channels", type=int, default=BASE_MODEL["num_channels"], help="the denoiser's width (8: capacity-bound)"
@@ -107,10 +108,10 @@ def make_pools(args: argparse.Namespace) -> Pools:
             100,
             BASE_MODEL["image_size"],
             args.pool_seed,
-            args.toy_label_noise,
+            args.label_noise,
         )
         return Pools(f["G"], f["E"], f["O"], f["test"], read_pools(args.out / "pools"))
-    split = split_pools(args.data / "train", args.real_per_class, args.pool_seed)
+    split = split_pools(args.data / "train", args.real_per_class, args.pool_seed, args.label_noise)
     folders = write_pools(split, args.out / "pools")
     return Pools(folders["G"], folders["E"], folders["O"], args.data / "test", split.summary())
 

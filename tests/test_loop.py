@@ -264,12 +264,20 @@ def test_blind_controls_keep_the_counts_and_drop_the_experts_choice():
         blind_rewards(rewards, "random")
 
 
-def test_demo_label_noise_is_for_toy_cells_only(tmp_path):
-    from clinalign.errors import ConfigError
+def test_demo_label_noise_on_given_data_mislabels_g(tmp_path):
+    from clinalign.data.naming import declared_classes, list_images
+    from clinalign.data.toy import generate
     from clinalign.pipeline.demo import DemoConfig, prepare_pools
 
-    with pytest.raises(ConfigError, match="--label_noise draws mislabelled toy cells"):
-        prepare_pools(DemoConfig(out=str(tmp_path / "demo"), data=str(tmp_path), label_noise=0.25))
+    data = tmp_path / "data"
+    generate(data / "train", classes=2, per_class=12, size=16, seed=0)
+    generate(data / "test", classes=2, per_class=2, size=16, seed=1)
+    pools = prepare_pools(DemoConfig(out=str(tmp_path / "demo"), data=str(data), real_per_class=4, label_noise=0.5))
+    assert pools.summary["label_noise"] == 0.5 and pools.summary["mislabelled_per_class"] == 2
+    g = list_images(pools.generator)
+    classes = declared_classes(g)
+    assert len(set(classes)) == 2 and all(classes.count(c) == 4 for c in classes)
+    assert sum(p.name.split("_")[1] in classes for p in g) == 4  # 2 per class under the other's name
 
 
 def test_demo_table_says_when_the_training_labels_were_made_noisy():

@@ -88,3 +88,29 @@ def test_toy_label_noise_puts_other_classes_cells_in_g_only_and_is_recorded(tmp_
     clean = write_toy_pools(tmp_path / "clean", **kwargs)
     g_clean = {p.name: p.read_bytes() for p in list_images(clean["G"])}
     assert all(g_clean[p.name] == p.read_bytes() for p in g if not p.stem.endswith("_gx"))
+
+
+def test_real_label_noise_renames_a_share_of_g_per_class_and_leaves_e_and_o_alone(train, tmp_path):
+    from collections import Counter
+
+    from clinalign.data.toy import subtype_of
+
+    clean, noisy = split_pools(train, 8, seed=0), split_pools(train, 8, seed=0, label_noise=0.25)
+    assert noisy.G == clean.G and noisy.E == clean.E and noisy.O == clean.O  # the same files
+    folders = write_pools(noisy, tmp_path / "pools")
+    g = list_images(folders["G"])
+    classes = declared_classes(g)
+    assert Counter(classes) == {"eosinophil": 8, "lymphocyte": 8, "neutrophil": 8}  # as many per class
+    # the original name follows the new class: its own class is the subtype token
+    wrong = [(p, c) for p, c in zip(g, classes) if subtype_of(p) in Counter(classes) and subtype_of(p) != c]
+    assert Counter(c for _, c in wrong) == {"eosinophil": 2, "lymphocyte": 2, "neutrophil": 2}
+    assert all((train / p.name.split("_", 1)[1]).exists() for p, _ in wrong)
+    record, before = json.loads((tmp_path / "pools" / POOLS_FILE).read_text()), clean.summary()
+    assert record["label_noise"] == 0.25 and record["mislabelled_per_class"] == 2
+    assert record["G"]["fingerprint"] != before["G"]["fingerprint"]
+    assert (record["E"], record["O"]) == (before["E"], before["O"])  # the judges' pools are unchanged
+    assert "label_noise" not in before
+    with pytest.raises(DataError, match="other data or settings"):
+        write_pools(clean, tmp_path / "pools")
+    with pytest.raises(DataError, match=r"--label_noise must be in \[0, 1\), got 1.0"):
+        split_pools(train, 8, label_noise=1.0)

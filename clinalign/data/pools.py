@@ -8,7 +8,9 @@ judged by anyone who learnt from either. So the real training images are split i
 - **E**, the simulated expert's experience: half of the rest;
 - **O**, the evaluation oracle's: the other half of the rest,
 
-plus the separate test split (FID, TSTR). E and O follow the name-hash halves that the expert and
+plus the separate test split (FID, TSTR). ``label_noise`` mislabels a share of G per class (the
+files say one class, the cell is another's), as clinical sets carry it; E and O stay clean, as an
+expert's experience is. E and O follow the name-hash halves that the expert and
 the oracle already train on (:func:`clinalign.utils.splits.half_of`), so giving the expert E and
 the oracle O keeps both on their own half. Each pool is written as a folder of links to the
 original files, and ``pools.json`` records every pool's size, class counts and fingerprint.
@@ -22,7 +24,7 @@ import logging
 import os
 import shutil
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
@@ -46,6 +48,12 @@ class Pools:
     per_class: int
     seed: int
     source: Path
+    # G's mislabelled files: original name -> the name it is written under (another class's prefix)
+    renamed: dict[str, str] = field(default_factory=dict)
+    label_noise: float = 0.0
+
+    def written_name(self, f: Path) -> str:
+        return self.renamed.get(f.name, f.name)
 
     def folders(self, root: Path) -> dict[str, Path]:
         return {name: Path(root) / name for name in POOL_NAMES}
@@ -62,24 +70,40 @@ class Pools:
         out = {"source": str(self.source), "per_class": self.per_class, "seed": self.seed}
         for name in POOL_NAMES:
             files = getattr(self, name)
+            names = [Path(self.written_name(f)) for f in files]
             out[name] = {
                 "n": len(files),
-                "classes": dict(sorted(Counter(declared_classes(files)).items())),
-                "fingerprint": fingerprint(files),
+                "classes": dict(sorted(Counter(declared_classes(names)).items())),
+                "fingerprint": fingerprint(files, self.renamed),
+            }
+        if self.label_noise:
+            out |= {
+                "label_noise": self.label_noise,
+                "mislabelled_per_class": len(self.renamed) // len(out["G"]["classes"]),
             }
         return out
 
 
-def fingerprint(files: list[Path]) -> str:
-    """sha256 over the sorted file names and their sizes: the same pool gives the same print anywhere."""
+def fingerprint(files: list[Path], renamed: dict[str, str] | None = None) -> str:
+    """sha256 over the sorted file names (as written) and their sizes: the same pool gives the same print anywhere."""
+    renamed = renamed or {}
     h = hashlib.sha256()
-    for f in sorted(files, key=lambda p: p.name):
-        h.update(f"{f.name}\t{f.stat().st_size}\n".encode())
+    for name, size in sorted((renamed.get(f.name, f.name), f.stat().st_size) for f in files):
+        h.update(f"{name}\t{size}\n".encode())
     return h.hexdigest()[:16]
 
 
-def split_pools(train_dir: str | Path, per_class: int, seed: int = 0) -> Pools:
-    """G (``per_class`` per class, stratified and seeded), E and O (the rest, by name-hash half)."""
+def split_pools(train_dir: str | Path, per_class: int, seed: int = 0, label_noise: float = 0.0) -> Pools:
+    """G (``per_class`` per class, stratified and seeded), E and O (the rest, by name-hash half).
+
+    ``label_noise``: the share of G's images per class written under another class's name. The
+    files of G, E and O stay the same (so do E's and O's prints and the judges trained on them):
+    each class hands its last ``round(per_class * label_noise)`` images of G to the other classes
+    in turn, and receives as many, so every class keeps ``per_class``. The original name follows the
+    new class (``eosinophil_basophil_BA_101611.jpg``), so the true class is the subtype token.
+    """
+    if not 0.0 <= label_noise < 1.0:
+        raise DataError(f"--label_noise must be in [0, 1), got {label_noise}")
     source = Path(train_dir)
     files = list_images(source)
     check_unique_names(files, "pools are keyed by file name; rename one of them")
@@ -96,15 +120,27 @@ def split_pools(train_dir: str | Path, per_class: int, seed: int = 0) -> Pools:
             f"{source}: --real_per_class {per_class} leaves no image of some classes for the expert "
             f"and the oracle ({detail}); pass --real_per_class below {min(short.values())}"
         )
+    names = sorted(by_class)
+    wrong = round(per_class * label_noise)
+    if wrong and len(names) < 2:
+        raise DataError(f"{source}: --label_noise needs at least 2 classes")
     g: list[Path] = []
-    for c in sorted(by_class):
+    renamed: dict[str, str] = {}
+    for ci, c in enumerate(names):
         ranked = sorted(by_class[c], key=lambda p: hash01(f"clinalign-pool-G:{seed}", p.name))
         g += ranked[:per_class]
+        for i, f in enumerate(ranked[per_class - wrong : per_class]):
+            # offsets 1..k-1 in turn: every class receives exactly `wrong` images from the others
+            other = names[(ci + 1 + i % (len(names) - 1)) % len(names)]
+            renamed[f.name] = f"{other}_{f.name}"
+    clash = set(renamed.values()) & {f.name for f in files}
+    if clash:
+        raise DataError(f"{source}: a mislabelled name is taken by another file ({sorted(clash)[0]}); rename that file")
     chosen = {p.name for p in g}
     rest = [f for f in files if f.name not in chosen]
     e = [f for f in rest if half_of(f.name) == HALF_EXPERT]
     o = [f for f in rest if half_of(f.name) != HALF_EXPERT]
-    pools = Pools(sorted(g), e, o, per_class, seed, source)
+    pools = Pools(sorted(g), e, o, per_class, seed, source, renamed, label_noise if wrong else 0.0)
     pools.check_disjoint()
     return pools
 
@@ -138,7 +174,7 @@ def write_pools(pools: Pools, root: str | Path) -> dict[str, Path]:
     for name, folder in folders.items():
         with atomic_directory(folder) as tmp:
             for f in getattr(pools, name):
-                _link(f, tmp / f.name)
+                _link(f, tmp / pools.written_name(f))
     write_json_atomic(record, summary)
     log.info("real pools in %s: G %d, E %d, O %d images", root, len(pools.G), len(pools.E), len(pools.O))
     return folders

@@ -49,8 +49,8 @@ class DemoConfig:
     # toy cells more of G teaches what the expert knows, and feedback is not ahead (docs/feedback.md).
     label_noise: float | None = option(
         None,
-        "toy cells: the share of G per class that is another class's cell under its name (the expert and "
-        "the oracle learnt from clean cells); default 0.25 on toy cells, 0 with --data",
+        "the share of G per class that is another class's cell under its name (the expert and the oracle "
+        "learnt from clean cells); default 0.25 on toy cells, 0 with --data",
         kind=float,
     )
     expert_per_class: int = option(400, "toy cells per class the simulated expert has seen (pool E)", flag=False)
@@ -148,8 +148,6 @@ def prepare_pools(cfg: DemoConfig) -> Pools:
             cfg.label_noise,
         )
         return Pools(f["G"], f["E"], f["O"], f["test"], read_pools(root))
-    if cfg.label_noise:
-        raise ConfigError("--label_noise draws mislabelled toy cells; with --data the labels are the files' own")
     src = Path(cfg.data)
     if src.suffix == ".npz":
         from ..data.medmnist import export_npz
@@ -162,7 +160,7 @@ def prepare_pools(cfg: DemoConfig) -> Pools:
         raise ConfigError(
             f"{src}: the demo needs train/ and test/ sub-folders (e.g. ../shared/data/pbc_64) or a MedMNIST .npz"
         )
-    split = split_pools(src / "train", cfg.real_per_class, cfg.seed)
+    split = split_pools(src / "train", cfg.real_per_class, cfg.seed, cfg.label_noise)
     f = write_pools(split, root)
     return Pools(f["G"], f["E"], f["O"], src / "test", split.summary())
 
