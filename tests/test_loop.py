@@ -289,3 +289,23 @@ def test_demo_table_says_when_the_training_labels_were_made_noisy():
         {"config": {"label_noise": 0.25}, "rounds": [rnd]}
     )
     assert "LABEL NOISE" not in format_table({"config": {"label_noise": 0.0}, "rounds": [rnd]})
+
+
+def test_demo_table_prints_each_part_of_the_bar_with_its_interval():
+    from clinalign.pipeline.demo import format_table
+
+    cols = ("pretrained", "feedback", "no feedback (equal images)", "no feedback (equal steps)")
+    diffs = {
+        "plausibility": {"difference": 0.099, "ci": [0.021, 0.167]},
+        "FID (domain features)": {"difference": 1.398, "ci": [-1.301, 4.18]},
+        "near copies of G (features)": {"difference": -0.042, "ci": [-0.08, -0.005]},
+    }
+    rnd = {
+        "round": 3,
+        "metrics": {"plausibility": {c: {"value": 0.5} for c in cols}},
+        "feedback_minus_control": {"no feedback (equal images)": diffs},
+    }
+    text = format_table({"config": {}, "rounds": [rnd]})
+    assert "feedback - no feedback, plausibility: +0.099 (95% CI +0.021 .. +0.167)" in text
+    assert "feedback - no feedback, FID (domain features): +1.398 (95% CI -1.301 .. +4.180)" in text
+    assert "feedback - no feedback, near copies of G (features): -0.042 (95% CI -0.080 .. -0.005)" in text

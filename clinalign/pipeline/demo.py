@@ -292,11 +292,16 @@ def format_table(summary: dict[str, Any]) -> str:
         row = last["metrics"].get(label)
         if row:
             lines.append(f"{label:<30}" + "".join(f" {fmt(row[c]):>13}" for c in columns))
-    diff = last["feedback_minus_control"].get("no feedback (equal images)", {}).get("plausibility")
-    if diff:
+    # the bar's three parts, each with its interval (at a few hundred samples FID's is wide)
+    diffs = last["feedback_minus_control"].get("no feedback (equal images)", {})
+    bar = [
+        label for label in ("plausibility", "FID (domain features)", "near copies of G (features)") if label in diffs
+    ]
+    lines += [""] if bar else []
+    for label in bar:
+        d = diffs[label]
         lines.append(
-            f"\nfeedback - no feedback, plausibility: {diff['difference']:+.3f} "
-            f"(95% CI {diff['ci'][0]:+.3f} .. {diff['ci'][1]:+.3f})"
+            f"feedback - no feedback, {label}: {d['difference']:+.3f} (95% CI {d['ci'][0]:+.3f} .. {d['ci'][1]:+.3f})"
         )
     lines.append(
         "\nplausibility by round:  "
