@@ -309,3 +309,33 @@ def test_demo_table_prints_each_part_of_the_bar_with_its_interval():
     assert "feedback - no feedback, plausibility: +0.099 (95% CI +0.021 .. +0.167)" in text
     assert "feedback - no feedback, FID (domain features): +1.398 (95% CI -1.301 .. +4.180)" in text
     assert "feedback - no feedback, near copies of G (features): -0.042 (95% CI -0.080 .. -0.005)" in text
+
+
+def test_every_finetune_option_a_round_shares_reaches_the_finetune(tmp_path, monkeypatch):
+    """A RoundConfig option named like a FinetuneConfig one must be passed on, or the round would
+    silently finetune at the default (as --guidance_accepted_weight once did)."""
+    import clinalign.training.finetune as finetune_module
+    from clinalign.pipeline import rounds
+    from clinalign.training.config import FinetuneConfig
+
+    shared = {f.name for f in dataclasses.fields(FinetuneConfig)} & {f.name for f in dataclasses.fields(RoundConfig)}
+    assert {"guidance_accepted_weight", "guidance_scale", "beta", "objective"} <= shared
+    # every shared number and flag moved off its default, so a dropped one shows as the default
+    changes = {}
+    for f in dataclasses.fields(RoundConfig):
+        if f.name in shared and isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
+            changes[f.name] = f.default + 1 if isinstance(f.default, int) else f.default * 0.5 + 0.125
+    cfg = dataclasses.replace(TINY_ROUND, **changes)
+    captured = {}
+    monkeypatch.setattr(finetune_module, "finetune", lambda spec, progress=False: captured.update(spec))
+    monkeypatch.setattr(rounds, "finetune_rewards", lambda *a: tmp_path / "rewards.csv")
+    monkeypatch.setattr(rounds, "latest_checkpoint", lambda run: None if not captured else type("C", (), {"path": run}))
+    rounds.finetune_on_feedback(tmp_path / "ck", tmp_path, tmp_path, tmp_path, tmp_path / "run", cfg, 0, tmp_path)
+    for name in shared - set(_RENAMED):
+        assert name in captured and captured[name] == getattr(cfg, name), name
+    for round_name, finetune_name in _RENAMED.items():
+        assert captured[finetune_name] == getattr(cfg, round_name)
+
+
+#: RoundConfig names whose FinetuneConfig field is called otherwise (a round holds several steps).
+_RENAMED = {"finetune_steps": "max_steps", "finetune_lr": "lr", "finetune_batch": "batch_size"}

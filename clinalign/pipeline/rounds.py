@@ -85,6 +85,11 @@ class RoundConfig:
     )
     kto_beta: float = option(FinetuneConfig.kto_beta, "KTO's scale on the loss difference to the start model")
     guidance_scale: float = option(FinetuneConfig.guidance_scale, "--objective guidance: the sampling strength")
+    guidance_accepted_weight: float = option(
+        FinetuneConfig.guidance_accepted_weight,
+        "--objective guidance: loss weight of the accepted samples under their own class (0: the classes "
+        "learn from real images only)",
+    )
     # The rejected class learns what the model gets wrong unguided, since guidance measures the
     # step away from it against the unguided prediction; judging guided samples instead makes the
     # rejected class chase the guided output round after round (measured: docs/feedback.md).
@@ -433,6 +438,7 @@ def finetune_on_feedback(
                 "objective": cfg.objective,
                 "kto_beta": cfg.kto_beta,
                 "guidance_scale": cfg.guidance_scale,
+                "guidance_accepted_weight": cfg.guidance_accepted_weight,
                 "rewards": str(finetune_rewards(feedback, samples, work_dir, cfg)),
                 "run_dir": str(run),
                 "beta": cfg.beta,
