@@ -1,6 +1,7 @@
 """How strongly to steer away from rejections: one guidance run's rounds sampled at several strengths.
 
     python bench/guidance_strength.py --run /tmp/demo_g20 --scales 0,0.25,0.5,1 --rounds 1,2,3
+    python bench/guidance_strength.py --run /tmp/demo_g20 --scales 1 --rounds 3 --intervals "all;0,0.6;0.2,0.8"
 
 Takes a finished ``clinalign demo --objective guidance`` (or bench/feedback_vs_control.py
 ``compare/``) folder. A guidance finetune learns the rejected classes once; the strength only
@@ -8,7 +9,8 @@ changes sampling, so every strength is the same checkpoint sampled with the run'
 sampler and judged by the run's evaluation models. Each is set against that round's control of
 equal images (its samples, already drawn by the run, judged again), with the 95 % bootstrap
 interval of the difference. Strength 0 is the guidance finetune sampled without guidance: what
-training on the verdicts does by itself.
+training on the verdicts does by itself. ``--intervals`` also guides only the steps whose noise
+level lies in LO,HI (``all``: every step; sampling's ``--guidance_interval``).
 
 Prints one JSON line per (round, strength): plausibility and its parts, checklist, FID, and the
 difference in plausibility from the control.
@@ -17,8 +19,10 @@ difference in plausibility from the control.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from itertools import product
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clinalign.evaluate import bootstrap as bs  # noqa: E402
 from clinalign.pipeline.compare import CompareConfig, Pools, judged_folder, make_evaluator, read_table  # noqa: E402
 from clinalign.pipeline.rounds import RoundConfig  # noqa: E402
+from clinalign.sampling.guidance import parse_interval  # noqa: E402
 from clinalign.sampling.sample import sample_folder  # noqa: E402
 from clinalign.training.checkpoint import find_checkpoint  # noqa: E402
 from clinalign.utils.config import from_dict  # noqa: E402
@@ -39,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, required=True, help="a finished guidance demo or compare folder")
     p.add_argument("--scales", default="0,0.25,0.5,1")
     p.add_argument("--rounds", default="1,2,3")
+    p.add_argument("--intervals", default="all", help="';'-separated LO,HI noise intervals, or all")
     args = p.parse_args(argv)
 
+    intervals = ["" if i.strip() == "all" else i.strip() for i in args.intervals.split(";")]
+    for interval in intervals:
+        parse_interval(interval)  # a bad one fails before any sampling
     table = read_table(args.run)
     rcfg = from_dict(RoundConfig, table["round_config"])  # an older run records fewer or more settings
     ccfg = from_dict(CompareConfig, table["compare_config"])
@@ -60,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         control_folder = judged_folder(args.run, f"{CONTROL} r{k}")
         control = evaluator.judge(control_folder).samples
         n = ccfg.eval_per_class * len(checkpoint.sample_classes)
-        for scale in (float(s) for s in args.scales.split(",")):
-            folder = judged_folder(args.run, f"feedback r{k} w{scale:g}")
-            sample_folder(checkpoint, folder, rcfg.sample_config(n, ccfg.eval_seed, guidance=scale))
+        for scale, interval in product((float(s) for s in args.scales.split(",")), intervals):
+            where = f" t{interval.replace(',', '-')}" if interval else ""
+            folder = judged_folder(args.run, f"feedback r{k} w{scale:g}{where}")
+            scfg = rcfg.sample_config(n, ccfg.eval_seed, guidance=scale)
+            sample_folder(checkpoint, folder, dataclasses.replace(scfg, guidance_interval=interval))
             s = evaluator.judge(folder).samples
             pl = s.metrics["plausibility"]
             d = bs.difference(
@@ -73,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                     {
                         "round": k,
                         "scale": scale,
+                        "interval": interval or "all",
                         "plausibility": round(pl["rate"], 3),
                         "class_consistent": round(pl["oracle_rate"], 3),
                         "on_manifold": round(pl["manifold_rate"], 3),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 from clinalign.cli import main
 from clinalign.data.naming import label_of
 from clinalign.errors import ConfigError
-from clinalign.sampling.guidance import RejectionGuidance, guided
+from clinalign.sampling.guidance import RejectionGuidance, guided, parse_interval
 from clinalign.sampling.sample import SampleConfig, generate, sample_folder
 from clinalign.training.checkpoint import find_checkpoint
 
@@ -37,6 +38,55 @@ def test_guidance_steers_the_prediction_away_from_the_rejected_class_and_keeps_t
     # class 0 (out 1) against its rejected class 2 (out 3): 1 + 1.5 * (1 - 3) = -2; class 1: 2 + 1.5 * (2 - 4) = -1
     assert torch.equal(out[:, :3, 0, 0], torch.tensor([[-2.0] * 3, [-1.0] * 3]))
     assert torch.equal(out[:, 3:, 0, 0], torch.tensor([[1.0] * 3, [2.0] * 3]))  # learned variance: out(c)
+
+
+class Counting(PerClass):
+    """PerClass that records the batch size of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches: list[int] = []
+
+    def forward(self, x, t, y=None):
+        self.batches.append(x.shape[0])
+        return super().forward(x, t, y)
+
+
+def test_an_interval_guides_only_the_noise_levels_inside_it_and_costs_one_pass_outside():
+    inner = Counting()
+    model = RejectionGuidance(inner, torch.tensor([2, 3, 2, 3]), 1.5, 3, interval=(0.25, 0.5), t_max=1000.0)
+    x, y = torch.zeros(2, 3, 4, 4), torch.tensor([0, 1])
+    outside = model(x, torch.full((2,), 900.0), y=y)
+    assert torch.equal(outside[:, :3, 0, 0], torch.tensor([[1.0] * 3, [2.0] * 3])) and inner.batches == [2]
+    inside = model(x, torch.full((2,), 400.0), y=y)
+    assert torch.equal(inside[:, :3, 0, 0], torch.tensor([[-2.0] * 3, [-1.0] * 3])) and inner.batches == [2, 4]
+    mixed = model(x, torch.tensor([400.0, 100.0]), y=y)  # a batch straddling the edge: each row on its own
+    assert torch.equal(mixed[:, :3, 0, 0], torch.tensor([[-2.0] * 3, [2.0] * 3]))
+
+
+@pytest.mark.parametrize("text", ["0.6,0.1", "0.5", "a,b", "-0.1,0.5", "0.2,1.5", "0.3,0.3"])
+def test_a_bad_guidance_interval_is_a_clear_error(text):
+    with pytest.raises(ConfigError, match=r"--guidance_interval .*LO,HI with 0 <= LO < HI <= 1"):
+        parse_interval(text)
+
+
+def test_sampling_in_an_interval_differs_from_both_ends_and_resumes_only_at_its_own(guided_run, tmp_path):
+    ck = find_checkpoint(guided_run[1])
+    cfg = SampleConfig(num_samples=4, steps=3, batch_size=4, guidance=2.0)
+
+    def pngs(folder, **kw):
+        sample_folder(ck, folder, SampleConfig(**{**cfg.__dict__, **kw}))
+        return sorted(p.read_bytes() for p in folder.glob("*.png"))
+
+    every, never = pngs(tmp_path / "every"), pngs(tmp_path / "never", guidance=0.0)
+    part = pngs(tmp_path / "part", guidance_interval="0.6,1")  # dpm++ at 3 steps: t/T 0.99, 0.98, 0.51
+    assert part != every and part != never
+    with (tmp_path / "part" / "manifest.csv").open() as f:
+        assert {row["guidance_interval"] for row in csv.DictReader(f)} == {"0.6,1"}
+    assert pngs(tmp_path / "all", guidance_interval="0,1") == every  # the whole range is plain guidance
+    with pytest.raises(ConfigError, match="another setting"):
+        sample_folder(ck, tmp_path / "part", SampleConfig(**{**cfg.__dict__, "num_samples": 8}))
+    assert len(list((tmp_path / "part").glob("*.png"))) == 4
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Draw samples from a checkpoint into an image folder in the seed's naming.
 
 Output: ``LABEL_000123.png`` files (so they feed straight into feedback, scoring and finetuning),
-``manifest.csv`` (ID, class, seed, batch, checkpoint, sampler, steps[, guidance][, reward]) and ``samples.npz``
-(improved-diffusion's ``arr_0`` images NHWC uint8, ``arr_1`` class indices). Each batch's noise
+``manifest.csv`` (ID, class, seed, batch, checkpoint, sampler, steps[, guidance, guidance_interval][, reward])
+and ``samples.npz`` (improved-diffusion's ``arr_0`` images NHWC uint8, ``arr_1`` class indices). Each batch's noise
 depends only on (seed, batch index), so an interrupted run continues where it stopped and the
 same command gives the same images.
 
@@ -35,7 +35,7 @@ from ..training.checkpoint import Checkpoint, find_checkpoint
 from ..utils.config import option
 from ..utils.distributed import DistInfo, init_distributed, resolve_device
 from ..utils.fileio import atomic_writer
-from .guidance import guidance_scale, guided
+from .guidance import guidance_scale, guided, parse_interval
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ class SampleConfig:
         "steer away from the experts' rejections (models finetuned with --objective guidance): "
         "-1 = the strength the model was finetuned with, 0 = off",
     )
+    guidance_interval: str = option(
+        "",
+        "guide only the steps whose noise level lies in LO,HI (0 clean, 1 pure noise), e.g. 0.1,0.6; "
+        "empty = every step",
+    )
 
     @property
     def class_list(self) -> list[str] | None:
@@ -80,7 +85,18 @@ class SampleConfig:
 
 
 UNCONDITIONAL = "sample"  # file-name prefix of an unconditional model's samples
-MANIFEST_FIELDS = ["ID", "class", "seed", "batch", "checkpoint", "sampler", "steps", "guidance", "reward"]
+MANIFEST_FIELDS = [
+    "ID",
+    "class",
+    "seed",
+    "batch",
+    "checkpoint",
+    "sampler",
+    "steps",
+    "guidance",
+    "guidance_interval",
+    "reward",
+]
 
 # Given a batch (N,C,H,W in [-1,1]) and its class indices, return (accepted mask, scores or None).
 AcceptFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -212,6 +228,9 @@ def _sample(ck, out: Path, cfg: SampleConfig, class_map, names, accept, info: Di
     }
     if ck.guidance:  # only such models record it, so older folders still resume
         settings["guidance"] = str(guidance_scale(ck, cfg.guidance))
+        # empty when every step is guided, as manifests written before the column read
+        interval = parse_interval(cfg.guidance_interval)
+        settings["guidance_interval"] = ",".join(f"{v:g}" for v in interval) if interval else ""
     rows = _on_main(info, lambda: _resume_rows(out, out / MANIFEST_NAME, settings))
     if rows and info.is_main:
         log.info("%s: resuming, %d of %d samples already there", out, len(rows), cfg.num_samples)
@@ -338,7 +357,12 @@ class _Drawer:
         self.short: dict[str, int] = {}
         self.written, self.counter = 0, len(rows)
         self.class_cond = bool(ck.model.class_cond)
-        self.model = guided(ck.build_model(ema=cfg.ema, device=resolve_device(cfg.device)).eval(), ck, cfg.guidance)
+        self.model = guided(
+            ck.build_model(ema=cfg.ema, device=resolve_device(cfg.device)).eval(),
+            ck,
+            cfg.guidance,
+            cfg.guidance_interval,
+        )
         self.diffusion = ck.build_diffusion(timestep_respacing="")
         size = int(ck.model.image_size)
         self.shape_tail = (ck.channels, size, size)
