@@ -56,6 +56,20 @@ def test_one_round_with_the_simulated_expert_then_rerun_resumes(pretrained, toy_
     assert kept.written == 4 and kept.acceptance_rate == 1.0
     rows = (tmp_path / "rs_all" / "manifest.csv").read_text().splitlines()
     assert all(row.split(",")[-1] for row in rows[1:]), "the reward of each kept sample is recorded"
+    # a bar per class: one class kept whole, the others not at all
+    classes = find_checkpoint(r.checkpoint).sample_classes
+    per_class = {c: (0.0 if c == classes[0] else 1.01) for c in classes}
+    only_first = sample_folder(
+        r.checkpoint,
+        tmp_path / "rs_first",
+        dataclasses.replace(cfg, max_draw_factor=1),
+        accept=reward_acceptor(str(r.reward), per_class, str(r.checkpoint)),
+    )
+    assert only_first.per_class == {c: int(c == classes[0]) for c in classes}
+    from clinalign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"no reward bar for class.*{classes[-1]}"):
+        reward_acceptor(str(r.reward), {classes[0]: 0.0}, str(r.checkpoint))
     accept_none = reward_acceptor(str(r.reward), 1.01, str(r.checkpoint))
     none = sample_folder(
         r.checkpoint, tmp_path / "rs_none", dataclasses.replace(cfg, max_draw_factor=2), accept=accept_none
@@ -66,8 +80,6 @@ def test_one_round_with_the_simulated_expert_then_rerun_resumes(pretrained, toy_
     assert again[0].checkpoint == r.checkpoint
     assert again[0].expert_plausible_rate is None  # not re-judged
     # a rerun with other round settings would report the old round under the new name: refused
-    from clinalign.errors import ConfigError
-
     blind = dataclasses.replace(TINY_ROUND, blind_control="shuffled", sample_batch=8)
     with pytest.raises(
         ConfigError, match=r"round_1: settings disagree.*--blind_control 'shuffled' \(round.json has ''\)"
@@ -339,3 +351,28 @@ def test_every_finetune_option_a_round_shares_reaches_the_finetune(tmp_path, mon
 
 #: RoundConfig names whose FinetuneConfig field is called otherwise (a round holds several steps).
 _RENAMED = {"finetune_steps": "max_steps", "finetune_lr": "lr", "finetune_batch": "batch_size"}
+
+
+def test_rejection_sampling_matches_the_experts_acceptance_in_every_class(tmp_path):
+    """The reward model's scale differs by class; one bar for all would starve the class it scores lowest."""
+    from clinalign.pipeline.compare import matched_bars
+
+    samples, feedback = tmp_path / "samples", tmp_path / "feedback"
+    samples.mkdir()
+    rows = ["ID,rewards"]
+    verdict = {"eosinophil": [1, 1, 0, 0], "monocyte": [1, 0, 0, 0], "neutrophil": [0, 0, 0, 0]}
+    scale = {"eosinophil": 0.9, "monocyte": 0.1, "neutrophil": 0.5}
+    for label, marks in verdict.items():
+        for i, ok in enumerate(marks):
+            name = f"{label}_{i:06d}.png"
+            rows.append(f"{name},{scale[label] + 0.01 * i}")
+            folder = feedback / label / ("align" if ok else "notalign")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(b"x")
+    (samples / "rewards.csv").write_text("\n".join(rows) + "\n")
+    bars = matched_bars(samples, feedback)
+    scores = {label: [scale[label] + 0.01 * i for i in range(4)] for label in verdict}
+    for label, marks in verdict.items():
+        kept = sum(v >= bars[label] for v in scores[label])
+        # the expert's share of the class; a class rejected whole keeps its best-scored sample
+        assert kept == max(sum(marks), 1), (label, bars[label])
