@@ -376,3 +376,11 @@ def test_rejection_sampling_matches_the_experts_acceptance_in_every_class(tmp_pa
         kept = sum(v >= bars[label] for v in scores[label])
         # the expert's share of the class; a class rejected whole keeps its best-scored sample
         assert kept == max(sum(marks), 1), (label, bars[label])
+
+
+def test_a_rejection_column_short_of_a_class_says_so_beside_its_figures():
+    from clinalign.pipeline.compare import rejection_line
+
+    assert rejection_line({"acceptance": 0.5, "short": {}}) == "Rejection sampling kept 50.0% of its draws."
+    line = rejection_line({"acceptance": 0.366, "short": {"monocyte": 28}})
+    assert "monocyte 28" in line and "FID" in line

@@ -174,6 +174,16 @@ def matched_bars(samples: Path, feedback: Path) -> dict[str, float]:
     return bars
 
 
+def rejection_line(info: dict[str, Any]) -> str:
+    """How much rejection sampling kept, and which classes it left short (their absence is in its FID)."""
+    acc, short = info.get("acceptance"), info.get("short") or {}
+    text = f"Rejection sampling kept {acc:.1%} of its draws." if acc is not None else ""
+    if short:
+        missing = ", ".join(f"{c} {n}" for c, n in sorted(short.items()))
+        text += f" Short of its quota ({missing}): its FID and recall measure a set missing those."
+    return text
+
+
 def make_evaluator(
     pools: Pools, image_size: int, ccfg: CompareConfig, out: Path, seed: int = 0, progress: bool = False
 ) -> Evaluator:
@@ -422,9 +432,7 @@ def format_markdown(table: dict[str, Any]) -> str:
         images = [str(rnd["columns"][c].get("train_images", "")) for c in columns]
         lines.append("| training images after the base | " + " | ".join(images) + " |")
         if "rejection sampling" in rnd["columns"]:
-            acc = rnd["columns"]["rejection sampling"].get("acceptance")
-            lines.append("")
-            lines.append(f"Rejection sampling kept {acc:.1%} of its draws." if acc is not None else "")
+            lines += ["", rejection_line(rnd["columns"]["rejection sampling"])]
         lines += ["", "Feedback minus control (95 % bootstrap interval):", ""]
         for column, rows in rnd["feedback_minus_control"].items():
             parts = [

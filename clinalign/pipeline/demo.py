@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..training.config import OBJECTIVES
 from ..utils.config import option
-from .compare import COLUMNS, CompareConfig, Comparison, Pools, ceiling_line, judged_folder
+from .compare import COLUMNS, CompareConfig, Comparison, Pools, ceiling_line, judged_folder, rejection_line
 from .rounds import BLIND_CONTROLS, RoundConfig
 
 log = logging.getLogger(__name__)
@@ -311,6 +311,9 @@ def format_table(summary: dict[str, Any]) -> str:
             for r in summary["rounds"]
         )
     )
+    rejection = last["columns"].get("rejection sampling")
+    if rejection and rejection.get("short"):
+        lines.append(rejection_line(rejection))
     acc = summary.get("oracle_test_accuracy")
     if acc is not None:
         lines.append(
