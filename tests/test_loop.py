@@ -384,3 +384,9 @@ def test_a_rejection_column_short_of_a_class_says_so_beside_its_figures():
     assert rejection_line({"acceptance": 0.5, "short": {}}) == "Rejection sampling kept 50.0% of its draws."
     line = rejection_line({"acceptance": 0.366, "short": {"monocyte": 28}})
     assert "monocyte 28" in line and "FID" in line
+    from clinalign.pipeline.demo import format_table
+
+    cols = ("pretrained", "feedback", "no feedback (equal images)", "rejection sampling")
+    rnd = {"round": 1, "metrics": {"plausibility": {c: {"value": 0.5} for c in cols}}, "feedback_minus_control": {}}
+    rnd["columns"] = {"rejection sampling": {"acceptance": 0.366, "short": {"monocyte": 28}}}
+    assert line in format_table({"config": {}, "rounds": [rnd]})

@@ -311,7 +311,7 @@ def format_table(summary: dict[str, Any]) -> str:
             for r in summary["rounds"]
         )
     )
-    rejection = last["columns"].get("rejection sampling")
+    rejection = last.get("columns", {}).get("rejection sampling")
     if rejection and rejection.get("short"):
         lines.append(rejection_line(rejection))
     acc = summary.get("oracle_test_accuracy")
