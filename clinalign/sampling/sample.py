@@ -33,7 +33,7 @@ from ..diffusion.samplers import SAMPLERS
 from ..errors import ConfigError
 from ..training.checkpoint import Checkpoint, find_checkpoint
 from ..utils.config import option
-from ..utils.distributed import DistInfo, init_distributed, resolve_device
+from ..utils.distributed import DistInfo, barrier, init_distributed, resolve_device
 from ..utils.fileio import atomic_writer
 from .guidance import guidance_scale, guided, parse_interval
 
@@ -213,7 +213,13 @@ def sample_folder(
     joined = dist.is_available() and dist.is_initialized()
     info = init_distributed(resolve_device(cfg.device))
     try:
-        return _sample(ck, out, cfg, class_map, names, accept, info, progress)
+        result = _sample(ck, out, cfg, class_map, names, accept, info, progress)
+        if not joined:
+            # every rank past its last collective before any closes its connections: a rank that
+            # tore down while another still read the final broadcast aborted it (seen 2 in ~40 runs
+            # on two busy cores: "terminate called without an active exception")
+            barrier(info)
+        return result
     finally:
         if info.enabled and not joined:  # leave a group we created, as a process that ends must
             dist.destroy_process_group()
