@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -75,7 +76,7 @@ def test_sampling_in_an_interval_differs_from_both_ends_and_resumes_only_at_its_
     cfg = SampleConfig(num_samples=4, steps=3, batch_size=4, guidance=2.0)
 
     def pngs(folder, **kw):
-        sample_folder(ck, folder, SampleConfig(**{**cfg.__dict__, **kw}))
+        sample_folder(ck, folder, dataclasses.replace(cfg, **kw))
         return sorted(p.read_bytes() for p in folder.glob("*.png"))
 
     every, never = pngs(tmp_path / "every"), pngs(tmp_path / "never", guidance=0.0)
@@ -85,7 +86,7 @@ def test_sampling_in_an_interval_differs_from_both_ends_and_resumes_only_at_its_
         assert {row["guidance_interval"] for row in csv.DictReader(f)} == {"0.6,1"}
     assert pngs(tmp_path / "all", guidance_interval="0,1") == every  # the whole range is plain guidance
     with pytest.raises(ConfigError, match="another setting"):
-        sample_folder(ck, tmp_path / "part", SampleConfig(**{**cfg.__dict__, "num_samples": 8}))
+        sample_folder(ck, tmp_path / "part", dataclasses.replace(cfg, num_samples=8))
     assert len(list((tmp_path / "part").glob("*.png"))) == 4
 
 
