@@ -261,6 +261,51 @@ def test_a_guidance_loop_shows_the_expert_the_unguided_samples(pretrained, toy_d
     assert cfg.sample_config(4, 0).guidance == -1.0  # what evaluation draws: the model's own strength
 
 
+def test_a_round_with_reward_draws_trains_on_what_the_filter_keeps_of_them(pretrained, toy_dir, tmp_path):
+    """The reward model judges the draws at the expert's per-class share; the finetune sees them all."""
+    import csv
+
+    from clinalign.data.naming import label_of
+    from clinalign.pipeline.bars import expert_shares
+    from clinalign.training.finetune import read_rewards_csv
+
+    cfg = dataclasses.replace(TINY_ROUND, reward_draws_per_class=6)
+    r = run_loop(pretrained, toy_dir, tmp_path / "loop", rounds=1, cfg=cfg)[0]
+    rdir = r.samples.parent
+    draws = list_images(rdir / "draws")
+    assert len(draws) == 24 and len(list_images(r.samples)) == 16
+    assert not {p.read_bytes() for p in draws} & {p.read_bytes() for p in list_images(r.samples)}
+    rewards = read_rewards_csv(rdir / "finetune_rewards_with_draws.csv")
+    kept = {n: v for n, v in rewards.items() if "_draw" in n}
+    assert len(kept) == 24 and set(kept.values()) <= {0.0, 1.0}
+    shares = expert_shares(r.feedback)
+    for cls in {label_of(n) for n in kept}:
+        n_kept = sum(v for n, v in kept.items() if label_of(n) == cls)
+        assert n_kept == max(round(shares[cls] * 6), 1), (cls, shares[cls], n_kept)
+    verdicts = {p.name: 1.0 for p in r.feedback.rglob("align/*")} | {
+        p.name: 0.0 for p in r.feedback.rglob("notalign/*")
+    }
+    assert all(rewards[n] == v for n, v in verdicts.items())  # the expert's own verdicts unchanged
+    with (rdir / "finetune_data" / "manifest.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 40
+    config = json.loads((rdir / "finetune" / "config.json").read_text())
+    assert config["n_synthetic"] == 40 and config["data_mod_dir"].endswith("finetune_data")
+    assert "draws" in r.seconds
+    # rejection sampling draws from the base: its bars are set on the base's own draws (here the
+    # round-1 draws, which are the base's), not on the round's samples
+    import shutil
+    from types import SimpleNamespace
+
+    from clinalign.pipeline.compare import Comparison, judged_folder
+
+    compare = SimpleNamespace(out=tmp_path / "compare")
+    shutil.copytree(rdir / "draws", judged_folder(compare.out, "pretrained"))
+    bars = Comparison.base_bars(compare, 1, r)
+    for n, v in kept.items():
+        original = n.replace("_draw", "_", 1)
+        assert v == float(read_rewards_csv(rdir / "draws" / "rewards.csv")[original] >= bars[label_of(n)])
+
+
 def test_blind_controls_keep_the_counts_and_drop_the_experts_choice():
     from clinalign.errors import ConfigError
     from clinalign.pipeline.rounds import blind_rewards
@@ -355,7 +400,7 @@ _RENAMED = {"finetune_steps": "max_steps", "finetune_lr": "lr", "finetune_batch"
 
 def test_rejection_sampling_matches_the_experts_acceptance_in_every_class(tmp_path):
     """The reward model's scale differs by class; one bar for all would starve the class it scores lowest."""
-    from clinalign.pipeline.compare import matched_bars
+    from clinalign.pipeline.bars import matched_bars
 
     samples, feedback = tmp_path / "samples", tmp_path / "feedback"
     samples.mkdir()

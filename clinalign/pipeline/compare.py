@@ -32,6 +32,7 @@ from ..sampling.sample import sample_folder
 from ..training.checkpoint import Checkpoint, find_checkpoint, list_checkpoints
 from ..utils.config import option
 from ..utils.fileio import write_json_atomic, write_text_atomic
+from .bars import matched_bars
 from .rounds import FeedbackSource, RoundConfig, run_round
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class CompareConfig:
     min_reward: float = option(
         0.0,
         "rejection sampling keeps samples whose reward is at least this (0: per class, the bar at which the "
-        "reward model accepts the share of the round's samples of that class that the expert accepted)",
+        "reward model accepts, of the base's draws of that class, the share the expert accepted of the round's)",
     )
     rejection_draw_factor: int = option(
         50, "rejection sampling gives up on a class after drawing this many times its quota"
@@ -140,38 +141,6 @@ def continue_training(
         save_steps=range(base.step + save_every, total_steps + 1, save_every),
     )
     return time.perf_counter() - start
-
-
-def matched_bars(samples: Path, feedback: Path) -> dict[str, float]:
-    """Per class, the reward bar that accepts the share of that class's samples the expert accepted.
-
-    A reward model trained on little feedback is rarely calibrated at 0.5 (on toy cells it passed
-    13 % of what the expert passed 53 % of); ranking by its score and keeping the expert's share
-    compares the filter, not the calibration. Per class, because its scale differs by class: one
-    bar for all starved the class it scores lowest (demo, seed 0, round 2: monocytes scored 0.05 on
-    average, the other classes 0.55-0.64), so the column held no monocytes at all and its FID
-    measured the missing class. A class the expert rejected whole keeps its best-scored sample's
-    share (one of the round's), so it is still drawn, at a cost the column's draws show.
-    """
-    import numpy as np
-
-    from ..data.naming import label_of
-    from ..training.finetune import read_rewards_csv
-    from .rounds import _verdicts
-
-    verdicts = _verdicts(feedback)
-    scores: dict[str, list[float]] = {}
-    accepted: dict[str, list[int]] = {}
-    for name, score in read_rewards_csv(samples / "rewards.csv").items():
-        scores.setdefault(label_of(name), []).append(score)
-        if name in verdicts:
-            accepted.setdefault(label_of(name), []).append(verdicts[name])
-    bars = {}
-    for label, values in scores.items():
-        judged = accepted.get(label, [])
-        share = max(sum(judged) / len(judged), 1 / len(values)) if judged else 1.0
-        bars[label] = float(np.quantile(np.array(values), 1.0 - share))
-    return bars
 
 
 def rejection_line(info: dict[str, Any]) -> str:
@@ -327,7 +296,7 @@ class Comparison:
         if self.ccfg.rejection:
             from ..sampling.rejection import reward_acceptor
 
-            bar = self.ccfg.min_reward or matched_bars(r.samples, r.feedback)
+            bar = self.ccfg.min_reward or self.base_bars(k, r)
             accept = reward_acceptor(str(r.reward), bar, str(self.base.path))
             kept, info["rejection sampling"] = self.judge(f"rejection sampling r{k}", self.base, accept)
             info["rejection sampling"]["min_reward"] = bar
@@ -340,6 +309,18 @@ class Comparison:
             "metrics": self._table(names),
             "feedback_minus_control": self._differences(names),
         }
+
+    def base_bars(self, k: int, r) -> dict[str, float]:
+        """Round ``k``'s matched bars set on the base's own draws (the pretrained column's samples),
+        scored by the round's reward model: rejection sampling draws from the base, and from round 2
+        on the round's samples come from the finetuned model, whose scores differ by class."""
+        from ..reward.score import score_folder
+
+        scores = self.out / "judged" / f"rejection_bars_r{k}"
+        if not (scores / "rewards.csv").exists():
+            scores.mkdir(parents=True, exist_ok=True)
+            score_folder(r.reward, judged_folder(self.out, "pretrained"), scores / "rewards.csv")
+        return matched_bars(scores, r.feedback)
 
     def _table(self, names: dict[str, str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
