@@ -82,6 +82,24 @@ def test_loss_is_beta_times_real_plus_reward_times_synthetic(pretrained, toy_dir
     assert first["1.0"] == pytest.approx(2 * first["0.5"], rel=1e-5)
 
 
+def test_synthetic_min_t_silences_only_the_synthetic_stream_below_it(pretrained, toy_dir, tmp_path):
+    """T = 100: at share 0.995 no timestep reaches 99.5, so the samples weigh nothing and the real loss is all."""
+    kept = scored_folder(toy_dir, tmp_path / "kept", lambda p: 1.0)
+    dropped = scored_folder(toy_dir, tmp_path / "dropped", lambda p: 0.0)
+
+    def first_loss(mod, name, *extra):
+        run = tmp_path / name
+        argv = finetune_argv(pretrained, toy_dir, mod, run, "--max_steps", "1", "--lr", "0", *extra)
+        assert main(argv) == 0
+        return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+    real_only = first_loss(dropped, "real_only", "--beta", "1")
+    assert first_loss(kept, "silenced", "--beta", "1", "--synthetic_min_t", "0.995") == pytest.approx(real_only)
+    assert first_loss(kept, "both", "--beta", "1") > real_only * 1.2
+    assert first_loss(kept, "none", "--beta", "0", "--synthetic_min_t", "0.995") == 0.0
+    assert main(finetune_argv(pretrained, toy_dir, kept, tmp_path / "bad", "--synthetic_min_t", "1")) == 2
+
+
 def test_seed_finetune_script_and_checkpoint_meta(pretrained, toy_dir, tmp_path):
     mod = scored_folder(toy_dir, tmp_path / "mod", lambda p: 1.0 if p.name.startswith("neutrophil") else 0.2)
     run = tmp_path / "seed"

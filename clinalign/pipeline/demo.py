@@ -74,6 +74,9 @@ class DemoConfig:
     # drift, but on two threads FID was no better (docs/feedback.md); 1.0 is the simpler default.
     finetune_lr_decay: float = option(1.0, "each round's finetune lr is the previous round's times this")
     beta: float = option(1.0, "weight of the real-data loss in the finetune")
+    reward_draws_per_class: int = option(
+        0, "more samples per class each round that the reward model alone judges for the finetune (0: none)"
+    )
     tau: float = option(0.9, "the simulated expert's strictness")
     expert_criteria: str = option(
         "",
@@ -120,6 +123,7 @@ class DemoConfig:
             finetune_lr_decay=self.finetune_lr_decay,
             finetune_batch=self.batch_size,
             beta=self.beta,
+            reward_draws_per_class=self.reward_draws_per_class,
             objective=self.objective,
             blind_control=self.blind_control,
             tau=self.tau,

@@ -71,6 +71,10 @@ class RoundConfig:
     finetune_batch: int = option(32, "real and synthetic images per finetuning step (each)")
     beta: float = option(1.0, "weight of the real-data loss in the finetune")
     reward_transform: str = option("threshold", "how rewards become loss weights", choices=REWARD_TRANSFORMS)
+    synthetic_min_t: float = option(
+        FinetuneConfig.synthetic_min_t,
+        "the samples train only timesteps t >= this share of the schedule; detail comes from real images alone",
+    )
     # The reward model as a filter beat every finetune by ~20 points on PBC (docs/feedback.md);
     # training on what it keeps from many draws is how the finetune can learn that filter.
     reward_draws_per_class: int = option(
@@ -519,6 +523,7 @@ def finetune_on_feedback(
                 "run_dir": str(run),
                 "beta": cfg.beta,
                 "reward_transform": cfg.reward_transform,
+                "synthetic_min_t": cfg.synthetic_min_t,
                 "max_steps": cfg.finetune_steps,
                 "lr": cfg.finetune_lr,
                 "batch_size": cfg.finetune_batch,

@@ -115,6 +115,13 @@ class FinetuneConfig:
     guidance_accepted_weight: float = option(
         1.0, "--objective guidance: loss weight of the accepted samples (0: only the rejected ones train)"
     )
+    # Measured on PBC (docs/feedback.md): each round's samples are blurrier than real cells, and a
+    # model that learns to denoise them at low noise learns their blur; class and shape live at high noise.
+    synthetic_min_t: float = option(
+        0.0,
+        "the synthetic images train only timesteps t >= this share of the schedule, where class and shape are "
+        "decided; fine detail is learned from real images alone (0: every timestep)",
+    )
     concept: list[str] = repeated(
         "a concept the synthetic images declare and the checkpoint lacks (default: "
         "DATA_MOD_DIR/concepts.json); its embedding row starts as the parent's",

@@ -239,6 +239,8 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
     pre_dir, mod_dir = ft.data_pre_dir or train_cfg.data_dir, ft.data_mod_dir
     if not mod_dir:
         raise ConfigError("--data_mod_dir is required: the folder of scored synthetic images")
+    if not 0.0 <= ft.synthetic_min_t < 1.0:
+        raise ConfigError(f"--synthetic_min_t {ft.synthetic_min_t}: give a share of the schedule in [0, 1)")
     class_map, concepts = grow_for_concepts(source.class_map, Path(mod_dir), ft.concept)
     guidance = source.guidance
     if ft.objective == "guidance":
@@ -336,6 +338,7 @@ def _finetune_spec(
         extra_meta=meta,
         new_class_rows=new_rows,
         new_class_lr_scale=ft.concept_lr_scale,
+        stream_min_t=(0.0, ft.synthetic_min_t),
     )
 
 

@@ -73,6 +73,9 @@ class TrainSpec:
     new_class_rows: list[int] = field(default_factory=list)
     new_class_lr_scale: float = 1.0
     save_steps: frozenset[int] = frozenset()  # checkpoints at these steps too (a control's comparison points)
+    # Per stream, the share of the schedule below which its rows weigh 0 (kept rows weigh 1 / (1 - share),
+    # so the stream's expected weight is unchanged under uniform timesteps); missing streams: 0.
+    stream_min_t: tuple[float, ...] = ()
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -300,12 +303,16 @@ class TrainLoop:
         per_part = parts[0][0].shape[0]
         t, importance = self.schedule_sampler.sample(per_part, torch.device("cpu"), generator=gen)
         x = torch.cat([p[0] for p in parts])
+        coefs = [p[2].float() * importance / per_part for p in parts]
+        for s, share in enumerate(self.spec.stream_min_t[: len(parts)]):
+            if share > 0:
+                coefs[s] = coefs[s] * (t >= share * self.diffusion.num_timesteps) / (1.0 - share)
         return Chunk(
             x=x.to(self.device, non_blocking=True),
             y=torch.cat([p[1] for p in parts]).to(self.device),
             t=t.repeat(len(parts)).to(self.device),
             noise=torch.randn(x.shape, generator=gen).to(self.device),
-            coef=torch.cat([p[2].float() * importance / per_part for p in parts]).to(self.device),
+            coef=torch.cat(coefs).to(self.device),
             stream=torch.arange(len(parts)).repeat_interleave(per_part).to(self.device),
         )
 
