@@ -17,6 +17,7 @@ from clinalign.data.naming import list_images
 from clinalign.errors import DataError
 from clinalign.training.checkpoint import find_checkpoint
 from clinalign.training.finetune import read_rewards_csv, transform_rewards
+from clinalign.training.loop import kept_timesteps
 
 from .conftest import REPO, TINY_DIFFUSION, TINY_MODEL, subprocess_env
 
@@ -82,8 +83,8 @@ def test_loss_is_beta_times_real_plus_reward_times_synthetic(pretrained, toy_dir
     assert first["1.0"] == pytest.approx(2 * first["0.5"], rel=1e-5)
 
 
-def test_synthetic_min_t_silences_only_the_synthetic_stream_below_it(pretrained, toy_dir, tmp_path):
-    """T = 100: at share 0.995 no timestep reaches 99.5, so the samples weigh nothing and the real loss is all."""
+def test_synthetic_min_t_trains_the_samples_only_above_it(pretrained, toy_dir, tmp_path):
+    """Its loss differs from every-timestep training, leaves the real-only loss alone, and rejects share 1."""
     kept = scored_folder(toy_dir, tmp_path / "kept", lambda p: 1.0)
     dropped = scored_folder(toy_dir, tmp_path / "dropped", lambda p: 0.0)
 
@@ -91,13 +92,28 @@ def test_synthetic_min_t_silences_only_the_synthetic_stream_below_it(pretrained,
         run = tmp_path / name
         argv = finetune_argv(pretrained, toy_dir, mod, run, "--max_steps", "1", "--lr", "0", *extra)
         assert main(argv) == 0
-        return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+        return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
 
-    real_only = first_loss(dropped, "real_only", "--beta", "1")
-    assert first_loss(kept, "silenced", "--beta", "1", "--synthetic_min_t", "0.995") == pytest.approx(real_only)
-    assert first_loss(kept, "both", "--beta", "1") > real_only * 1.2
-    assert first_loss(kept, "none", "--beta", "0", "--synthetic_min_t", "0.995") == 0.0
+    real_only = first_loss(dropped, "real_only", "--beta", "1")["loss"]
+    assert first_loss(dropped, "real_only_cut", "--beta", "1", "--synthetic_min_t", "0.5")["loss"] == pytest.approx(
+        real_only
+    )
+    every_t = first_loss(kept, "every_t", "--beta", "0")
+    high_t = first_loss(kept, "high_t", "--beta", "0", "--synthetic_min_t", "0.75")
+    assert every_t["loss"] > 0
+    assert high_t["loss"] != pytest.approx(every_t["loss"])
     assert main(finetune_argv(pretrained, toy_dir, kept, tmp_path / "bad", "--synthetic_min_t", "1")) == 2
+
+
+def test_kept_timesteps_draws_only_above_the_cut_with_unit_weight():
+    gen = torch.Generator().manual_seed(0)
+    t, w = torch.arange(10).repeat(40), torch.full((400,), 0.5)
+    same_t, same_w = kept_timesteps(t, w, 0.0, 10, gen)
+    assert same_t is t and same_w is w
+    kt, kw = kept_timesteps(t, w, 0.35, 10, gen)
+    assert kt.min() == 4 and kt.max() == 9 and set(kt.tolist()) == set(range(4, 10))
+    assert torch.equal(kw, torch.ones(400))
+    assert set(kept_timesteps(t, w, 0.999, 10, gen)[0].tolist()) == {9}
 
 
 def test_seed_finetune_script_and_checkpoint_meta(pretrained, toy_dir, tmp_path):

@@ -119,8 +119,8 @@ class FinetuneConfig:
     # model that learns to denoise them at low noise learns their blur; class and shape live at high noise.
     synthetic_min_t: float = option(
         0.0,
-        "the synthetic images train only timesteps t >= this share of the schedule, where class and shape are "
-        "decided; fine detail is learned from real images alone (0: every timestep)",
+        "the synthetic images train only at timesteps t >= this share of the schedule (drawn uniformly there), "
+        "where class and shape are decided; fine detail is learned from real images alone (0: every timestep)",
     )
     concept: list[str] = repeated(
         "a concept the synthetic images declare and the checkpoint lacks (default: "

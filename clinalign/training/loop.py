@@ -73,9 +73,23 @@ class TrainSpec:
     new_class_rows: list[int] = field(default_factory=list)
     new_class_lr_scale: float = 1.0
     save_steps: frozenset[int] = frozenset()  # checkpoints at these steps too (a control's comparison points)
-    # Per stream, the share of the schedule below which its rows weigh 0 (kept rows weigh 1 / (1 - share),
-    # so the stream's expected weight is unchanged under uniform timesteps); missing streams: 0.
+    # Per stream, the share of the schedule it trains above (kept_timesteps); missing streams: 0, all of it.
     stream_min_t: tuple[float, ...] = ()
+
+
+def kept_timesteps(
+    t: torch.Tensor, importance: torch.Tensor, share: float, num_timesteps: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps and weights of a stream trained only at t >= share * T.
+
+    Its own uniform draws from [share * T, T), each weighing 1, have the expectation of the shared
+    draws weighted 1 / (1 - share) above the cut and 0 below it, under any timestep sampler, and
+    spend no forward pass on a row that weighs nothing. share 0: the shared draws, unchanged.
+    """
+    if share <= 0:
+        return t, importance
+    lo = min(math.ceil(share * num_timesteps), num_timesteps - 1)
+    return torch.randint(lo, num_timesteps, t.shape, generator=gen), torch.ones_like(importance)
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -298,21 +312,21 @@ class TrainLoop:
         self._record(batch, result, grad_norm)
 
     def next_batch(self, streams: list[Iterator[Batch]], gen: torch.Generator) -> Chunk:
-        """One part from every stream; the parts share timesteps (and the timestep sampler's weights)."""
+        """One part from every stream; the parts share timesteps (and the timestep sampler's weights),
+        except a stream with a minimum timestep (TrainSpec.stream_min_t), which draws its own."""
         parts = [next(s) for s in streams]
         per_part = parts[0][0].shape[0]
         t, importance = self.schedule_sampler.sample(per_part, torch.device("cpu"), generator=gen)
         x = torch.cat([p[0] for p in parts])
-        coefs = [p[2].float() * importance / per_part for p in parts]
-        for s, share in enumerate(self.spec.stream_min_t[: len(parts)]):
-            if share > 0:
-                coefs[s] = coefs[s] * (t >= share * self.diffusion.num_timesteps) / (1.0 - share)
+        noise = torch.randn(x.shape, generator=gen)
+        shares = list(self.spec.stream_min_t[: len(parts)]) + [0.0] * len(parts)
+        drawn = [kept_timesteps(t, importance, shares[s], self.diffusion.num_timesteps, gen) for s in range(len(parts))]
         return Chunk(
             x=x.to(self.device, non_blocking=True),
             y=torch.cat([p[1] for p in parts]).to(self.device),
-            t=t.repeat(len(parts)).to(self.device),
-            noise=torch.randn(x.shape, generator=gen).to(self.device),
-            coef=torch.cat(coefs).to(self.device),
+            t=torch.cat([d[0] for d in drawn]).to(self.device),
+            noise=noise.to(self.device),
+            coef=torch.cat([p[2].float() * w / per_part for p, (_, w) in zip(parts, drawn)]).to(self.device),
             stream=torch.arange(len(parts)).repeat_interleave(per_part).to(self.device),
         )
 
