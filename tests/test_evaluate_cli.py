@@ -69,8 +69,14 @@ def test_cli_evaluate_end_to_end_with_baseline_and_model_reuse(folders, tmp_path
     assert set(metrics["sets"]) == {"samples", "baseline"}
     assert metrics["sets"]["samples"]["plausibility"]["rate"] > metrics["sets"]["baseline"]["plausibility"]["rate"]
     assert "plausibility.rate" in metrics["comparison"] and "utility" in metrics["sets"]["samples"]
+    # Uniform noise is far sharper than any cell; toy samples are about as sharp as the real toy cells.
+    sharp = {k: metrics["sets"][k]["sharpness"]["relative_to_real"] for k in ("samples", "baseline")}
+    assert (
+        sharp["baseline"] > 3 and 0.5 < sharp["samples"] < 2 and metrics["real"]["real_test"]["sharpness"]["median"] > 0
+    )
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "http://" not in page and "https://" not in page
+    assert "sharpness (median Laplacian variance)" in page
     model_dirs = [p for p in (out / "models").iterdir() if not p.name.startswith(".")]
     assert len(model_dirs) == 1
 

@@ -11,6 +11,7 @@ from clinalign.evaluate import bootstrap as bs
 from clinalign.evaluate.fid import FrechetReference, fid, frechet_distance, frechet_distance_symmetric, gaussian_stats
 from clinalign.evaluate.memorisation import copy_threshold
 from clinalign.evaluate.prdc import knn_radii, nearest_neighbours, prdc
+from clinalign.evaluate.sharpness import laplacian_variance, sharpness_summary
 
 # ---------------------------------------------------------------------------------------------
 # FID
@@ -189,3 +190,25 @@ def test_difference_interval_separates_different_rates_and_not_equal_ones():
     assert d.low > 0.15 and d.high < 0.45
     same = bs.difference(a.mean(), bs.replicate_mean(a, 300, 1), c.mean(), bs.replicate_mean(c, 300, 3))
     assert same.low < 0 < same.high
+
+
+def test_laplacian_variance_of_flat_and_impulse_images_matches_hand_values():
+    flat = np.full((1, 5, 5, 1), 77, np.uint8)
+    impulse = np.zeros((1, 5, 5, 1), np.uint8)
+    impulse[0, 2, 2, 0] = 100
+    # The Laplacian is -400 at the centre and +100 at its four neighbours: variance (16 + 4) * 100^2 / 25.
+    assert laplacian_variance(flat)[0] == 0.0
+    assert laplacian_variance(impulse)[0] == pytest.approx(8000.0)
+    assert laplacian_variance(np.repeat(impulse, 3, axis=3))[0] == pytest.approx(8000.0)  # grey as RGB
+
+
+def test_blur_lowers_sharpness_and_the_summary_divides_by_the_real_median():
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(0, 256, (4, 16, 16, 3)).astype(np.uint8)
+    pad = np.pad(sharp.astype(float), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    blurred = sum(pad[:, i : i + 16, j : j + 16] for i in range(3) for j in range(3)) / 9
+    v_sharp, v_blur = laplacian_variance(sharp), laplacian_variance(blurred.round().astype(np.uint8))
+    assert (v_blur < v_sharp / 4).all()
+    summary = sharpness_summary(v_blur, float(np.median(v_sharp)))
+    assert summary["relative_to_real"] == pytest.approx(np.median(v_blur) / np.median(v_sharp))
+    assert "relative_to_real" not in sharpness_summary(v_blur)

@@ -201,6 +201,8 @@ def test_demo_smallest_size_compares_feedback_with_equal_cost_controls(tmp_path)
     )
     printed = format_table(summary)
     assert "plausibility by round" in printed
+    sharp = summary["rounds"][-1]["metrics"]["sharpness (real test = 1)"]
+    assert all(0 < sharp[c]["value"] < 10 for c in sharp) and "sharpness (real test = 1)" in printed
     real = summary["real_test"]  # the judge's ceiling: what it passes of real test images
     assert 0.0 <= real["plausibility"] <= min(real["class-consistent"], real["on-manifold"], real["clinical checklist"])
     assert f"plausibility {real['plausibility']:.3f}" in printed and "ceiling" in (out / "compare.md").read_text()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from .data import ImageSet, RealData, as_image_set, split_real, stratified_cap
 from .fid import gaussian_stats
 from .oracle import EvaluationModels
 from .prdc import ManifoldResult, knn_radii, prdc
+from .sharpness import laplacian_variance, sharpness_summary
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,11 @@ class RealReference:
     @property
     def reference_features(self) -> np.ndarray:
         return self.train_features[self.reference_index]
+
+    @cached_property
+    def test_sharpness(self) -> float:
+        """The real test images' median sharpness (sharpness.py), what every set's is measured against."""
+        return sharpness_summary(laplacian_variance(self.test.images))["median"]
 
     @classmethod
     def build(

@@ -157,6 +157,7 @@ HEADLINE_ROWS = [
     ("recall", ("prdc", "recall"), ("prdc", "recall"), False),
     ("density", ("prdc", "density"), ("prdc", "density"), True),
     ("coverage", ("prdc", "coverage"), ("prdc", "coverage"), False),
+    ("sharpness (median Laplacian variance)", ("sharpness", "median"), ("sharpness", "median"), False),
     ("near copies (feature space)", ("memorisation", "feature", "near_copy_fraction"), None, True),
     ("near copies (pixel space)", ("memorisation", "pixel", "near_copy_fraction"), None, False),
     ("mean reward", ("reward", "mean"), None, True),

@@ -38,6 +38,7 @@ from .memorisation import CopyReference, Memorisation, memorisation
 from .oracle import EvaluationModels, OracleConfig
 from .plausibility import Judgement, RealReference, judge, summarise
 from .prdc import ManifoldResult, prdc
+from .sharpness import laplacian_variance, sharpness_summary
 from .utility import UtilityConfig, real_only, tstr
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ DEFINITIONS = {
     "expert is a ResNet trained on half A (halves by a hash of the file name)",
     "fid": "Fréchet distance computed on domain features (the oracle's penultimate layer, or a given "
     "classifier), not Inception-v3; comparable only between sets evaluated with the same models",
+    "sharpness": "median variance of the 4-neighbour Laplacian of the grey levels at the evaluation size; "
+    "'relative_to_real' divides it by the real test images' median (blur lowers it, noise raises it)",
     "prdc": "precision / recall / density / coverage of Naeem et al. 2020 with k = 5 on the same features",
     "near_copy": "sample closer to its nearest real training image than the 1st percentile of real test -> "
     "real train nearest-neighbour distances",
@@ -199,6 +202,7 @@ def _set_metrics(r: SetResult, models: EvaluationModels, ref: RealReference, cop
     m["prdc"] = r.manifold.summary()
     m["plausibility"] = summarise(r.judgement)
     m["checklist"] = r.checklist.summary()
+    m["sharpness"] = sharpness_summary(laplacian_variance(r.samples.images), ref.test_sharpness)
     if r.reward is not None:
         m["reward"] = {"mean": _mean(r.reward), "per_class": {c: _mean(r.reward[classes == c]) for c in names}}
     m["memorisation"] = r.memorisation.summary(copies)
@@ -322,6 +326,7 @@ def _real_metrics(models: EvaluationModels, ref: RealReference, copies: CopyRefe
             "plausibility": summarise(j),
             "prdc": ref.test_manifold.summary(),
             "checklist": real_checklist.summary(),
+            "sharpness": {"median": ref.test_sharpness},
             "fid_vs_train": fid(ref.test_features, ref.train_features),
         },
         "copy_thresholds": {"feature": copies.threshold_feature, "pixel": copies.threshold_pixel},

@@ -48,6 +48,7 @@ ROWS = [
     ("FID (domain features)", ("fid",)),
     ("precision", ("prdc", "precision")),
     ("recall", ("prdc", "recall")),
+    ("sharpness (real test = 1)", ("sharpness", "relative_to_real")),
     ("near copies of G (features)", ("memorisation", "feature", "near_copy_fraction")),
     ("near copies of G (pixels)", ("memorisation", "pixel", "near_copy_fraction")),
     ("TSTR accuracy", ("utility", "synthetic_only", "accuracy")),

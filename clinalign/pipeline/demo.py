@@ -255,6 +255,7 @@ TABLE_ROWS = (
     "clinical checklist",
     "FID (domain features)",
     "recall",
+    "sharpness (real test = 1)",
     "near copies of G (features)",
     "TSTR accuracy",
 )
