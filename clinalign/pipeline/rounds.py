@@ -73,7 +73,7 @@ class RoundConfig:
     reward_transform: str = option("threshold", "how rewards become loss weights", choices=REWARD_TRANSFORMS)
     synthetic_min_t: float = option(
         FinetuneConfig.synthetic_min_t,
-        "the samples train only timesteps t >= this share of the schedule; detail comes from real images alone",
+        "the samples train only at timesteps t >= this share of the schedule; detail comes from real images alone",
     )
     # The reward model as a filter beat every finetune by ~20 points on PBC (docs/feedback.md);
     # training on what it keeps from many draws is how the finetune can learn that filter.
