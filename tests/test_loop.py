@@ -437,3 +437,14 @@ def test_a_rejection_column_short_of_a_class_says_so_beside_its_figures():
     rnd = {"round": 1, "metrics": {"plausibility": {c: {"value": 0.5} for c in cols}}, "feedback_minus_control": {}}
     rnd["columns"] = {"rejection sampling": {"acceptance": 0.366, "short": {"monocyte": 28}}}
     assert line in format_table({"config": {}, "rounds": [rnd]})
+
+
+def test_a_bad_synthetic_min_t_fails_the_round_before_any_work(tmp_path):
+    """The loop checks the finetune's cut at the round's start, not after sampling, judging and the reward model."""
+    from clinalign.errors import ConfigError
+    from clinalign.pipeline.rounds import run_round
+
+    cfg = RoundConfig(synthetic_min_t=1.0)
+    with pytest.raises(ConfigError, match="--synthetic_min_t 1.0"):
+        run_round(1, tmp_path / "no_checkpoint", tmp_path / "real", None, tmp_path / "out", cfg)
+    assert not (tmp_path / "out").exists()

@@ -28,7 +28,7 @@ from ..errors import ConfigError, DataError
 from ..expert.simulator import CRITERIA_MODES
 from ..sampling.sample import SampleConfig
 from ..training.checkpoint import find_checkpoint, latest_checkpoint
-from ..training.config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig
+from ..training.config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig, check_synthetic_min_t
 from ..utils.config import mismatches, option
 from ..utils.fileio import write_json_atomic
 from ..utils.splits import hash01
@@ -288,6 +288,7 @@ def run_round(
 
     source = source or FeedbackSource()
     at_lr = replace(cfg, finetune_lr=cfg.round_lr(k))  # bad settings fail before any work
+    check_synthetic_min_t(cfg.synthetic_min_t)
     rdir = out / f"round_{k}"
     rdir.mkdir(parents=True, exist_ok=True)
     check_round_settings(rdir, cfg)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..diffusion.timestep_samplers import SCHEDULE_SAMPLERS
+from ..errors import ConfigError
 from ..utils.config import option, repeated
 
 REWARD_TRANSFORMS = ("raw", "threshold", "class_norm")
@@ -133,3 +134,10 @@ class FinetuneConfig:
         "new concepts; the existing classes' rows stay frozen while concepts are taught",
     )
     init_ema: bool = option(True, "start from the pretrained EMA weights (else the raw weights)")
+
+
+def check_synthetic_min_t(share: float) -> float:
+    """``share`` if it is a valid ``--synthetic_min_t`` (a share of the schedule in [0, 1)), else ConfigError."""
+    if not 0.0 <= share < 1.0:
+        raise ConfigError(f"--synthetic_min_t {share}: give a share of the schedule in [0, 1)")
+    return share

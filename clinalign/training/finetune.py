@@ -39,7 +39,7 @@ from ..models.unet import ModelConfig
 from ..utils.config import add_flags, resolve, typed
 from ..utils.fileio import write_texts_atomic
 from .checkpoint import Checkpoint, find_checkpoint, latest_checkpoint
-from .config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig, TrainConfig
+from .config import OBJECTIVES, REWARD_TRANSFORMS, FinetuneConfig, TrainConfig, check_synthetic_min_t
 from .init_from import start_from_diffusers
 from .loop import TrainSpec, check_flags, train
 from .objectives import DiffusionObjective, KTOObjective
@@ -239,8 +239,7 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
     pre_dir, mod_dir = ft.data_pre_dir or train_cfg.data_dir, ft.data_mod_dir
     if not mod_dir:
         raise ConfigError("--data_mod_dir is required: the folder of scored synthetic images")
-    if not 0.0 <= ft.synthetic_min_t < 1.0:
-        raise ConfigError(f"--synthetic_min_t {ft.synthetic_min_t}: give a share of the schedule in [0, 1)")
+    check_synthetic_min_t(ft.synthetic_min_t)
     class_map, concepts = grow_for_concepts(source.class_map, Path(mod_dir), ft.concept)
     guidance = source.guidance
     if ft.objective == "guidance":
