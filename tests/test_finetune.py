@@ -116,6 +116,55 @@ def test_kept_timesteps_draws_only_above_the_cut_with_unit_weight():
     assert set(kept_timesteps(t, w, 0.999, 10, gen)[0].tolist()) == {9}
 
 
+def test_a_smaller_synthetic_part_shares_the_first_timesteps_and_weighs_as_a_mean():
+    """Each part's rows carry weight / its own size, so the synthetic term weighs the same in all."""
+    from types import SimpleNamespace
+
+    from clinalign.diffusion.timestep_samplers import UniformSampler
+    from clinalign.training.loop import TrainLoop
+
+    def stream(n, value, weight):
+        while True:
+            yield torch.full((n, 3, 4, 4), value), torch.zeros(n, dtype=torch.long), torch.full((n,), weight)
+
+    def batch(sizes, min_t):
+        loop = SimpleNamespace(
+            schedule_sampler=UniformSampler(SimpleNamespace(num_timesteps=100)),
+            spec=SimpleNamespace(stream_min_t=min_t),
+            diffusion=SimpleNamespace(num_timesteps=100),
+            device=torch.device("cpu"),
+        )
+        streams = [stream(sizes[0], 0.0, 0.75), stream(sizes[1], 1.0, 0.5)]
+        return TrainLoop.next_batch(loop, streams, torch.Generator().manual_seed(3))
+
+    even, uneven = batch((8, 8), ()), batch((12, 4), ())
+    assert uneven.x.shape[0] == 16 and uneven.stream.tolist() == [0] * 12 + [1] * 4
+    assert torch.equal(uneven.x[12:], torch.ones(4, 3, 4, 4))
+    assert torch.equal(uneven.t[12:], uneven.t[:4])  # the samples share the real part's first draws
+    for b in (even, uneven):
+        assert float(b.coef[b.stream == 0].sum()) == pytest.approx(0.75)
+        assert float(b.coef[b.stream == 1].sum()) == pytest.approx(0.5)
+    cut = batch((12, 4), (0.0, 0.6))
+    assert cut.t[12:].min() >= 60 and torch.equal(cut.t[:12], uneven.t[:12])
+
+
+def test_synthetic_batch_size_leaves_the_real_loss_alone(pretrained, toy_dir, tmp_path):
+    dropped = scored_folder(toy_dir, tmp_path / "dropped", lambda p: 0.0)
+    kept = scored_folder(toy_dir, tmp_path / "kept", lambda p: 1.0)
+
+    def first_loss(mod, name, *extra):
+        run = tmp_path / name
+        assert main(finetune_argv(pretrained, toy_dir, mod, run, "--max_steps", "1", "--lr", "0", *extra)) == 0
+        return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+    real = first_loss(dropped, "even", "--beta", "1")
+    assert first_loss(dropped, "uneven", "--beta", "1", "--synthetic_batch_size", "2") == pytest.approx(real)
+    assert first_loss(kept, "syn_even", "--beta", "0") != pytest.approx(
+        first_loss(kept, "syn_uneven", "--beta", "0", "--synthetic_batch_size", "2")
+    )
+    assert main(finetune_argv(pretrained, toy_dir, kept, tmp_path / "bad", "--synthetic_batch_size", "-1")) == 2
+
+
 def test_seed_finetune_script_and_checkpoint_meta(pretrained, toy_dir, tmp_path):
     mod = scored_folder(toy_dir, tmp_path / "mod", lambda p: 1.0 if p.name.startswith("neutrophil") else 0.2)
     run = tmp_path / "seed"

@@ -439,12 +439,21 @@ def test_a_rejection_column_short_of_a_class_says_so_beside_its_figures():
     assert line in format_table({"config": {}, "rounds": [rnd]})
 
 
-def test_a_bad_synthetic_min_t_fails_the_round_before_any_work(tmp_path):
-    """The loop checks the finetune's cut at the round's start, not after sampling, judging and the reward model."""
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [({"synthetic_min_t": 1.0}, "--synthetic_min_t 1.0"), ({"synthetic_share": 0.001}, "--synthetic_share 0.001")],
+)
+def test_a_bad_finetune_setting_fails_the_round_before_any_work(tmp_path, setting, message):
+    """The loop checks the finetune's settings at the round's start, not after sampling and judging."""
     from clinalign.errors import ConfigError
     from clinalign.pipeline.rounds import run_round
 
-    cfg = RoundConfig(synthetic_min_t=1.0)
-    with pytest.raises(ConfigError, match="--synthetic_min_t 1.0"):
-        run_round(1, tmp_path / "no_checkpoint", tmp_path / "real", None, tmp_path / "out", cfg)
+    with pytest.raises(ConfigError, match=message):
+        run_round(1, tmp_path / "no_checkpoint", tmp_path / "real", None, tmp_path / "out", RoundConfig(**setting))
     assert not (tmp_path / "out").exists()
+
+
+def test_synthetic_share_splits_each_step_and_keeps_its_size():
+    assert RoundConfig().finetune_batches() == (32, 32)
+    assert RoundConfig(synthetic_share=0.25).finetune_batches() == (48, 16)
+    assert RoundConfig(finetune_batch=4, synthetic_share=0.3).finetune_batches() == (6, 2)

@@ -68,7 +68,14 @@ class RoundConfig:
         "each round finetunes at the previous round's lr times this (the no-feedback control follows the "
         "same schedule, segment by segment)",
     )
-    finetune_batch: int = option(32, "real and synthetic images per finetuning step (each)")
+    finetune_batch: int = option(32, "real and synthetic images per finetuning step (each, at --synthetic_share 0.5)")
+    # Measured on PBC (docs/feedback.md): FID follows the real cells a run has seen, and the control
+    # of equal images sees twice a half-and-half finetune's; a smaller synthetic part closes that.
+    synthetic_share: float = option(
+        0.5,
+        "share of each finetuning step's 2 x finetune_batch images that are scored samples, the rest real "
+        "(the samples' loss is a mean over them, so a smaller share weighs as much in all)",
+    )
     beta: float = option(1.0, "weight of the real-data loss in the finetune")
     reward_transform: str = option("threshold", "how rewards become loss weights", choices=REWARD_TRANSFORMS)
     synthetic_min_t: float = option(
@@ -129,6 +136,17 @@ class RoundConfig:
                 "each round)"
             )
         return self.finetune_lr * self.finetune_lr_decay ** (k - 1)
+
+    def finetune_batches(self) -> tuple[int, int]:
+        """(real, synthetic) images per finetuning step: 2 x finetune_batch split by synthetic_share."""
+        total = 2 * self.finetune_batch
+        synthetic = round(total * self.synthetic_share)
+        if not 0 < synthetic < total:
+            raise ConfigError(
+                f"--synthetic_share {self.synthetic_share}: of {total} images per step that leaves {synthetic} "
+                "samples; give a share that keeps at least one real image and one sample (0.5: half each)"
+            )
+        return total - synthetic, synthetic
 
     def sample_config(self, num_samples: int, seed: int, guidance: float = -1.0) -> SampleConfig:
         return SampleConfig(
@@ -289,6 +307,7 @@ def run_round(
     source = source or FeedbackSource()
     at_lr = replace(cfg, finetune_lr=cfg.round_lr(k))  # bad settings fail before any work
     check_synthetic_min_t(cfg.synthetic_min_t)
+    cfg.finetune_batches()
     rdir = out / f"round_{k}"
     rdir.mkdir(parents=True, exist_ok=True)
     check_round_settings(rdir, cfg)
@@ -510,6 +529,7 @@ def finetune_on_feedback(
 
     done = latest_checkpoint(run)
     if done is None or done.step < cfg.finetune_steps:
+        real_batch, synthetic_batch = cfg.finetune_batches()
         synthetic = samples if draws is None else finetune_set(samples, draws, work_dir / "finetune_data")
         finetune(
             {
@@ -527,7 +547,8 @@ def finetune_on_feedback(
                 "synthetic_min_t": cfg.synthetic_min_t,
                 "max_steps": cfg.finetune_steps,
                 "lr": cfg.finetune_lr,
-                "batch_size": cfg.finetune_batch,
+                "batch_size": real_batch,
+                "synthetic_batch_size": synthetic_batch,
                 "ema_rate": cfg.ema_rate,
                 "use_fp16": cfg.use_fp16,
                 "seed": seed,

@@ -123,6 +123,13 @@ class FinetuneConfig:
         "the synthetic images train only at timesteps t >= this share of the schedule (drawn uniformly there), "
         "where class and shape are decided; fine detail is learned from real images alone (0: every timestep)",
     )
+    # Measured on PBC (docs/feedback.md): at equal images the control sees twice the real cells a
+    # half-and-half finetune does, and FID follows the real cells seen; fewer samples per step close that.
+    synthetic_batch_size: int = option(
+        0,
+        "scored synthetic images per step (0: --batch_size, as many as the real ones); the synthetic loss "
+        "is a mean over them, so fewer weigh as much in all",
+    )
     concept: list[str] = repeated(
         "a concept the synthetic images declare and the checkpoint lacks (default: "
         "DATA_MOD_DIR/concepts.json); its embedding row starts as the parent's",

@@ -240,6 +240,10 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
     if not mod_dir:
         raise ConfigError("--data_mod_dir is required: the folder of scored synthetic images")
     check_synthetic_min_t(ft.synthetic_min_t)
+    if ft.synthetic_batch_size < 0:
+        raise ConfigError(
+            f"--synthetic_batch_size {ft.synthetic_batch_size}: give a count of images, or 0 for --batch_size"
+        )
     class_map, concepts = grow_for_concepts(source.class_map, Path(mod_dir), ft.concept)
     guidance = source.guidance
     if ft.objective == "guidance":
@@ -328,7 +332,7 @@ def _finetune_spec(
         class_map=class_map,
         streams=lambda dist, s: [
             weighted_stream(real, batch, seed, dist, s, weight=ft.beta),
-            weighted_stream(synthetic, batch, seed + 1, dist, s, weight=w),
+            weighted_stream(synthetic, ft.synthetic_batch_size or batch, seed + 1, dist, s, weight=w),
         ],
         resume=start.resume,
         init_weights=None if start.resume else init_weights,

@@ -313,21 +313,25 @@ class TrainLoop:
 
     def next_batch(self, streams: list[Iterator[Batch]], gen: torch.Generator) -> Chunk:
         """One part from every stream; the parts share timesteps (and the timestep sampler's weights),
-        except a stream with a minimum timestep (TrainSpec.stream_min_t), which draws its own."""
+        a smaller part the first of them, except a stream with a minimum timestep
+        (TrainSpec.stream_min_t), which draws its own. Each part's loss is a mean over its own rows."""
         parts = [next(s) for s in streams]
-        per_part = parts[0][0].shape[0]
-        t, importance = self.schedule_sampler.sample(per_part, torch.device("cpu"), generator=gen)
+        sizes = [p[0].shape[0] for p in parts]
+        t, importance = self.schedule_sampler.sample(max(sizes), torch.device("cpu"), generator=gen)
         x = torch.cat([p[0] for p in parts])
         noise = torch.randn(x.shape, generator=gen)
         shares = list(self.spec.stream_min_t[: len(parts)]) + [0.0] * len(parts)
-        drawn = [kept_timesteps(t, importance, shares[s], self.diffusion.num_timesteps, gen) for s in range(len(parts))]
+        drawn = [
+            kept_timesteps(t[:n], importance[:n], shares[s], self.diffusion.num_timesteps, gen)
+            for s, n in enumerate(sizes)
+        ]
         return Chunk(
             x=x.to(self.device, non_blocking=True),
             y=torch.cat([p[1] for p in parts]).to(self.device),
             t=torch.cat([d[0] for d in drawn]).to(self.device),
             noise=noise.to(self.device),
-            coef=torch.cat([p[2].float() * w / per_part for p, (_, w) in zip(parts, drawn)]).to(self.device),
-            stream=torch.arange(len(parts)).repeat_interleave(per_part).to(self.device),
+            coef=torch.cat([p[2].float() * w / n for p, (_, w), n in zip(parts, drawn, sizes)]).to(self.device),
+            stream=torch.repeat_interleave(torch.arange(len(parts)), torch.tensor(sizes)).to(self.device),
         )
 
     def forward_backward(self, batch: Chunk) -> StepResult:
