@@ -457,3 +457,15 @@ def test_synthetic_share_splits_each_step_and_keeps_its_size():
     assert RoundConfig().finetune_batches() == (32, 32)
     assert RoundConfig(synthetic_share=0.25).finetune_batches() == (48, 16)
     assert RoundConfig(finetune_batch=4, synthetic_share=0.3).finetune_batches() == (6, 2)
+
+
+def test_control_batch_sets_the_controls_steps_at_equal_images():
+    from clinalign.errors import ConfigError
+    from clinalign.pipeline.compare import CompareConfig
+
+    rcfg = RoundConfig(finetune_steps=600, finetune_batch=16)
+    assert CompareConfig().control_steps(rcfg) == (1200, 600)  # two control steps per finetuning step
+    assert CompareConfig(control_batch=32).control_steps(rcfg) == (600, 600)  # equal images and equal steps
+    assert CompareConfig(control_batch=48).control_steps(rcfg) == (400, 600)
+    with pytest.raises(ConfigError, match="--control_batch 7"):
+        CompareConfig(control_batch=7).control_steps(rcfg)

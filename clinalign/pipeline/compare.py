@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..evaluate import bootstrap as bs
 from ..evaluate.oracle import OracleConfig
 from ..evaluate.run import Evaluator, MetricConfig, SetResult, json_safe, lookup
@@ -81,6 +82,25 @@ class CompareConfig:
     oracle_epochs: int = option(20, "evaluation oracle training epochs (its real held-out accuracy is reported)")
     oracle_width: int = option(32, "evaluation oracle width")
     utility: bool = option(True, "train TSTR classifiers for every column")
+    # Measured on PBC (docs/feedback.md): FID follows optimizer steps more than images seen. At its
+    # default batch the control takes two steps per finetuning step; at 2 x finetune_batch it takes
+    # as many, on as many images.
+    control_batch: int = option(
+        0,
+        "real images per step of the no-feedback control (0: finetune_batch, two steps per finetuning "
+        "step at equal images; 2 x finetune_batch: equal images and equal steps at once)",
+    )
+
+    def control_steps(self, rcfg: RoundConfig) -> tuple[int, int]:
+        """(equal images, equal steps): the control's steps per round beside one round of finetuning."""
+        batch = self.control_batch or rcfg.finetune_batch
+        images = rcfg.finetune_steps * 2 * rcfg.finetune_batch
+        if batch < 1 or images % batch:
+            raise ConfigError(
+                f"--control_batch {self.control_batch}: a round's {images} finetuning images are not a whole "
+                "number of control steps; give a divisor of them (0: --finetune_batch)"
+            )
+        return images // batch, rcfg.finetune_steps
 
 
 @dataclass
@@ -113,12 +133,14 @@ def continue_training(
     run: Path,
     total_steps: int,
     cfg: RoundConfig,
-    save_every: int,
+    save_steps: list[int],
     lr: float,
+    batch: int,
     progress: bool = False,
 ) -> float:
-    """The no-feedback control: the base's training continued on real images only, at ``lr`` and the
-    finetune's real batch, saving every ``save_every`` steps; returns the seconds this call trained."""
+    """The no-feedback control: the base's training continued on real images only, at ``lr`` and
+    ``batch``, with a checkpoint at each of ``save_steps`` (the comparison points); returns the
+    seconds this call trained."""
     from ..training.pretrain import pretrain
 
     start = time.perf_counter()
@@ -129,17 +151,16 @@ def continue_training(
             "resume_checkpoint": str(base.path),
             "max_steps": total_steps,
             "lr": lr,
-            "batch_size": cfg.finetune_batch,
+            "batch_size": batch,
             "ema_rate": ",".join(base.ema_rates) or "0.999",
             "save_interval": 10**9,
-            "log_interval": max(1, save_every // 4),
+            "log_interval": max(1, (min(save_steps) - base.step) // 4),
             "use_fp16": cfg.use_fp16,
             "seed": cfg.seed,
             "device": cfg.device,
         },
         progress=progress,
-        # every multiple of save_every after the base: the comparison points, whatever the base's step
-        save_steps=range(base.step + save_every, total_steps + 1, save_every),
+        save_steps=save_steps,
     )
     return time.perf_counter() - start
 
@@ -229,7 +250,7 @@ class Comparison:
     # -- the rounds ----------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        rcfg, steps = self.rcfg, self.rcfg.finetune_steps
+        rcfg = self.rcfg
         base_step = self.base.step
         table: dict[str, Any] = {
             "oracle_test_accuracy": self.evaluator.models.info.get("test_accuracy"),
@@ -239,6 +260,7 @@ class Comparison:
             "compare_config": asdict(self.ccfg),
             "rounds": [],
         }
+        equal_images, equal_steps = self.ccfg.control_steps(rcfg)  # a bad --control_batch fails before any work
         _, base_info = self.judge("pretrained", self.base)
         table["real_test"] = self.real_ceiling
         current = self.base.path
@@ -249,14 +271,16 @@ class Comparison:
             self.seconds["feedback"] += time.perf_counter() - t
             current = r.checkpoint
             self.check_judges_never_saw_g()
+            points = sorted({base_step + j * n for j in range(1, k + 1) for n in (equal_images, equal_steps)})
             self.seconds["control"] += continue_training(
                 self.base,
                 self.pools.generator,
                 self.out / "control",
-                base_step + 2 * k * steps,
+                points[-1],
                 rcfg,
-                steps,
+                points,
                 rcfg.round_lr(k),  # segment k of the control trains at round k's lr
+                self.ccfg.control_batch or rcfg.finetune_batch,
                 self.progress,
             )
             table["rounds"].append(self._round(k, r, base_info))
@@ -285,9 +309,12 @@ class Comparison:
             expert_plausible_rate=r.expert_plausible_rate,
             round_seconds=r.seconds,
         )
-        for name, extra in (("no feedback (equal images)", 2 * k * steps), ("no feedback (equal steps)", k * steps)):
-            _, info[name] = self.judge(f"{name} r{k}", control_checkpoint(self.out / "control", base_step + extra))
-            info[name]["train_images"] = extra * rcfg.finetune_batch
+        equal_images, equal_steps = self.ccfg.control_steps(rcfg)
+        control_batch = self.ccfg.control_batch or rcfg.finetune_batch
+        for name, extra in (("no feedback (equal images)", equal_images), ("no feedback (equal steps)", equal_steps)):
+            ck = control_checkpoint(self.out / "control", base_step + k * extra)
+            _, info[name] = self.judge(f"{name} r{k}", ck)
+            info[name]["train_images"] = k * extra * control_batch
         names = {
             "pretrained": "pretrained",
             "feedback": f"feedback r{k}",
