@@ -82,18 +82,21 @@ class CompareConfig:
     oracle_epochs: int = option(20, "evaluation oracle training epochs (its real held-out accuracy is reported)")
     oracle_width: int = option(32, "evaluation oracle width")
     utility: bool = option(True, "train TSTR classifiers for every column")
-    # Measured on PBC (docs/feedback.md): FID follows optimizer steps more than images seen. At its
-    # default batch the control takes two steps per finetuning step; at 2 x finetune_batch it takes
-    # as many, on as many images.
+    # At its default batch the control takes two optimizer steps per finetuning step; at
+    # 2 x finetune_batch it takes as many, on as many images, so steps cannot explain a gap
+    # (on PBC they did not: docs/feedback.md).
     control_batch: int = option(
         0,
         "real images per step of the no-feedback control (0: finetune_batch, two steps per finetuning "
         "step at equal images; 2 x finetune_batch: equal images and equal steps at once)",
     )
 
+    def control_batch_size(self, rcfg: RoundConfig) -> int:
+        return self.control_batch or rcfg.finetune_batch
+
     def control_steps(self, rcfg: RoundConfig) -> tuple[int, int]:
         """(equal images, equal steps): the control's steps per round beside one round of finetuning."""
-        batch = self.control_batch or rcfg.finetune_batch
+        batch = self.control_batch_size(rcfg)
         images = rcfg.finetune_steps * 2 * rcfg.finetune_batch
         if batch < 1 or images % batch:
             raise ConfigError(
@@ -280,7 +283,7 @@ class Comparison:
                 rcfg,
                 points,
                 rcfg.round_lr(k),  # segment k of the control trains at round k's lr
-                self.ccfg.control_batch or rcfg.finetune_batch,
+                self.ccfg.control_batch_size(rcfg),
                 self.progress,
             )
             table["rounds"].append(self._round(k, r, base_info))
@@ -310,7 +313,7 @@ class Comparison:
             round_seconds=r.seconds,
         )
         equal_images, equal_steps = self.ccfg.control_steps(rcfg)
-        control_batch = self.ccfg.control_batch or rcfg.finetune_batch
+        control_batch = self.ccfg.control_batch_size(rcfg)
         for name, extra in (("no feedback (equal images)", equal_images), ("no feedback (equal steps)", equal_steps)):
             ck = control_checkpoint(self.out / "control", base_step + k * extra)
             _, info[name] = self.judge(f"{name} r{k}", ck)

@@ -69,8 +69,8 @@ class RoundConfig:
         "same schedule, segment by segment)",
     )
     finetune_batch: int = option(32, "real and synthetic images per finetuning step (each, at --synthetic_share 0.5)")
-    # Measured on PBC (docs/feedback.md): FID follows the real cells a run has seen, and the control
-    # of equal images sees twice a half-and-half finetune's; a smaller synthetic part closes that.
+    # The control of equal images sees twice the real cells a half-and-half finetune does; a smaller
+    # synthetic part narrows that (on PBC it left FID where it was: docs/feedback.md).
     synthetic_share: float = option(
         0.5,
         "share of each finetuning step's 2 x finetune_batch images that are scored samples, the rest real "

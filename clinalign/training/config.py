@@ -123,8 +123,8 @@ class FinetuneConfig:
         "the synthetic images train only at timesteps t >= this share of the schedule (drawn uniformly there), "
         "where class and shape are decided; fine detail is learned from real images alone (0: every timestep)",
     )
-    # Measured on PBC (docs/feedback.md): at equal images the control sees twice the real cells a
-    # half-and-half finetune does, and FID follows the real cells seen; fewer samples per step close that.
+    # At equal images the no-feedback control sees twice the real cells a half-and-half finetune does;
+    # this lets the finetune see more. On PBC it left FID where it was (docs/feedback.md).
     synthetic_batch_size: int = option(
         0,
         "scored synthetic images per step (0: --batch_size, as many as the real ones); the synthetic loss "
