@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clinalign.evaluate import bootstrap as bs
-from clinalign.evaluate.fid import FrechetReference, fid, frechet_distance, frechet_distance_symmetric, gaussian_stats
+from clinalign.evaluate.fid import (
+    FrechetReference,
+    fid,
+    fid_to_stats,
+    frechet_distance,
+    frechet_distance_symmetric,
+    gaussian_stats,
+    mixture_stats,
+)
 from clinalign.evaluate.memorisation import copy_threshold
 from clinalign.evaluate.prdc import knn_radii, nearest_neighbours, prdc
 from clinalign.evaluate.sharpness import laplacian_variance, sharpness_summary
@@ -58,6 +66,28 @@ def test_cached_reference_gives_the_same_fid():
     for shift in (0.0, 0.5, 3.0):
         fake = rng.normal(size=(100, 12)) @ rng.normal(size=(12, 12)) + shift
         assert ref.distance(fake) == pytest.approx(fid(fake, real), rel=1e-6)
+
+
+def test_fid_at_the_samples_class_mix_removes_the_real_class_frequencies():
+    """Real cells 9:1 over two classes, samples drawn from each class's own distribution 1:1: FID
+    against the pooled real cells counts the mix, FID against the real classes at 1:1 does not."""
+    rng = np.random.default_rng(0)
+    means = {"a": np.zeros(3), "b": np.full(3, 4.0)}
+    real = {c: means[c] + rng.normal(size=(n, 3)) for c, n in (("a", 9000), ("b", 1000))}
+    stats = {c: gaussian_stats(x) for c, x in real.items()}
+    pooled = gaussian_stats(np.concatenate(list(real.values())))
+    even = np.concatenate([means[c] + rng.normal(size=(2000, 3)) for c in ("a", "b")])
+    assert fid_to_stats(even, *pooled) > 3.0
+    assert fid_to_stats(even, *mixture_stats(stats, {"a": 2000, "b": 2000})) < 0.05
+    # at the real data's own counts the mixture is the pooled Gaussian (up to the n - 1 in each covariance)
+    mu, sigma = mixture_stats(stats, {"a": 9000, "b": 1000})
+    np.testing.assert_allclose(mu, pooled[0], atol=1e-12)
+    np.testing.assert_allclose(sigma, pooled[1], atol=1e-3)
+    assert mixture_stats(stats, {"a": 1, "zzz": 5})[0] == pytest.approx(
+        stats["a"][0]
+    )  # a class without real data is left out
+    with pytest.raises(ValueError, match="no class"):
+        mixture_stats(stats, {"zzz": 1})
 
 
 def test_fid_needs_two_vectors():

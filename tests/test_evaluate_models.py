@@ -125,6 +125,10 @@ def test_plausibility_prdc_and_comparison(result):
     assert s["plausibility"]["rate"] >= 0.8 and b["plausibility"]["rate"] <= 0.05
     assert b["prdc"]["precision"] <= 0.05 and s["prdc"]["precision"] >= 0.8
     assert s["fid"] < b["fid"]
+    assert s["fid_class_mix"] < b["fid_class_mix"] and s["fid_intra"] < b["fid_intra"]
+    lo, hi = s["ci"]["fid_class_mix"]
+    assert lo <= s["fid_class_mix"] <= hi
+    assert s["fid_intra"] == pytest.approx(np.mean(list(s["fid_per_class"].values())))
     lo, hi = s["ci"]["plausibility.rate"]
     assert lo <= s["plausibility"]["rate"] <= hi
     c = result.metrics["comparison"]["plausibility.rate"]

@@ -356,3 +356,57 @@ def test_kto_lowers_the_loss_of_liked_and_raises_that_of_disliked_images(pretrai
     delta = losses(end) - losses(start)
     # measured: liked -0.27, disliked +0.45 (a flipped sign or an ignored reference fails this)
     assert delta[is_liked].mean() < 0 < delta[~is_liked].mean(), delta
+
+
+def test_carry_state_continues_the_weights_ema_and_optimizer(pretrained, toy_dir, tmp_path):
+    """At lr 0 a carried finetune keeps the raw weights, its EMA keeps averaging toward them at the
+    continued age, and the optimizer's moments count on; without it the run starts from the EMA."""
+    from clinalign.training.ema import ema_decay
+
+    base = find_checkpoint(pretrained)
+    mod = scored_folder(toy_dir, tmp_path / "mod", lambda p: 1.0)
+    carried, fresh = tmp_path / "carried", tmp_path / "fresh"
+    for run, carry in ((carried, "True"), (fresh, "False")):
+        argv = finetune_argv(pretrained, toy_dir, mod, run, "--max_steps", "2", "--lr", "0", "--carry_state", carry)
+        assert main(argv) == 0
+    raw, ema = base.weights(ema=False), base.weights(ema=True)
+    end = find_checkpoint(carried)
+    rate = float(base.ema_rates[0])
+    keep = ema_decay(rate, base.step) * ema_decay(rate, base.step + 1)
+    moved = 0
+    for name, w in end.weights(ema=False).items():
+        torch.testing.assert_close(w, raw[name], msg=name)
+        if w.is_floating_point():
+            torch.testing.assert_close(end.weights(ema=True)[name], keep * ema[name] + (1 - keep) * raw[name])
+            moved += int(not torch.equal(raw[name], ema[name]))
+    assert moved  # the base's EMA and raw weights differ, so the check above can fail
+    base_steps = {int(s["step"]) for s in base.state()["optimizer"]["state"].values()}
+    state = end.state()
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {b + 2 for b in base_steps}
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0
+    assert state["ema_age"] == base.step and end.step == 2
+    start = find_checkpoint(fresh).weights(ema=False)
+    assert all(torch.equal(start[n], ema[n]) for n in ema)
+
+
+def test_carry_state_refuses_what_it_cannot_carry(pretrained, toy_dir, tmp_path, capsys):
+    """A new concept has no optimizer state or EMA to carry, nor has a weights-only checkpoint."""
+    import shutil
+
+    mod = scored_folder(toy_dir, tmp_path / "mod", lambda p: 1.0)
+    first = list_images(mod)[0]
+    parent, rest = first.name.split("_", 1)
+    first.rename(mod / f"newcell_{rest}")
+    (mod / "rewards.csv").write_text("ID,rewards\n" + "".join(f"{p.name},1\n" for p in list_images(mod)))
+    carry = ("--max_steps", "1", "--carry_state", "True")
+    argv = finetune_argv(pretrained, toy_dir, mod, tmp_path / "ft", *carry, "--concept", f"newcell={parent}")
+    assert main(argv) == 2
+    assert "adds classes (newcell)" in capsys.readouterr().err
+    assert not (tmp_path / "ft" / "checkpoints").exists()
+
+    bare = tmp_path / "bare"
+    shutil.copytree(find_checkpoint(pretrained).path, bare)
+    (bare / "state.pt").unlink()
+    plain = scored_folder(toy_dir, tmp_path / "plain", lambda p: 1.0)
+    assert main(finetune_argv(bare, toy_dir, plain, tmp_path / "ft2", *carry)) == 2
+    assert "holds no optimizer state" in capsys.readouterr().err

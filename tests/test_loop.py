@@ -357,6 +357,7 @@ def test_demo_table_prints_each_part_of_the_bar_with_its_interval():
     diffs = {
         "plausibility": {"difference": 0.099, "ci": [0.021, 0.167]},
         "FID (domain features)": {"difference": 1.398, "ci": [-1.301, 4.18]},
+        "FID at the samples' class mix": {"difference": -0.5, "ci": [-2.25, 1.0]},
         "near copies of G (features)": {"difference": -0.042, "ci": [-0.08, -0.005]},
     }
     rnd = {
@@ -367,6 +368,7 @@ def test_demo_table_prints_each_part_of_the_bar_with_its_interval():
     text = format_table({"config": {}, "rounds": [rnd]})
     assert "feedback - no feedback, plausibility: +0.099 (95% CI +0.021 .. +0.167)" in text
     assert "feedback - no feedback, FID (domain features): +1.398 (95% CI -1.301 .. +4.180)" in text
+    assert "feedback - no feedback, FID at the samples' class mix: -0.500 (95% CI -2.250 .. +1.000)" in text
     assert "feedback - no feedback, near copies of G (features): -0.042 (95% CI -0.080 .. -0.005)" in text
 
 
@@ -450,6 +452,17 @@ def test_a_bad_finetune_setting_fails_the_round_before_any_work(tmp_path, settin
 
     with pytest.raises(ConfigError, match=message):
         run_round(1, tmp_path / "no_checkpoint", tmp_path / "real", None, tmp_path / "out", RoundConfig(**setting))
+    assert not (tmp_path / "out").exists()
+
+
+def test_carry_state_with_guidance_needs_a_model_that_has_its_rejected_classes(pretrained, tmp_path):
+    """Round 1 of guidance adds the rejected classes, which have no optimizer state to carry."""
+    from clinalign.errors import ConfigError
+    from clinalign.pipeline.rounds import run_round
+
+    cfg = dataclasses.replace(TINY_ROUND, objective="guidance", carry_state=True)
+    with pytest.raises(ConfigError, match="run round 1 without --carry_state"):
+        run_round(1, pretrained, tmp_path / "real", None, tmp_path / "out", cfg)
     assert not (tmp_path / "out").exists()
 
 

@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         line = (
             f"{name}: {s['n']} images, plausible {_num(p['rate'])} (class-consistent {_num(p['oracle_rate'])}, "
             f"on-manifold {_num(p['manifold_rate'])}; oracle accuracy {_num(real['oracle']['test_accuracy'])}), "
-            f"clinical checklist {_num(s['checklist']['all'])}, FID {_num(s['fid'])} (domain features), precision "
+            f"clinical checklist {_num(s['checklist']['all'])}, FID {_num(s['fid'])} (domain features; "
+            f"{_num(s.get('fid_class_mix'))} at the samples' class mix), precision "
             f"{_num(s['prdc']['precision'])}, recall {_num(s['prdc']['recall'])}, "
             f"near copies {_num(s['memorisation']['feature']['near_copy_fraction'])}"
         )

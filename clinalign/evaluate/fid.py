@@ -102,6 +102,23 @@ class FrechetReference:
         return float(diff @ diff + np.trace(sigma) + self.trace - 2.0 * _trace_sqrt_product(self.root, sigma))
 
 
+def mixture_stats(
+    class_stats: dict[str, tuple[np.ndarray, np.ndarray]], weights: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the mixture of the per-class Gaussians ``class_stats`` at ``weights``
+    (normalised over the classes given): the real features as if drawn at that class mix."""
+    names = [c for c in weights if c in class_stats and weights[c] > 0]
+    if not names:
+        raise ValueError("no class with both a weight and real statistics")
+    w = np.array([weights[c] for c in names], dtype=np.float64)
+    w /= w.sum()
+    mu = sum(wi * class_stats[c][0] for wi, c in zip(w, names))
+    sigma = sum(
+        wi * (class_stats[c][1] + np.outer(class_stats[c][0] - mu, class_stats[c][0] - mu)) for wi, c in zip(w, names)
+    )
+    return mu, sigma
+
+
 def fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """FID between two feature sets; NaN when either has fewer than two vectors."""
     if len(features_a) < 2 or len(features_b) < 2:

@@ -152,6 +152,8 @@ HEADLINE_ROWS = [
     ("  clinical checklist: every criterion", ("checklist", "all"), ("checklist", "all"), True),
     ("mean P(declared class)", ("plausibility", "mean_p_declared"), ("plausibility", "mean_p_declared"), True),
     ("FID (domain features)", ("fid",), ("fid_vs_train",), True),
+    ("FID, real cells at the samples' class mix", ("fid_class_mix",), None, True),
+    ("intra-class FID (mean over classes)", ("fid_intra",), None, False),
     ("FID (Inception-v3)", ("fid_inception",), None, False),
     ("precision", ("prdc", "precision"), ("prdc", "precision"), True),
     ("recall", ("prdc", "recall"), ("prdc", "recall"), False),

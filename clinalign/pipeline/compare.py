@@ -47,6 +47,8 @@ ROWS = [
     ("  on-manifold", ("plausibility", "manifold_rate")),
     ("clinical checklist", ("checklist", "all")),
     ("FID (domain features)", ("fid",)),
+    ("FID at the samples' class mix", ("fid_class_mix",)),
+    ("intra-class FID", ("fid_intra",)),
     ("precision", ("prdc", "precision")),
     ("recall", ("prdc", "recall")),
     ("sharpness (real test = 1)", ("sharpness", "relative_to_real")),
@@ -60,6 +62,7 @@ BOOTSTRAPPED = {
     ("plausibility", "manifold_rate"),
     ("checklist", "all"),
     ("fid",),
+    ("fid_class_mix",),
     ("prdc", "precision"),
     ("memorisation", "feature", "near_copy_fraction"),
 }
@@ -381,7 +384,7 @@ class Comparison:
                     fb.replicates[path],
                     lookup(other.metrics, path),
                     other.replicates[path],
-                    bias_correct=path == ("fid",),
+                    bias_correct=path in (("fid",), ("fid_class_mix",)),
                 )
                 rows[label] = {"difference": d.value, "ci": [d.low, d.high]}
             out[column] = rows

@@ -254,6 +254,7 @@ TABLE_ROWS = (
     "  on-manifold",
     "clinical checklist",
     "FID (domain features)",
+    "FID at the samples' class mix",
     "recall",
     "sharpness (real test = 1)",
     "near copies of G (features)",
@@ -300,7 +301,14 @@ def format_table(summary: dict[str, Any]) -> str:
     # the bar's three parts, each with its interval (at a few hundred samples FID's is wide)
     diffs = last["feedback_minus_control"].get("no feedback (equal images)", {})
     bar = [
-        label for label in ("plausibility", "FID (domain features)", "near copies of G (features)") if label in diffs
+        label
+        for label in (
+            "plausibility",
+            "FID (domain features)",
+            "FID at the samples' class mix",
+            "near copies of G (features)",
+        )
+        if label in diffs
     ]
     lines += [""] if bar else []
     for label in bar:

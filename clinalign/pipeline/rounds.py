@@ -124,6 +124,11 @@ class RoundConfig:
         choices=BLIND_CONTROLS,
     )
     ema_rate: str = option("0.999", "EMA rate of the finetune")
+    carry_state: bool = option(
+        FinetuneConfig.carry_state,
+        "each round's finetune continues the previous model's training (raw weights, EMA, optimizer) "
+        "instead of restarting from its EMA weights; the first round needs a base saved with its state",
+    )
     use_fp16: bool = option(False, "bf16 autocast for sampling and finetuning")
     seed: int = option(0, "seeds sampling, the expert, the reward model and the finetune")
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps")
@@ -308,11 +313,16 @@ def run_round(
     at_lr = replace(cfg, finetune_lr=cfg.round_lr(k))  # bad settings fail before any work
     check_synthetic_min_t(cfg.synthetic_min_t)
     cfg.finetune_batches()
+    ck = find_checkpoint(checkpoint)
+    if cfg.carry_state and cfg.objective == "guidance" and not ck.guidance:
+        raise ConfigError(
+            f"--carry_state with --objective guidance: {ck.path} has no rejected classes yet, and the "
+            "round that adds them cannot carry the optimizer state; run round 1 without --carry_state"
+        )
     rdir = out / f"round_{k}"
     rdir.mkdir(parents=True, exist_ok=True)
     check_round_settings(rdir, cfg)
     secs: dict[str, float] = {}
-    ck = find_checkpoint(checkpoint)
     n = cfg.samples_per_class * len(ck.sample_classes)
 
     samples = rdir / "samples"
@@ -550,6 +560,7 @@ def finetune_on_feedback(
                 "batch_size": real_batch,
                 "synthetic_batch_size": synthetic_batch,
                 "ema_rate": cfg.ema_rate,
+                "carry_state": cfg.carry_state,
                 "use_fp16": cfg.use_fp16,
                 "seed": seed,
                 "save_interval": max(50, cfg.finetune_steps // 4),

@@ -141,6 +141,14 @@ class FinetuneConfig:
         "new concepts; the existing classes' rows stay frozen while concepts are taught",
     )
     init_ema: bool = option(True, "start from the pretrained EMA weights (else the raw weights)")
+    # A fresh optimizer's first steps move every weight by about the lr, and a restarted EMA (with
+    # its warm-up) averages only the finetune's last tens of steps; carried, a round continues
+    # training and differs from the no-feedback control by its data alone (docs/feedback.md).
+    carry_state: bool = option(
+        False,
+        "continue the starting checkpoint's training: its raw weights, EMA and optimizer moments "
+        "(else its EMA weights, a fresh optimizer and an EMA restarted there); --init_ema is then unused",
+    )
 
 
 def check_synthetic_min_t(share: float) -> float:

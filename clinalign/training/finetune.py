@@ -205,6 +205,21 @@ def find_start(run_dir: Path, train_cfg: TrainConfig, args) -> Start:
     return Start(source, resume, init)
 
 
+def check_carry(source: Checkpoint, class_map) -> None:
+    """ConfigError unless ``source`` holds an optimizer state and EMA for exactly ``class_map``'s classes."""
+    added = [n for n in class_map.names if n not in source.class_map]
+    if added:
+        raise ConfigError(
+            f"--carry_state: this finetune adds classes ({', '.join(added)}) that {source.path} holds no "
+            "optimizer state for; drop --carry_state for the round that adds them"
+        )
+    if not (source.path / "state.pt").exists():
+        raise ConfigError(
+            f"--carry_state: {source.path} holds no optimizer state (an imported or weights-only "
+            "checkpoint); drop --carry_state"
+        )
+
+
 def synthetic_weights(ft: FinetuneConfig, synthetic, mod_dir: Path) -> tuple[np.ndarray, np.ndarray, str, Path]:
     """(raw rewards, per-image loss weights, the transform used, the rewards file) for the synthetic images."""
     rewards_file = find_rewards_file(mod_dir, ft.rewards)
@@ -248,6 +263,8 @@ def finetune(args: argparse.Namespace | dict[str, Any], progress: bool = False) 
     guidance = source.guidance
     if ft.objective == "guidance":
         class_map, guidance = grow_for_rejections(class_map, guidance)
+    if ft.carry_state and start.resume is None:
+        check_carry(source, class_map)
     real = load_dataset(pre_dir, model_cfg, class_map, train_cfg)
     synthetic = load_dataset(mod_dir, model_cfg, class_map, train_cfg)
     check_channels(real, source.channels, source.path)
@@ -318,7 +335,9 @@ def _finetune_spec(
 ) -> TrainSpec:
     """The loop's input: a real stream weighted beta and a synthetic one weighted per image, sharing timesteps."""
     batch, seed, w = int(train_cfg.batch_size), int(train_cfg.seed), torch.tensor(weights, dtype=torch.float32)
-    needs_init = start.resume is None or ft.objective == "kto"  # a resumed plain finetune loads its own weights
+    carry = start.source if ft.carry_state and start.resume is None else None
+    # A resumed or carried plain finetune loads its own weights; KTO's reference is always the start's.
+    needs_init = (start.resume is None and carry is None) or ft.objective == "kto"
     init_weights = start.init.weights(ema=ft.init_ema, class_map=class_map) if needs_init else None
     meta = {"objective": ft.objective, "beta": ft.beta, "init_checkpoint": str(start.init.path)}
     if guidance:  # sampling reads the pairs and the default strength from every checkpoint
@@ -335,7 +354,8 @@ def _finetune_spec(
             weighted_stream(synthetic, ft.synthetic_batch_size or batch, seed + 1, dist, s, weight=w),
         ],
         resume=start.resume,
-        init_weights=None if start.resume else init_weights,
+        carry=carry,
+        init_weights=None if start.resume or carry else init_weights,
         progress=progress,
         objective=KTOObjective(init_weights, beta=ft.kto_beta) if ft.objective == "kto" else DiffusionObjective(),
         extra_meta=meta,

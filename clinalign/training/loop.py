@@ -65,6 +65,9 @@ class TrainSpec:
     objective: DiffusionObjective = field(default_factory=DiffusionObjective)
     init_weights: dict[str, torch.Tensor] | None = None  # start from these (finetuning), fresh optimizer
     resume: ckpt.Checkpoint | None = None  # full resume: weights, EMA, optimizer, step
+    # Continue this checkpoint's training (raw weights, EMA and its age, optimizer moments) with this
+    # run's own step count, lr and data: a finetune that differs from training on only by its data.
+    carry: ckpt.Checkpoint | None = None
     extra_meta: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
     # Class-embedding rows this run adds (new concepts): trained at lr x new_class_lr_scale while the
@@ -130,6 +133,15 @@ def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimi
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def carried_optimizer_state(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``saved``'s moments under ``optimizer``'s own hyperparameters (this run's lr, weight decay)."""
+    groups = optimizer.state_dict()["param_groups"]
+    return {
+        "state": saved["state"],
+        "param_groups": [{**g, "params": s["params"]} for g, s in zip(groups, saved["param_groups"], strict=True)],
+    }
+
+
 class Meter:
     """Accumulates per-interval statistics for metrics.jsonl."""
 
@@ -178,6 +190,7 @@ class TrainLoop:
         self.schedule_sampler = create_named_schedule_sampler(self.cfg.schedule_sampler, self.diffusion)
         self.optimizer = make_optimizer(param_groups(self.model, spec), self.cfg.lr, self.cfg.weight_decay)
         self.step, self.skipped, self.skipped_in_a_row = 0, 0, 0
+        self.ema_age = 0  # steps the EMA averaged before this run's step 0 (its warm-up counts them)
         state = self._load_start()
         self.ema = EMA(self.model, self.cfg.ema_rates, self._saved_ema())
         set_lr(self.optimizer, self.cfg.lr)  # a resumed optimizer keeps the flag's lr; annealing recomputes it
@@ -200,14 +213,22 @@ class TrainLoop:
         return build_denoiser(self.spec.model, self.spec.channels, len(self.spec.class_map)).to(self.device)
 
     def _load_start(self) -> dict[str, Any]:
-        """Weights (and optimizer, sampler, counters) from the resume checkpoint or the init weights."""
-        resume = self.spec.resume
+        """Weights (and optimizer, sampler, counters) from the resume or carried checkpoint, or the init weights."""
+        resume = self.spec.resume or self.spec.carry
         if resume is None:
             if self.spec.init_weights is not None:
                 ckpt.load_weights(self.model, self.spec.init_weights, self.run_dir)
             return {}
         ckpt.load_weights(self.model, resume.weights(ema=False), resume.path)
         state = resume.state()
+        self.ema_age = int(state.get("ema_age", 0))
+        if self.spec.resume is None:  # carried: this run's own steps, sampler and skip count start at 0
+            self.ema_age += resume.step
+            if state.get("optimizer"):
+                self.optimizer.load_state_dict(carried_optimizer_state(state["optimizer"], self.optimizer))
+            else:
+                log.warning("%s holds no optimizer state: the optimizer starts fresh", resume.path)
+            return {"scaler": state.get("scaler")}
         self.step = resume.step
         if state.get("optimizer"):
             self.optimizer.load_state_dict(state["optimizer"])
@@ -217,9 +238,17 @@ class TrainLoop:
         return state
 
     def _saved_ema(self) -> dict[str, dict[str, torch.Tensor]]:
-        resume = self.spec.resume
+        resume = self.spec.resume or self.spec.carry
         if resume is None:
             return {}
+        missing = [rate for rate in self.cfg.ema_rates if rate not in resume.ema_rates]
+        if missing and self.spec.resume is None:
+            log.warning(
+                "%s has no EMA at rate %s (it has %s): that EMA starts at its raw weights",
+                resume.path,
+                ", ".join(missing),
+                ", ".join(resume.ema_rates) or "none",
+            )
         return {rate: resume.weights(ema=rate) for rate in self.cfg.ema_rates if rate in resume.ema_rates}
 
     # -- the loop ------------------------------------------------------------------------------
@@ -383,7 +412,7 @@ class TrainLoop:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.ema.update(self.model, self.step)
+        self.ema.update(self.model, self.ema_age + self.step)
         return grad_norm
 
     # -- metrics and checkpoints -----------------------------------------------------------------
@@ -441,6 +470,7 @@ class TrainLoop:
         run_state = {
             "optimizer": self.optimizer.state_dict(),
             "skipped_steps": self.skipped,
+            "ema_age": self.ema_age,
             "schedule_sampler": self.schedule_sampler.state_dict()
             if hasattr(self.schedule_sampler, "state_dict")
             else {},
