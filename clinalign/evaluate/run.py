@@ -63,8 +63,8 @@ DEFINITIONS = {
     "classifier), not Inception-v3; comparable only between sets evaluated with the same models",
     "fid_class_mix": "FID against the real features at the samples' declared class mix (a mixture of the "
     "per-class real Gaussians weighted by the samples' class counts). 'fid' compares with the real "
-    "data's own class frequencies, so a set drawn evenly over imbalanced classes scores worse there the "
-    "more faithfully each class is drawn",
+    "data's own class frequencies, which a set drawn evenly over imbalanced classes differs from in its "
+    "mix alone",
     "fid_intra": "mean over the declared classes of each class's FID against that class's real images "
     "(intra-FID, Miyato & Koyama 2018); biased upward at small per-class counts, so compare sets of equal size",
     "sharpness": "median variance of the 4-neighbour Laplacian of the grey levels at the evaluation size; "

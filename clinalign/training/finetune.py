@@ -206,7 +206,7 @@ def find_start(run_dir: Path, train_cfg: TrainConfig, args) -> Start:
 
 
 def check_carry(source: Checkpoint, class_map) -> None:
-    """ConfigError unless ``source`` holds an optimizer state and EMA for exactly ``class_map``'s classes."""
+    """ConfigError when the finetune adds classes to ``source``'s or ``source`` saved no training state."""
     added = [n for n in class_map.names if n not in source.class_map]
     if added:
         raise ConfigError(
