@@ -482,3 +482,18 @@ def test_control_batch_sets_the_controls_steps_at_equal_images():
     assert CompareConfig(control_batch=48).control_steps(rcfg) == (400, 600)
     with pytest.raises(ConfigError, match="--control_batch 7"):
         CompareConfig(control_batch=7).control_steps(rcfg)
+
+
+def test_every_rounds_control_points_are_saved_before_a_later_round_needs_them():
+    """At the default batch round 3's equal-steps point (base + 3 x 100) comes before round 2's
+    equal-images point (base + 4 x 100): round 2 must save it on its way (the demo once crashed)."""
+    from clinalign.pipeline.compare import CompareConfig
+
+    ccfg, rcfg = CompareConfig(rounds=3), RoundConfig(finetune_steps=100, finetune_batch=4)
+    segments = [ccfg.control_segment(rcfg, 2000, k) for k in (1, 2, 3)]
+    assert [t for t, _ in segments] == [2200, 2400, 2600]
+    assert segments[1][1] == [2100, 2200, 2300, 2400]
+    for k, (target, saved) in enumerate(segments, start=1):
+        needed = {2000 + k * 100, 2000 + k * 200}  # this round's equal steps and equal images
+        assert needed <= set(saved) and max(saved) == target
+    assert CompareConfig(rounds=3, control_batch=8).control_segment(rcfg, 0, 3) == (300, [100, 200, 300])

@@ -108,6 +108,17 @@ class CompareConfig:
             )
         return images // batch, rcfg.finetune_steps
 
+    def control_segment(self, rcfg: RoundConfig, base_step: int, k: int) -> tuple[int, list[int]]:
+        """(the step the control trains to in round ``k``, the comparison points it saves on the way).
+
+        The points are every round's: at the default batch round k's equal-steps point (base + k x
+        steps) lies before round k-1's equal-images point (base + 2(k-1) x steps) from round 3 on,
+        so it must be saved while an earlier round trains past it."""
+        equal_images, equal_steps = self.control_steps(rcfg)
+        target = base_step + k * max(equal_images, equal_steps)
+        points = {base_step + j * n for j in range(1, self.rounds + 1) for n in (equal_images, equal_steps)}
+        return target, sorted(p for p in points if p <= target)
+
 
 @dataclass
 class Pools:
@@ -266,7 +277,7 @@ class Comparison:
             "compare_config": asdict(self.ccfg),
             "rounds": [],
         }
-        equal_images, equal_steps = self.ccfg.control_steps(rcfg)  # a bad --control_batch fails before any work
+        self.ccfg.control_steps(rcfg)  # a bad --control_batch fails before any work
         _, base_info = self.judge("pretrained", self.base)
         table["real_test"] = self.real_ceiling
         current = self.base.path
@@ -277,12 +288,12 @@ class Comparison:
             self.seconds["feedback"] += time.perf_counter() - t
             current = r.checkpoint
             self.check_judges_never_saw_g()
-            points = sorted({base_step + j * n for j in range(1, k + 1) for n in (equal_images, equal_steps)})
+            target, points = self.ccfg.control_segment(rcfg, base_step, k)
             self.seconds["control"] += continue_training(
                 self.base,
                 self.pools.generator,
                 self.out / "control",
-                points[-1],
+                target,
                 rcfg,
                 points,
                 rcfg.round_lr(k),  # segment k of the control trains at round k's lr
